@@ -1,0 +1,139 @@
+//! The admin face: `labgpu <command>` for anything that is not a runc subcommand.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::decide::{self, DecideError};
+use crate::gpu::{DevfsInventory, Inventory};
+use crate::policy::{policy_path, Policy, RunAs};
+use crate::runtime::find_runc;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "labgpu",
+    version,
+    about = "OCI runtime shim that gives each lab user only their own GPUs",
+    long_about = "Docker runs labgpu as a runtime (docker run --runtime labgpu). runc subcommands \
+                  are handled and passed to runc; the commands below are for the admin."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command_,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command_ {
+    /// Check a policy file against the schema and this host.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Validate FILE (default: $LABGPU_POLICY or /etc/labgpu/policy.toml); exit 1 on errors.
+    Check { file: Option<PathBuf> },
+}
+
+pub fn main(argv: Vec<OsString>) -> i32 {
+    let cli = Cli::parse_from(argv);
+    let result = match cli.command {
+        Command_::Policy {
+            command: PolicyCommand::Check { file },
+        } => policy_check(&file.unwrap_or_else(policy_path)),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("labgpu: {e:#}");
+            2
+        }
+    }
+}
+
+/// `labgpu --version`: runc's answer first, byte for byte (docker info parses its
+/// "runc version X" line), then labgpu's own on a line without the word "version".
+pub fn version() -> i32 {
+    println!("labgpu: {}", env!("CARGO_PKG_VERSION"));
+    let runc = find_runc(Policy::runc_hint(&policy_path()).as_deref());
+    match runc.map(|r| Command::new(r).arg("--version").output()) {
+        Ok(Ok(out)) => {
+            use std::io::Write;
+            let _ = std::io::stdout().write_all(&out.stdout);
+            i32::from(!out.status.success())
+        }
+        Ok(Err(e)) => {
+            eprintln!("labgpu: cannot run runc --version: {e}");
+            1
+        }
+        Err(e) => {
+            eprintln!("labgpu: {e}");
+            1
+        }
+    }
+}
+
+fn policy_check(path: &Path) -> anyhow::Result<i32> {
+    let policy = match Policy::load(path) {
+        Ok(p) => p,
+        Err(e) => {
+            println!("error: {e}");
+            return Ok(1);
+        }
+    };
+    let inventory =
+        DevfsInventory::scan(policy.gpus.dev_root.as_path(), Path::new("/proc/devices"))
+            .with_context(|| format!("scanning [gpus] dev_root of {}", path.display()))?;
+    let mut errors = 0;
+    let mut warnings = 0;
+    for (name, user) in &policy.users {
+        for id in &user.gpus {
+            if let Err(e) = inventory.resolve(*id) {
+                println!("error: [users.{name}] gpus: {e}");
+                errors += 1;
+            }
+        }
+        for m in &user.mounts {
+            if !m.source.as_path().exists() {
+                println!(
+                    "error: [users.{name}] mounts: source {} does not exist",
+                    m.source.as_path().display()
+                );
+                errors += 1;
+            }
+        }
+        let run_as = user.run_as.unwrap_or(policy.defaults.run_as);
+        if run_as == RunAs::Owner {
+            if let Err(e @ DecideError::NoUid { .. }) =
+                decide::process_rules(&policy, Some(name), Some(user))
+            {
+                println!("error: {e}");
+                errors += 1;
+            }
+        }
+    }
+    for gpu in inventory.gpus() {
+        let owners: Vec<&str> = policy
+            .users
+            .iter()
+            .filter(|(_, u)| u.gpus.contains(&gpu.id))
+            .map(|(n, _)| n.as_str())
+            .collect();
+        if owners.len() > 1 {
+            println!("warning: GPU {} is shared by {}", gpu.id, owners.join(", "));
+            warnings += 1;
+        }
+    }
+    println!(
+        "{}: {} users, {} GPUs on this host, {errors} errors, {warnings} warnings",
+        path.display(),
+        policy.users.len(),
+        inventory.gpus().len()
+    );
+    Ok(i32::from(errors > 0))
+}

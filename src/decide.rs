@@ -1,0 +1,231 @@
+//! Turns (policy, owner, inventory) into one `Decision`: everything the edits need, resolved
+//! once, so each edit is a pure function of the spec and the decision.
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use crate::gpu::{DevNode, GpuError, Inventory};
+use crate::paths::normalize;
+use crate::policy::{Policy, RunAs, Unlabeled, UserMount, UserPolicy};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DecideError {
+    #[error(
+        "container has no {label} label or annotation and {policy} [runtime] unlabeled = \"deny\""
+    )]
+    Unlabeled { label: String, policy: PathBuf },
+    #[error("owner {owner:?} is not a user in {policy} [users]")]
+    UnknownOwner { owner: String, policy: PathBuf },
+    #[error("GPU for [users.{owner}] gpus: {source}")]
+    Gpu { owner: String, source: GpuError },
+    #[error("[users.{owner}] run_as = \"owner\" but {owner:?} has no uid/gid in the policy and no host passwd entry")]
+    NoUid { owner: String },
+    #[error("mount source {source_path} of [users.{owner}] mounts does not exist")]
+    MountSourceMissing { owner: String, source_path: PathBuf },
+}
+
+/// A device the container may keep, as the device cgroup names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DevKey {
+    pub kind: char,
+    pub major: i64,
+    pub minor: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Decision {
+    /// Owner's policy user name; `None` for an unlabeled container under `unlabeled = "no-gpu"`.
+    pub owner: Option<String>,
+    pub gpu_ids: Vec<u32>,
+    /// Owned GPU nodes plus control nodes; empty for a user with no GPUs.
+    pub nodes: Vec<DevNode>,
+    pub nvidia_majors: BTreeSet<i64>,
+    /// Host devices the policy lets containers keep beyond Docker's standard set.
+    pub extra_devices: Vec<DevKey>,
+    pub process: ProcessRules,
+    pub allow_privileged: bool,
+    pub allow_host_namespaces: bool,
+    pub allow_host_network: bool,
+    pub mounts: Vec<UserMount>,
+    /// Normalized host path prefixes bind mounts may come from.
+    pub bind_allow: Vec<PathBuf>,
+    pub docker_root: Option<PathBuf>,
+    pub container_id: String,
+    pub policy_sha256: String,
+}
+
+/// What every process of the container (init and exec) is cut to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessRules {
+    pub capabilities: BTreeSet<String>,
+    pub no_new_privileges: bool,
+    /// uid/gid forced by `run_as = "owner"`.
+    pub user: Option<(u32, u32)>,
+    pub allow_unconfined: bool,
+}
+
+impl Decision {
+    /// The policy section a refusal should point the admin to.
+    pub fn section(&self) -> String {
+        match &self.owner {
+            Some(o) => format!("[defaults] or [users.{o}]"),
+            None => "[defaults]".to_string(),
+        }
+    }
+}
+
+/// Resolves the policy user for `owner`, applying `unlabeled` when there is none.
+pub fn policy_user<'p>(
+    policy: &'p Policy,
+    owner: Option<&str>,
+) -> Result<Option<&'p UserPolicy>, DecideError> {
+    match owner {
+        Some(o) => policy
+            .user(o)
+            .map(Some)
+            .ok_or_else(|| DecideError::UnknownOwner {
+                owner: o.to_string(),
+                policy: policy.path.clone(),
+            }),
+        None if policy.runtime.unlabeled == Unlabeled::NoGpu => Ok(None),
+        None => Err(DecideError::Unlabeled {
+            label: policy.runtime.owner_label.clone(),
+            policy: policy.path.clone(),
+        }),
+    }
+}
+
+/// The process rules alone (what `exec` needs): no inventory, no mounts.
+pub fn process_rules(
+    policy: &Policy,
+    owner: Option<&str>,
+    user: Option<&UserPolicy>,
+) -> Result<ProcessRules, DecideError> {
+    let d = &policy.defaults;
+    let mut capabilities: BTreeSet<String> = d.capabilities.iter().map(|c| c.0.clone()).collect();
+    let run_as = user.and_then(|u| u.run_as).unwrap_or(d.run_as);
+    let forced_user = match (owner, user, run_as) {
+        (Some(o), Some(u), RunAs::Owner) => Some(owner_ids(o, u)?),
+        _ => None,
+    };
+    if let Some(u) = user {
+        capabilities.extend(u.capabilities.iter().map(|c| c.0.clone()));
+    }
+    Ok(ProcessRules {
+        capabilities,
+        no_new_privileges: user
+            .and_then(|u| u.no_new_privileges)
+            .unwrap_or(d.no_new_privileges),
+        user: forced_user,
+        allow_unconfined: user
+            .and_then(|u| u.allow_unconfined)
+            .unwrap_or(d.allow_unconfined),
+    })
+}
+
+pub fn decide(
+    policy: &Policy,
+    owner: Option<&str>,
+    inventory: &dyn Inventory,
+    docker_root: Option<PathBuf>,
+    container_id: &str,
+) -> Result<Decision, DecideError> {
+    let user = policy_user(policy, owner)?;
+    let owner = owner.filter(|_| user.is_some());
+    let d = &policy.defaults;
+    let flag =
+        |f: fn(&UserPolicy) -> Option<bool>, default: bool| user.and_then(f).unwrap_or(default);
+
+    let mut gpu_ids: Vec<u32> = user.map(|u| u.gpus.clone()).unwrap_or_default();
+    gpu_ids.sort_unstable();
+    gpu_ids.dedup();
+    let mut nodes = Vec::new();
+    for id in &gpu_ids {
+        let gpu = inventory.resolve(*id).map_err(|source| DecideError::Gpu {
+            owner: owner.unwrap_or_default().to_string(),
+            source,
+        })?;
+        nodes.extend(gpu.nodes.iter().cloned());
+    }
+    if !nodes.is_empty() {
+        nodes.extend(inventory.control_nodes().iter().cloned());
+    }
+
+    let device_paths = d
+        .devices
+        .iter()
+        .chain(user.map(|u| &u.devices).into_iter().flatten());
+    let extra_devices = device_paths.filter_map(|p| dev_key(p.as_path())).collect();
+
+    let mounts = user.map(|u| u.mounts.clone()).unwrap_or_default();
+    for m in &mounts {
+        if !m.source.as_path().exists() {
+            return Err(DecideError::MountSourceMissing {
+                owner: owner.unwrap_or_default().to_string(),
+                source_path: m.source.0.clone(),
+            });
+        }
+    }
+    let bind_allow = d
+        .bind_allow
+        .iter()
+        .chain(user.map(|u| &u.bind_allow).into_iter().flatten())
+        .map(|p| p.as_path())
+        .chain(mounts.iter().map(|m| m.source.as_path()))
+        .map(|p| resolve_host(p))
+        .collect();
+
+    Ok(Decision {
+        owner: owner.map(str::to_string),
+        gpu_ids,
+        nodes,
+        nvidia_majors: inventory.nvidia_majors().clone(),
+        extra_devices,
+        process: process_rules(policy, owner, user)?,
+        allow_privileged: flag(|u| u.allow_privileged, d.allow_privileged),
+        allow_host_namespaces: flag(|u| u.allow_host_namespaces, d.allow_host_namespaces),
+        allow_host_network: flag(|u| u.allow_host_network, d.allow_host_network),
+        mounts,
+        bind_allow,
+        docker_root: docker_root.map(|r| resolve_host(&r)),
+        container_id: container_id.to_string(),
+        policy_sha256: policy.sha256.clone(),
+    })
+}
+
+/// A host path with `..`/`//` folded and symlinks resolved where it exists, so prefixes and
+/// sources compare as the kernel will see them.
+pub fn resolve_host(p: &Path) -> PathBuf {
+    let n = normalize(p);
+    std::fs::canonicalize(&n).unwrap_or(n)
+}
+
+fn owner_ids(owner: &str, user: &UserPolicy) -> Result<(u32, u32), DecideError> {
+    if let (Some(uid), Some(gid)) = (user.uid, user.gid) {
+        return Ok((uid, gid));
+    }
+    match nix::unistd::User::from_name(owner) {
+        Ok(Some(u)) => Ok((u.uid.as_raw(), u.gid.as_raw())),
+        _ => Err(DecideError::NoUid {
+            owner: owner.to_string(),
+        }),
+    }
+}
+
+fn dev_key(path: &Path) -> Option<DevKey> {
+    let meta = std::fs::metadata(path).ok()?;
+    let ft = meta.file_type();
+    let kind = if ft.is_char_device() {
+        'c'
+    } else if ft.is_block_device() {
+        'b'
+    } else {
+        return None;
+    };
+    Some(DevKey {
+        kind,
+        major: i64::from(libc::major(meta.rdev())),
+        minor: i64::from(libc::minor(meta.rdev())),
+    })
+}

@@ -1,0 +1,120 @@
+//! The spec edits, each a function of (spec, decision) that narrows the spec or refuses it.
+//!
+//! Order matters only for the messages: the privileged check runs first so `--privileged`
+//! is refused as such rather than by whichever of its parts another edit meets first.
+
+pub mod devices;
+pub mod mounts;
+pub mod nvidia;
+pub mod process;
+pub mod security;
+pub mod stamp;
+
+use std::path::PathBuf;
+
+use serde_json::Value;
+
+use crate::decide::Decision;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EditError {
+    #[error("privileged containers are not allowed (allow_privileged in {section})")]
+    Privileged { section: String },
+    #[error("the host {ns} namespace is not allowed (allow_host_namespaces in {section})")]
+    HostNamespace { ns: String, section: String },
+    #[error("the host network is not allowed (allow_host_network in {section})")]
+    HostNetwork { section: String },
+    #[error("{what} is not allowed (allow_unconfined in {section})")]
+    Unconfined { what: String, section: String },
+    #[error("bind mount of host path {source_path} (to {destination}) is not allowed: it is not under a bind_allow prefix or a mount source in {section}")]
+    BindNotAllowed {
+        source_path: PathBuf,
+        destination: String,
+        section: String,
+    },
+    #[error("volume at {volume} is backed by host path {device}, which is not under a bind_allow prefix in {section}")]
+    VolumeNotAllowed {
+        volume: PathBuf,
+        device: String,
+        section: String,
+    },
+    #[error("cannot read volume options {path}: {reason}")]
+    VolumeOpts { path: PathBuf, reason: String },
+    #[error("the spec's {field} is malformed: {reason}")]
+    Malformed { field: &'static str, reason: String },
+}
+
+/// What the edits took away, for the decision log line.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub removed: Vec<String>,
+}
+
+impl Report {
+    pub fn removed(&mut self, what: impl Into<String>) {
+        self.removed.push(what.into());
+    }
+}
+
+/// Every create-time edit, in order.
+pub fn apply_all(spec: &mut Value, d: &Decision, report: &mut Report) -> Result<(), EditError> {
+    security::check_privileged(spec, d)?;
+    security::apply(spec, d, report)?;
+    devices::apply(spec, d, report)?;
+    mounts::apply(spec, d, report)?;
+    nvidia::apply(spec, report);
+    if let Some(process) = spec.get_mut("process") {
+        process::sanitize(process, &d.process, report)?;
+    }
+    stamp::apply(spec, d);
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::collections::BTreeSet;
+    use std::path::PathBuf;
+
+    use crate::decide::{Decision, ProcessRules};
+    use crate::gpu::DevNode;
+
+    fn node(name: &str, major: i64, minor: i64) -> DevNode {
+        DevNode {
+            container_path: format!("/dev/{name}"),
+            host_path: PathBuf::from(format!("/fake/{name}")),
+            major,
+            minor,
+        }
+    }
+
+    /// alice: GPU 0, control nodes nvidiactl (195:255) and nvidia-uvm (511:0), default caps.
+    pub fn decision() -> Decision {
+        Decision {
+            owner: Some("alice".into()),
+            gpu_ids: vec![0],
+            nodes: vec![
+                node("nvidia0", 195, 0),
+                node("nvidiactl", 195, 255),
+                node("nvidia-uvm", 511, 0),
+            ],
+            nvidia_majors: BTreeSet::from([195, 511]),
+            extra_devices: Vec::new(),
+            process: ProcessRules {
+                capabilities: ["CAP_CHOWN", "CAP_KILL", "CAP_SETUID"]
+                    .map(String::from)
+                    .into(),
+                no_new_privileges: true,
+                user: None,
+                allow_unconfined: false,
+            },
+            allow_privileged: false,
+            allow_host_namespaces: false,
+            allow_host_network: false,
+            mounts: Vec::new(),
+            bind_allow: vec![PathBuf::from("/srv/datasets")],
+            docker_root: Some(PathBuf::from("/var/lib/docker")),
+            container_id: "cid".into(),
+            policy_sha256: "00".repeat(32),
+        }
+    }
+}

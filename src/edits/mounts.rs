@@ -1,0 +1,173 @@
+//! Bind mounts: the owner's mounts are added; every other host path must come from Docker's
+//! own per-container files, a plain Docker volume, or a policy prefix.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+
+use super::{EditError, Report};
+use crate::decide::{resolve_host, Decision};
+use crate::paths::is_under;
+use crate::spec::{array_mut, str_field};
+
+/// Filesystems Docker mounts itself that carry no host data.
+const PSEUDO_FS: [&str; 7] = [
+    "proc", "sysfs", "tmpfs", "devpts", "mqueue", "cgroup", "cgroup2",
+];
+
+/// Files of another container Docker binds in for `--network/--ipc container:X`, with the
+/// only destination each may have.
+const SHARED_FROM_OTHERS: [(&str, &str); 4] = [
+    ("hostname", "/etc/hostname"),
+    ("hosts", "/etc/hosts"),
+    ("resolv.conf", "/etc/resolv.conf"),
+    ("mounts/shm", "/dev/shm"),
+];
+
+/// Where Docker's `--init` binary lives on Debian/Ubuntu and docker-ce installs.
+const DOCKER_INIT: [&str; 3] = [
+    "/usr/bin/docker-init",
+    "/usr/libexec/docker/docker-init",
+    "/usr/local/bin/docker-init",
+];
+
+pub fn apply(spec: &mut Value, d: &Decision, report: &mut Report) -> Result<(), EditError> {
+    let mounts = array_mut(spec, "mounts").ok_or(EditError::Malformed {
+        field: "mounts",
+        reason: "not an array".into(),
+    })?;
+    for m in mounts.iter_mut() {
+        check_mount(m, d)?;
+    }
+    let ours: Vec<&str> = d
+        .mounts
+        .iter()
+        .map(|m| m.destination.as_path().to_str().unwrap_or_default())
+        .collect();
+    mounts.retain(|m| {
+        let dest = str_field(m, "destination").unwrap_or_default();
+        let shadowed = ours.contains(&dest);
+        if shadowed {
+            report.removed(format!("mount at {dest} (replaced by the policy's)"));
+        }
+        !shadowed
+    });
+    for m in &d.mounts {
+        let mut options = vec!["rbind", "rprivate", "nosuid", "nodev"];
+        if m.readonly {
+            options.push("ro");
+        }
+        mounts.push(json!({
+            "destination": m.destination.as_path(),
+            "type": "bind",
+            "source": resolve_host(m.source.as_path()),
+            "options": options,
+        }));
+    }
+    Ok(())
+}
+
+fn is_bind(m: &Value) -> bool {
+    str_field(m, "type") == Some("bind")
+        || m.get("options").and_then(Value::as_array).is_some_and(|o| {
+            o.iter()
+                .any(|o| matches!(o.as_str(), Some("bind" | "rbind")))
+        })
+}
+
+/// Refuses a mount the policy does not allow; rewrites an allowed bind's source to the path
+/// that was checked, so a symlink swapped in later is not followed by runc.
+fn check_mount(m: &mut Value, d: &Decision) -> Result<(), EditError> {
+    let destination = str_field(m, "destination").unwrap_or("?").to_string();
+    let source = str_field(m, "source").unwrap_or_default().to_string();
+    if !is_bind(m) {
+        let fs = str_field(m, "type").unwrap_or_default();
+        if PSEUDO_FS.contains(&fs) {
+            return Ok(());
+        }
+        return Err(EditError::BindNotAllowed {
+            source_path: PathBuf::from(format!("{source} (type {fs})")),
+            destination,
+            section: d.section(),
+        });
+    }
+    let resolved = resolve_host(Path::new(&source));
+    let allowed = d.bind_allow.iter().any(|p| is_under(&resolved, p))
+        || docker_owned(&resolved, &destination, d)?
+        || (destination == "/sbin/docker-init"
+            && DOCKER_INIT.iter().any(|p| resolved == Path::new(p)));
+    if !allowed {
+        return Err(EditError::BindNotAllowed {
+            source_path: resolved,
+            destination,
+            section: d.section(),
+        });
+    }
+    m["source"] = json!(resolved);
+    Ok(())
+}
+
+/// Docker's own files for this container, its named volumes, and the few files it shares
+/// between containers.
+fn docker_owned(source: &Path, destination: &str, d: &Decision) -> Result<bool, EditError> {
+    let Some(root) = &d.docker_root else {
+        return Ok(false);
+    };
+    if let Ok(rest) = source.strip_prefix(root.join("containers")) {
+        let mut parts = rest.components();
+        let Some(id) = parts.next() else {
+            return Ok(false);
+        };
+        if id.as_os_str() == d.container_id.as_str() {
+            return Ok(true);
+        }
+        let inner = parts.as_path();
+        return Ok(SHARED_FROM_OTHERS
+            .iter()
+            .any(|(file, dest)| inner == Path::new(file) && destination == *dest));
+    }
+    if let Ok(rest) = source.strip_prefix(root.join("volumes")) {
+        let mut parts = rest.components();
+        let (Some(name), Some(data)) = (parts.next(), parts.next()) else {
+            return Ok(false);
+        };
+        if data.as_os_str() != "_data" {
+            return Ok(false);
+        }
+        check_volume_backing(&root.join("volumes").join(name), d)?;
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+/// A local volume created with `-o type=none -o o=bind -o device=/etc` (or a block device)
+/// is a host path in disguise: its `opts.json` names the real source.
+fn check_volume_backing(volume: &Path, d: &Decision) -> Result<(), EditError> {
+    let opts = volume.join("opts.json");
+    let bytes = match std::fs::read(&opts) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(EditError::VolumeOpts {
+                path: opts,
+                reason: e.to_string(),
+            })
+        }
+    };
+    let v: Value = serde_json::from_slice(&bytes).map_err(|e| EditError::VolumeOpts {
+        path: opts.clone(),
+        reason: e.to_string(),
+    })?;
+    let Some(device) = str_field(&v, "MountDevice").filter(|s| s.starts_with('/')) else {
+        return Ok(());
+    };
+    let resolved = resolve_host(Path::new(device));
+    if d.bind_allow.iter().any(|p| is_under(&resolved, p)) {
+        return Ok(());
+    }
+    Err(EditError::VolumeNotAllowed {
+        volume: volume.to_path_buf(),
+        device: device.to_string(),
+        section: d.section(),
+    })
+}

@@ -1,0 +1,100 @@
+//! The container's init process and every `exec` process: capabilities cut to the allowlist,
+//! no-new-privileges, the owner's uid/gid, and no NVIDIA runtime env.
+
+use std::collections::BTreeSet;
+
+use serde_json::{json, Value};
+
+use super::{EditError, Report};
+use crate::decide::ProcessRules;
+
+const CAP_SETS: [&str; 5] = [
+    "bounding",
+    "effective",
+    "inheritable",
+    "permitted",
+    "ambient",
+];
+
+/// Image ENV can carry NVIDIA_VISIBLE_DEVICES=all; "void" makes any NVIDIA hook that still
+/// runs inject nothing.
+pub const NVIDIA_VISIBLE_DEVICES: &str = "NVIDIA_VISIBLE_DEVICES=void";
+
+pub fn sanitize(
+    process: &mut Value,
+    rules: &ProcessRules,
+    report: &mut Report,
+) -> Result<(), EditError> {
+    let Some(p) = process.as_object_mut() else {
+        return Err(EditError::Malformed {
+            field: "process",
+            reason: "not an object".into(),
+        });
+    };
+    let mut dropped = BTreeSet::new();
+    if let Some(caps) = p.get_mut("capabilities").and_then(Value::as_object_mut) {
+        for set in CAP_SETS {
+            let Some(list) = caps.get_mut(set) else {
+                continue;
+            };
+            let kept: Vec<Value> = match list.as_array() {
+                Some(a) => a
+                    .iter()
+                    .filter(|c| {
+                        let keep = c.as_str().is_some_and(|c| rules.capabilities.contains(c));
+                        if !keep {
+                            dropped.insert(c.as_str().unwrap_or("?").to_string());
+                        }
+                        keep
+                    })
+                    .cloned()
+                    .collect(),
+                None => Vec::new(),
+            };
+            *list = Value::Array(kept);
+        }
+    }
+    if !dropped.is_empty() {
+        report.removed(format!(
+            "capabilities {}",
+            dropped.into_iter().collect::<Vec<_>>().join(",")
+        ));
+    }
+    if rules.no_new_privileges {
+        p.insert("noNewPrivileges".into(), Value::Bool(true));
+    }
+    if let Some((uid, gid)) = rules.user {
+        let user = p.entry("user").or_insert_with(|| json!({}));
+        if !user.is_object() {
+            *user = json!({});
+        }
+        let user = user.as_object_mut().expect("just made an object");
+        user.insert("uid".into(), json!(uid));
+        user.insert("gid".into(), json!(gid));
+        // `--group-add 0` would otherwise hand the owner root's group.
+        if user.remove("additionalGids").is_some() {
+            report.removed("additionalGids");
+        }
+    }
+    // For exec this falls back to the container's profile; create refuses it earlier.
+    if !rules.allow_unconfined
+        && p.get("apparmorProfile").and_then(Value::as_str) == Some("unconfined")
+    {
+        p.remove("apparmorProfile");
+        report.removed("apparmor unconfined");
+    }
+    let env = p.entry("env").or_insert_with(|| json!([]));
+    if !env.is_array() {
+        return Err(EditError::Malformed {
+            field: "process.env",
+            reason: "not an array".into(),
+        });
+    }
+    let env = env.as_array_mut().expect("checked");
+    env.retain(|e| {
+        !e.as_str()
+            .is_some_and(|e| e.starts_with("NVIDIA_VISIBLE_DEVICES="))
+    });
+    env.push(json!(NVIDIA_VISIBLE_DEVICES));
+    Ok(())
+}

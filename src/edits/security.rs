@@ -1,0 +1,234 @@
+//! Privileged mode, host namespaces and unconfined profiles: refused unless the policy allows.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use serde_json::Value;
+
+use super::{EditError, Report};
+use crate::decide::Decision;
+use crate::spec::{str_field, wildcard_num};
+
+/// Namespaces a Docker container always has unless a `--x host` flag removed them.
+/// Docker on cgroup v1 has no cgroup namespace and, without userns-remap, no user namespace.
+const REQUIRED_NAMESPACES: [(&str, &str); 4] = [
+    ("pid", "pid"),
+    ("ipc", "ipc"),
+    ("uts", "uts"),
+    ("mount", "mnt"),
+];
+
+/// An allow rule granting read or write on every device is what `--privileged` (or
+/// `--device-cgroup-rule 'a *:* rwm'`) looks like to the runtime.
+pub fn check_privileged(spec: &Value, d: &Decision) -> Result<(), EditError> {
+    if d.allow_privileged {
+        return Ok(());
+    }
+    let rules = spec
+        .pointer("/linux/resources/devices")
+        .and_then(Value::as_array);
+    let grants_all = rules.into_iter().flatten().any(|r| {
+        r.get("allow").and_then(Value::as_bool) == Some(true)
+            && grants_rw(r)
+            && (matches!(str_field(r, "type"), None | Some("a"))
+                || wildcard_num(r.get("major")).is_none())
+    });
+    if grants_all {
+        return Err(EditError::Privileged {
+            section: d.section(),
+        });
+    }
+    Ok(())
+}
+
+/// Whether a device cgroup rule's access grants read or write (absent access means "rwm").
+pub fn grants_rw(rule: &Value) -> bool {
+    str_field(rule, "access").is_none_or(|a| a.contains('r') || a.contains('w'))
+}
+
+pub fn apply(spec: &mut Value, d: &Decision, _report: &mut Report) -> Result<(), EditError> {
+    check_namespaces(spec, d, Path::new("/proc/self/ns"))?;
+    if !d.process.allow_unconfined {
+        check_confined(spec, d)?;
+    }
+    Ok(())
+}
+
+fn check_namespaces(spec: &Value, d: &Decision, own_ns: &Path) -> Result<(), EditError> {
+    let namespaces: Vec<&Value> = spec
+        .pointer("/linux/namespaces")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().collect())
+        .unwrap_or_default();
+    let entry = |t: &str| namespaces.iter().find(|n| str_field(n, "type") == Some(t));
+    // A namespace joined by path is the host's if it is the one labgpu itself runs in.
+    let is_host = |t: &str, proc_name: &str| match entry(t) {
+        None => true,
+        Some(n) => {
+            str_field(n, "path").is_some_and(|p| same_file(Path::new(p), &own_ns.join(proc_name)))
+        }
+    };
+    if !d.allow_host_namespaces {
+        for (t, proc_name) in REQUIRED_NAMESPACES {
+            if is_host(t, proc_name) {
+                return Err(EditError::HostNamespace {
+                    ns: t.to_string(),
+                    section: d.section(),
+                });
+            }
+        }
+    }
+    if !d.allow_host_network && is_host("network", "net") {
+        return Err(EditError::HostNetwork {
+            section: d.section(),
+        });
+    }
+    Ok(())
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+fn check_confined(spec: &Value, d: &Decision) -> Result<(), EditError> {
+    let unconfined = |what: &str| EditError::Unconfined {
+        what: what.to_string(),
+        section: d.section(),
+    };
+    match spec.pointer("/linux/seccomp") {
+        None | Some(Value::Null) => return Err(unconfined("running without a seccomp profile")),
+        Some(s) => {
+            // An allow-by-default profile is unconfined with extra steps.
+            if matches!(
+                str_field(s, "defaultAction"),
+                Some("SCMP_ACT_ALLOW" | "SCMP_ACT_LOG")
+            ) {
+                return Err(unconfined("a seccomp profile that allows by default"));
+            }
+        }
+    }
+    for field in ["maskedPaths", "readonlyPaths"] {
+        let empty = spec
+            .pointer(&format!("/linux/{field}"))
+            .and_then(Value::as_array)
+            .is_none_or(Vec::is_empty);
+        if empty {
+            return Err(unconfined(&format!(
+                "an empty linux.{field} (systempaths=unconfined)"
+            )));
+        }
+    }
+    if spec
+        .pointer("/process/apparmorProfile")
+        .and_then(Value::as_str)
+        == Some("unconfined")
+    {
+        return Err(unconfined("apparmor=unconfined"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::edits::testing::decision;
+    use serde_json::json;
+
+    fn confined() -> Value {
+        json!({"process": {}, "linux": {
+            "namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
+            "seccomp": {"defaultAction": "SCMP_ACT_ERRNO", "syscalls": []},
+            "maskedPaths": ["/proc/kcore"], "readonlyPaths": ["/proc/sys"]}})
+    }
+
+    #[test]
+    fn a_docker_default_spec_passes() {
+        let d = decision();
+        apply(&mut confined(), &d, &mut Report::default()).unwrap();
+        check_privileged(&confined(), &d).unwrap();
+    }
+
+    #[test]
+    fn host_namespaces_are_refused_by_name() {
+        let d = decision();
+        for ns in ["pid", "ipc", "uts", "mount"] {
+            let mut s = confined();
+            s["linux"]["namespaces"]
+                .as_array_mut()
+                .unwrap()
+                .retain(|n| n["type"] != ns);
+            let err = apply(&mut s, &d, &mut Report::default()).unwrap_err();
+            assert!(
+                err.to_string().contains(&format!("host {ns} namespace")),
+                "{err}"
+            );
+        }
+        let mut s = confined();
+        s["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|n| n["type"] != "network");
+        assert!(matches!(
+            apply(&mut s, &d, &mut Report::default()),
+            Err(EditError::HostNetwork { .. })
+        ));
+        let mut allowed = decision();
+        allowed.allow_host_network = true;
+        apply(&mut s, &allowed, &mut Report::default()).unwrap();
+    }
+
+    #[test]
+    fn joining_labgpus_own_namespace_by_path_is_host() {
+        let d = decision();
+        let mut s = confined();
+        s["linux"]["namespaces"][0] = json!({"type": "pid", "path": "/proc/self/ns/pid"});
+        assert!(apply(&mut s, &d, &mut Report::default()).is_err());
+    }
+
+    #[test]
+    fn unconfined_profiles_are_refused() {
+        let d = decision();
+        let cases: [(&str, fn(&mut Value)); 5] = [
+            ("seccomp", |s| {
+                s["linux"].as_object_mut().unwrap().remove("seccomp");
+            }),
+            ("allows by default", |s| {
+                s["linux"]["seccomp"]["defaultAction"] = json!("SCMP_ACT_ALLOW")
+            }),
+            ("maskedPaths", |s| s["linux"]["maskedPaths"] = json!([])),
+            ("readonlyPaths", |s| {
+                s["linux"].as_object_mut().unwrap().remove("readonlyPaths");
+            }),
+            ("apparmor", |s| {
+                s["process"]["apparmorProfile"] = json!("unconfined")
+            }),
+        ];
+        for (word, mutate) in cases {
+            let mut s = confined();
+            mutate(&mut s);
+            let err = apply(&mut s, &d, &mut Report::default()).unwrap_err();
+            assert!(err.to_string().contains(word), "{word}: {err}");
+        }
+    }
+
+    #[test]
+    fn allow_all_device_rules_are_privileged() {
+        let d = decision();
+        for rule in [
+            json!({"allow": true, "access": "rwm"}),
+            json!({"allow": true, "type": "c", "access": "rw"}),
+            json!({"allow": true, "type": "a", "major": -1, "minor": -1}),
+        ] {
+            let s = json!({"linux": {"resources": {"devices": [rule]}}});
+            assert!(matches!(
+                check_privileged(&s, &d),
+                Err(EditError::Privileged { .. })
+            ));
+        }
+        let mknod_only = json!({"linux": {"resources": {"devices": [{"allow": true, "type": "c", "access": "m"}]}}});
+        check_privileged(&mknod_only, &d).unwrap();
+    }
+}

@@ -1,0 +1,20 @@
+//! Annotations recording what labgpu decided; runc keeps them in its state, where `exec` and
+//! `labgpu verify` read them back.
+
+use serde_json::json;
+use serde_json::Value;
+
+use crate::decide::Decision;
+use crate::spec::object_mut;
+
+pub const OWNER: &str = "io.labgpu.owner";
+pub const GPUS: &str = "io.labgpu.gpus";
+pub const POLICY_SHA256: &str = "io.labgpu.policy-sha256";
+
+pub fn apply(spec: &mut Value, d: &Decision) {
+    let ann = object_mut(spec, "annotations");
+    let gpus: Vec<String> = d.gpu_ids.iter().map(u32::to_string).collect();
+    ann[OWNER] = json!(d.owner.clone().unwrap_or_default());
+    ann[GPUS] = json!(gpus.join(","));
+    ann[POLICY_SHA256] = json!(d.policy_sha256);
+}

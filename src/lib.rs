@@ -1,0 +1,18 @@
+//! labgpu: an OCI runtime shim that gives each lab user only their own GPUs.
+//!
+//! Flow: `argv` decides the face; the runtime face (`runtime`) loads the `policy`, finds the
+//! `owner`, scans the `gpu` inventory, `decide`s, applies the `edits` to the `spec`, and execs
+//! runc; refusals go out through `refusal`. The admin CLI lives in `cli`.
+
+pub mod argv;
+pub mod cli;
+pub mod decide;
+pub mod edits;
+pub mod gpu;
+pub mod log;
+pub mod owner;
+pub mod paths;
+pub mod policy;
+pub mod refusal;
+pub mod runtime;
+pub mod spec;

@@ -1,0 +1,433 @@
+//! The admin's policy file: schema v1, loading with line/column errors, and per-user resolution.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer};
+use sha2::{Digest, Sha256};
+
+pub const DEFAULT_POLICY_PATH: &str = "/etc/labgpu/policy.toml";
+pub const POLICY_ENV: &str = "LABGPU_POLICY";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("cannot read policy file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("policy file {path} line {line} column {column}: {message}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("policy file {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// Where the policy lives: `LABGPU_POLICY`, else `/etc/labgpu/policy.toml`.
+pub fn policy_path() -> PathBuf {
+    match std::env::var_os(POLICY_ENV) {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => PathBuf::from(DEFAULT_POLICY_PATH),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    pub version: u32,
+    #[serde(default)]
+    pub runtime: RuntimeSection,
+    #[serde(default)]
+    pub gpus: GpusSection,
+    #[serde(default)]
+    pub defaults: Defaults,
+    #[serde(default)]
+    pub users: BTreeMap<String, UserPolicy>,
+    /// sha256 of the file's bytes, stamped on every container so drift can be detected.
+    #[serde(skip)]
+    pub sha256: String,
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeSection {
+    pub runc: Option<AbsPath>,
+    #[serde(default = "default_owner_label")]
+    pub owner_label: String,
+    #[serde(default)]
+    pub unlabeled: Unlabeled,
+    pub docker_root: Option<AbsPath>,
+    pub log: Option<AbsPath>,
+}
+
+impl Default for RuntimeSection {
+    fn default() -> Self {
+        RuntimeSection {
+            runc: None,
+            owner_label: default_owner_label(),
+            unlabeled: Unlabeled::default(),
+            docker_root: None,
+            log: None,
+        }
+    }
+}
+
+fn default_owner_label() -> String {
+    "labgpu.user".to_string()
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Unlabeled {
+    #[default]
+    Deny,
+    NoGpu,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpusSection {
+    #[serde(default = "default_dev_root")]
+    pub dev_root: AbsPath,
+}
+
+impl Default for GpusSection {
+    fn default() -> Self {
+        GpusSection {
+            dev_root: default_dev_root(),
+        }
+    }
+}
+
+fn default_dev_root() -> AbsPath {
+    AbsPath(PathBuf::from("/dev"))
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunAs {
+    #[default]
+    Image,
+    Owner,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Defaults {
+    #[serde(default = "default_capabilities")]
+    pub capabilities: Vec<CapName>,
+    #[serde(default = "yes")]
+    pub no_new_privileges: bool,
+    #[serde(default)]
+    pub allow_privileged: bool,
+    #[serde(default)]
+    pub allow_host_namespaces: bool,
+    #[serde(default)]
+    pub allow_host_network: bool,
+    #[serde(default)]
+    pub allow_unconfined: bool,
+    #[serde(default)]
+    pub run_as: RunAs,
+    #[serde(default)]
+    pub bind_allow: Vec<AbsPath>,
+    #[serde(default)]
+    pub devices: Vec<AbsPath>,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Defaults {
+            capabilities: default_capabilities(),
+            no_new_privileges: true,
+            allow_privileged: false,
+            allow_host_namespaces: false,
+            allow_host_network: false,
+            allow_unconfined: false,
+            run_as: RunAs::Image,
+            bind_allow: Vec::new(),
+            devices: Vec::new(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Docker's default set minus CAP_MKNOD (creating device nodes), CAP_NET_RAW (spoofing and
+/// sniffing on shared networks) and CAP_SETFCAP (granting file capabilities).
+fn default_capabilities() -> Vec<CapName> {
+    [
+        "CAP_CHOWN",
+        "CAP_DAC_OVERRIDE",
+        "CAP_FOWNER",
+        "CAP_FSETID",
+        "CAP_KILL",
+        "CAP_SETGID",
+        "CAP_SETUID",
+        "CAP_SETPCAP",
+        "CAP_NET_BIND_SERVICE",
+        "CAP_SYS_CHROOT",
+        "CAP_AUDIT_WRITE",
+    ]
+    .iter()
+    .map(|c| CapName(c.to_string()))
+    .collect()
+}
+
+/// Per-user settings; every `Option` falls back to `[defaults]`, every list adds to it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserPolicy {
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    #[serde(default)]
+    pub gpus: Vec<u32>,
+    #[serde(default)]
+    pub capabilities: Vec<CapName>,
+    pub no_new_privileges: Option<bool>,
+    pub allow_privileged: Option<bool>,
+    pub allow_host_namespaces: Option<bool>,
+    pub allow_host_network: Option<bool>,
+    pub allow_unconfined: Option<bool>,
+    pub run_as: Option<RunAs>,
+    #[serde(default)]
+    pub bind_allow: Vec<AbsPath>,
+    #[serde(default)]
+    pub devices: Vec<AbsPath>,
+    #[serde(default)]
+    pub mounts: Vec<UserMount>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct UserMount {
+    pub source: AbsPath,
+    pub destination: AbsPath,
+    #[serde(default)]
+    pub readonly: bool,
+}
+
+/// An absolute path; relative paths are rejected at parse time so they carry a line number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AbsPath(pub PathBuf);
+
+impl AbsPath {
+    pub fn as_path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for AbsPath {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if !s.starts_with('/') {
+            return Err(serde::de::Error::custom(format!(
+                "path {s:?} must be absolute"
+            )));
+        }
+        Ok(AbsPath(PathBuf::from(s)))
+    }
+}
+
+/// A Linux capability name as the OCI spec writes it (`CAP_SYS_PTRACE`); typos are parse errors.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct CapName(pub String);
+
+impl fmt::Display for CapName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for CapName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let upper = s.to_ascii_uppercase();
+        let full = if upper.starts_with("CAP_") {
+            upper
+        } else {
+            format!("CAP_{upper}")
+        };
+        caps::Capability::from_str(&full)
+            .map_err(|_| serde::de::Error::custom(format!("unknown capability {s:?}")))?;
+        Ok(CapName(full))
+    }
+}
+
+impl Policy {
+    /// Reads and validates the policy at `path`.
+    pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+        let bytes = std::fs::read(path).map_err(|source| PolicyError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(path, &bytes)
+    }
+
+    pub fn parse(path: &Path, bytes: &[u8]) -> Result<Policy, PolicyError> {
+        let text = std::str::from_utf8(bytes).map_err(|e| PolicyError::Invalid {
+            path: path.to_path_buf(),
+            message: format!("not valid UTF-8: {e}"),
+        })?;
+        let mut policy: Policy = toml::from_str(text).map_err(|e| {
+            let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
+            PolicyError::Parse {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message: e.message().trim().to_string(),
+            }
+        })?;
+        let invalid = |message: String| PolicyError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        if policy.version != 1 {
+            return Err(invalid(format!(
+                "version = {} is not supported (this labgpu reads version = 1)",
+                policy.version
+            )));
+        }
+        if policy.runtime.owner_label.is_empty() {
+            return Err(invalid("[runtime] owner_label must not be empty".into()));
+        }
+        for (name, user) in &policy.users {
+            if !valid_user_name(name) {
+                return Err(invalid(format!("[users.{name}] is not a valid user name")));
+            }
+            if user.uid.is_some() != user.gid.is_some() {
+                return Err(invalid(format!(
+                    "[users.{name}] sets only one of uid and gid; set both or neither"
+                )));
+            }
+        }
+        policy.sha256 = hex(&Sha256::digest(bytes));
+        policy.path = path.to_path_buf();
+        Ok(policy)
+    }
+
+    /// The runc path configured by the policy, read leniently: passthrough commands
+    /// (`kill`, `delete`, …) must keep working while an admin is mid-edit on a broken file.
+    pub fn runc_hint(path: &Path) -> Option<PathBuf> {
+        let text = std::fs::read_to_string(path).ok()?;
+        let value: toml::Table = toml::from_str(&text).ok()?;
+        let runc = value.get("runtime")?.get("runc")?.as_str()?;
+        runc.starts_with('/').then(|| PathBuf::from(runc))
+    }
+
+    pub fn user(&self, name: &str) -> Option<&UserPolicy> {
+        self.users.get(name)
+    }
+}
+
+fn valid_user_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Policy, PolicyError> {
+        Policy::parse(Path::new("/etc/labgpu/policy.toml"), text.as_bytes())
+    }
+
+    #[test]
+    fn minimal_policy_gets_safe_defaults() {
+        let p = parse("version = 1\n").unwrap();
+        assert_eq!(p.runtime.unlabeled, Unlabeled::Deny);
+        assert_eq!(p.runtime.owner_label, "labgpu.user");
+        assert!(p.defaults.no_new_privileges);
+        assert!(!p.defaults.allow_privileged);
+        assert_eq!(p.gpus.dev_root.as_path(), Path::new("/dev"));
+        assert_eq!(p.sha256.len(), 64);
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_with_line_and_column() {
+        let err = parse("version = 1\n[users.alice]\ngpuz = [0]\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("/etc/labgpu/policy.toml line 3 column 1"),
+            "{msg}"
+        );
+        assert!(msg.contains("gpuz"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_capability_is_an_error() {
+        let err =
+            parse("version = 1\n[defaults]\ncapabilities = [\"CAP_SYS_ADMN\"]\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("line 3"), "{msg}");
+        assert!(msg.contains("CAP_SYS_ADMN"), "{msg}");
+    }
+
+    #[test]
+    fn capability_names_are_normalised() {
+        let p = parse("version = 1\n[users.a]\ncapabilities = [\"sys_ptrace\"]\n").unwrap();
+        assert_eq!(p.users["a"].capabilities[0].0, "CAP_SYS_PTRACE");
+    }
+
+    #[test]
+    fn relative_paths_and_bad_enums_are_errors() {
+        assert!(parse("version = 1\n[gpus]\ndev_root = \"dev\"\n").is_err());
+        assert!(parse("version = 1\n[runtime]\nunlabeled = \"allow\"\n").is_err());
+        assert!(parse("version = 1\n[defaults]\nrun_as = \"root\"\n").is_err());
+    }
+
+    #[test]
+    fn version_and_uid_gid_pairing_are_checked() {
+        assert!(parse("version = 2\n")
+            .unwrap_err()
+            .to_string()
+            .contains("version = 2"));
+        assert!(parse("version = 1\n[users.a]\nuid = 5\n").is_err());
+    }
+
+    #[test]
+    fn full_example_parses() {
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/policy.toml"))
+                .unwrap();
+        parse(&text).unwrap();
+    }
+
+    #[test]
+    fn runc_hint_survives_a_broken_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("policy.toml");
+        std::fs::write(
+            &p,
+            "version = 1\n[runtime]\nrunc = \"/opt/runc\"\n[users.a]\nbogus = 1\n",
+        )
+        .unwrap();
+        assert_eq!(Policy::runc_hint(&p), Some(PathBuf::from("/opt/runc")));
+        std::fs::write(&p, "not toml [").unwrap();
+        assert_eq!(Policy::runc_hint(&p), None);
+    }
+}

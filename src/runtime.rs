@@ -1,0 +1,338 @@
+//! The runtime face: prepare what runc will read (config.json, the exec process, update's
+//! resources), then replace this process with runc, same argv. Nothing is printed to stdout:
+//! containerd parses runc's.
+
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::argv::{container_id, flag_value, has_flag, Invocation};
+use crate::decide::{self, decide, DecideError};
+use crate::edits::{self, stamp, EditError, Report};
+use crate::gpu::{DevfsInventory, GpuError};
+use crate::owner::{self, OwnerError};
+use crate::policy::{policy_path, Policy, PolicyError};
+use crate::refusal;
+use crate::spec::{self, SpecError};
+
+/// Where runc is looked for when the policy does not say.
+pub const RUNC_CANDIDATES: [&str; 4] = [
+    "/usr/bin/runc",
+    "/usr/sbin/runc",
+    "/usr/local/bin/runc",
+    "/usr/local/sbin/runc",
+];
+
+/// runc's state root when `--root` is not given (runc run as root).
+const RUNC_DEFAULT_ROOT: &str = "/run/runc";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error(transparent)]
+    Owner(#[from] OwnerError),
+    #[error(transparent)]
+    Gpu(#[from] GpuError),
+    #[error(transparent)]
+    Decide(#[from] DecideError),
+    #[error(transparent)]
+    Edit(#[from] EditError),
+    #[error("runc not found: set [runtime] runc in the policy or install runc at one of {}", RUNC_CANDIDATES.join(", "))]
+    NoRunc,
+    #[error("runc {0} from [runtime] runc does not exist")]
+    RuncMissing(PathBuf),
+    #[error("runc {0} is labgpu itself; [runtime] runc must name the real runc")]
+    RuncIsSelf(PathBuf),
+    #[error("cannot run {path}: {source}")]
+    Exec {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0} was called without a container id")]
+    NoId(String),
+    #[error("cannot determine the bundle directory: {0}")]
+    NoBundle(std::io::Error),
+    #[error("exec flag {0} is not allowed: capabilities and security labels come from the policy")]
+    ExecFlag(String),
+    #[error("exec -u/-g is not allowed: [users.{0}] run_as = \"owner\" fixes the user")]
+    ExecUser(String),
+    #[error("cannot read runc state {path}: {reason}")]
+    State { path: PathBuf, reason: String },
+    #[error("container {id} was created for {owner:?}, who is no longer in {policy} [users]")]
+    OwnerGone {
+        id: String,
+        owner: String,
+        policy: PathBuf,
+    },
+    #[error("updating device rules of a running container is not allowed (linux.resources.devices in update)")]
+    UpdateDevices,
+    #[error("cannot read update resources from {what}: {source}")]
+    UpdateInput {
+        what: String,
+        source: std::io::Error,
+    },
+}
+
+/// Handles a runc subcommand and execs runc; returns only on failure, with the exit code.
+pub fn handle(argv: &[OsString], inv: &Invocation) -> i32 {
+    let path = policy_path();
+    let result = match inv.subcommand.as_str() {
+        "create" | "run" | "restore" => prepare_create(argv, inv, &path),
+        "exec" => prepare_exec(argv, inv, &path),
+        "update" => prepare_update(argv, inv, &path),
+        _ => find_runc(Policy::runc_hint(&path).as_deref()),
+    };
+    // exec_runc returns only if execve failed, which is a refusal like any other.
+    let err = match result {
+        Ok(runc) => exec_runc(&runc, argv),
+        Err(e) => e,
+    };
+    tracing::error!(subcommand = %inv.subcommand, error = %err, "refused");
+    refusal::report(inv, &err.to_string());
+    1
+}
+
+fn exec_runc(runc: &Path, argv: &[OsString]) -> RuntimeError {
+    let source = std::process::Command::new(runc).args(&argv[1..]).exec();
+    RuntimeError::Exec {
+        path: runc.to_path_buf(),
+        source,
+    }
+}
+
+/// The runc binary: `[runtime] runc`, else the first of the standard locations.
+pub fn find_runc(configured: Option<&Path>) -> Result<PathBuf, RuntimeError> {
+    let runc = match configured {
+        Some(p) if p.is_file() => p.to_path_buf(),
+        Some(p) => return Err(RuntimeError::RuncMissing(p.to_path_buf())),
+        None => RUNC_CANDIDATES
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file())
+            .ok_or(RuntimeError::NoRunc)?,
+    };
+    // A daemon.json or policy pointing runc at labgpu would recurse forever.
+    let me = std::env::current_exe().and_then(std::fs::canonicalize);
+    if let (Ok(me), Ok(target)) = (me, std::fs::canonicalize(&runc)) {
+        if me == target {
+            return Err(RuntimeError::RuncIsSelf(runc));
+        }
+    }
+    Ok(runc)
+}
+
+fn load_policy(path: &Path) -> Result<Policy, RuntimeError> {
+    let policy = Policy::load(path)?;
+    crate::log::init(policy.runtime.log.as_ref().map(|l| l.as_path()));
+    Ok(policy)
+}
+
+/// create / run / restore: rewrite `<bundle>/config.json` to the owner's policy.
+fn prepare_create(
+    argv: &[OsString],
+    inv: &Invocation,
+    policy_path: &Path,
+) -> Result<PathBuf, RuntimeError> {
+    let sub = inv.sub_args(argv);
+    let id = container_id(sub).ok_or_else(|| RuntimeError::NoId(inv.subcommand.clone()))?;
+    let bundle = match flag_value(sub, &["--bundle", "-b"]) {
+        Some(b) => PathBuf::from(b),
+        None => std::env::current_dir().map_err(RuntimeError::NoBundle)?,
+    };
+    let policy = load_policy(policy_path)?;
+    let runc = find_runc(policy.runtime.runc.as_ref().map(|r| r.as_path()))?;
+    let config = bundle.join("config.json");
+    let mut spec = spec::load(&config)?;
+    let root = owner::docker_root(
+        &spec,
+        policy.runtime.docker_root.as_ref().map(|r| r.as_path()),
+    );
+    let owner = owner::find_owner(&spec, &id, &policy.runtime.owner_label, root.as_deref())?;
+    let inventory =
+        DevfsInventory::scan(policy.gpus.dev_root.as_path(), Path::new("/proc/devices"))?;
+    let decision = decide(&policy, owner.as_deref(), &inventory, root, &id)?;
+    let mut report = Report::default();
+    edits::apply_all(&mut spec, &decision, &mut report)?;
+    spec::write_atomic(&config, &spec)?;
+    tracing::info!(
+        container = %id,
+        owner = decision.owner.as_deref().unwrap_or("-"),
+        gpus = ?decision.gpu_ids,
+        removed = ?report.removed,
+        "{} allowed",
+        inv.subcommand
+    );
+    Ok(runc)
+}
+
+/// exec: cut the process file to the owner's rules, read from runc's state of the container.
+fn prepare_exec(
+    argv: &[OsString],
+    inv: &Invocation,
+    policy_path: &Path,
+) -> Result<PathBuf, RuntimeError> {
+    let sub = inv.sub_args(argv);
+    for flag in ["--cap", "-c", "--apparmor", "--process-label"] {
+        if has_flag(sub, &[flag]) {
+            return Err(RuntimeError::ExecFlag(flag.to_string()));
+        }
+    }
+    let id = container_id(sub).ok_or_else(|| RuntimeError::NoId("exec".into()))?;
+    let policy = load_policy(policy_path)?;
+    let runc = find_runc(policy.runtime.runc.as_ref().map(|r| r.as_path()))?;
+    let root = inv
+        .root
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(RUNC_DEFAULT_ROOT));
+    let owner = stamped_owner(&root, &id)?;
+    let user = match decide::policy_user(&policy, owner.as_deref()) {
+        Err(DecideError::UnknownOwner { owner, policy }) => {
+            return Err(RuntimeError::OwnerGone { id, owner, policy })
+        }
+        other => other?,
+    };
+    let rules = decide::process_rules(&policy, owner.as_deref(), user)?;
+    let mut report = Report::default();
+    match flag_value(sub, &["--process", "-p"]) {
+        Some(file) => {
+            let file = PathBuf::from(file);
+            let mut process = spec::load(&file)?;
+            edits::process::sanitize(&mut process, &rules, &mut report)?;
+            spec::write_atomic(&file, &process)?;
+        }
+        // Without --process runc builds the process from the (already cut) config.json plus
+        // flags; only the identity flags could widen it.
+        None if rules.user.is_some()
+            && has_flag(sub, &["--user", "-u", "--additional-gids", "-g"]) =>
+        {
+            return Err(RuntimeError::ExecUser(owner.unwrap_or_default()))
+        }
+        None => {}
+    }
+    tracing::info!(
+        container = %id,
+        owner = owner.as_deref().unwrap_or("-"),
+        removed = ?report.removed,
+        "exec allowed"
+    );
+    Ok(runc)
+}
+
+/// The owner labgpu stamped at create, from runc's state (`config.labels`, which holds the
+/// spec annotations as `key=value`). `None` for an unlabeled or unstamped container.
+pub fn stamped_owner(root: &Path, id: &str) -> Result<Option<String>, RuntimeError> {
+    if !owner::valid_container_id(id) {
+        return Err(OwnerError::BadId(id.to_string()).into());
+    }
+    let path = root.join(id).join("state.json");
+    let state_err = |reason: String| RuntimeError::State {
+        path: path.clone(),
+        reason,
+    };
+    let bytes = std::fs::read(&path).map_err(|e| state_err(e.to_string()))?;
+    let state: Value = serde_json::from_slice(&bytes).map_err(|e| state_err(e.to_string()))?;
+    let prefix = format!("{}=", stamp::OWNER);
+    Ok(state
+        .pointer("/config/labels")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .find_map(|l| l.strip_prefix(&prefix))
+        .filter(|o| !o.is_empty())
+        .map(str::to_string))
+}
+
+/// update: refuse device changes. With `--resources -` the JSON is read from stdin and
+/// handed to runc through a memfd on fd 0, so runc reads exactly what was checked.
+fn prepare_update(
+    argv: &[OsString],
+    inv: &Invocation,
+    policy_path: &Path,
+) -> Result<PathBuf, RuntimeError> {
+    let runc = find_runc(Policy::runc_hint(policy_path).as_deref())?;
+    let sub = inv.sub_args(argv);
+    let Some(source) = flag_value(sub, &["--resources", "-r"]) else {
+        return Ok(runc);
+    };
+    let input_err = |what: &str| {
+        let what = what.to_string();
+        move |source| RuntimeError::UpdateInput { what, source }
+    };
+    let bytes = if source == "-" {
+        let mut buf = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut buf)
+            .map_err(input_err("stdin"))?;
+        replay_stdin(&buf).map_err(input_err("stdin"))?;
+        buf
+    } else {
+        std::fs::read(&source).map_err(input_err(&source.to_string_lossy()))?
+    };
+    if touches_devices(&bytes) {
+        return Err(RuntimeError::UpdateDevices);
+    }
+    Ok(runc)
+}
+
+fn touches_devices(resources: &[u8]) -> bool {
+    // Unparseable input is runc's to reject; it cannot carry device rules runc would apply.
+    serde_json::from_slice::<Value>(resources)
+        .ok()
+        .and_then(|v| v.get("devices").cloned())
+        .is_some_and(|d| !d.is_null() && d.as_array().is_none_or(|a| !a.is_empty()))
+}
+
+fn replay_stdin(bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd =
+        nix::sys::memfd::memfd_create(c"labgpu-update", nix::sys::memfd::MemFdCreateFlag::empty())
+            .map_err(std::io::Error::from)?;
+    let mut file = std::fs::File::from(fd);
+    file.write_all(bytes)?;
+    std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(0))?;
+    nix::unistd::dup2(file.as_raw_fd(), 0).map_err(std::io::Error::from)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn update_device_detection() {
+        assert!(touches_devices(
+            br#"{"devices":[{"allow":true,"access":"rwm"}]}"#
+        ));
+        assert!(!touches_devices(
+            br#"{"memory":{"limit":1000},"devices":[]}"#
+        ));
+        assert!(!touches_devices(
+            br#"{"memory":{"limit":1000},"devices":null}"#
+        ));
+        assert!(!touches_devices(b"not json"));
+    }
+
+    #[test]
+    fn stamped_owner_reads_runc_state_labels() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("c1")).unwrap();
+        std::fs::write(
+            d.path().join("c1/state.json"),
+            r#"{"id":"c1","config":{"labels":["io.labgpu.gpus=0","io.labgpu.owner=alice","bundle=/b"]}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            stamped_owner(d.path(), "c1").unwrap().as_deref(),
+            Some("alice")
+        );
+        assert!(stamped_owner(d.path(), "missing").is_err());
+        assert!(stamped_owner(d.path(), "../c1").is_err());
+    }
+}
