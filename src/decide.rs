@@ -173,7 +173,7 @@ pub fn decide(
         .chain(user.map(|u| &u.bind_allow).into_iter().flatten())
         .map(|p| p.as_path())
         .chain(mounts.iter().map(|m| m.source.as_path()))
-        .map(|p| resolve_host(p))
+        .map(resolve_host)
         .collect();
 
     Ok(Decision {

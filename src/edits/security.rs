@@ -191,7 +191,8 @@ mod tests {
     #[test]
     fn unconfined_profiles_are_refused() {
         let d = decision();
-        let cases: [(&str, fn(&mut Value)); 5] = [
+        type Mutation = fn(&mut Value);
+        let cases: [(&str, Mutation); 5] = [
             ("seccomp", |s| {
                 s["linux"].as_object_mut().unwrap().remove("seccomp");
             }),
