@@ -143,3 +143,115 @@ fn filter_cgroup_rules(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::edits::testing::decision;
+
+    fn dev(path: &str, major: i64, minor: i64) -> Value {
+        json!({"path": path, "type": "c", "major": major, "minor": minor, "fileMode": 438, "uid": 0, "gid": 0})
+    }
+
+    fn rule(allow: bool, kind: &str, major: Value, minor: Value, access: &str) -> Value {
+        json!({"allow": allow, "type": kind, "major": major, "minor": minor, "access": access})
+    }
+
+    fn paths(spec: &Value) -> Vec<String> {
+        spec["linux"]["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| format!("{} {}:{}", d["path"].as_str().unwrap(), d["major"], d["minor"]))
+            .collect()
+    }
+
+    #[test]
+    fn only_owned_gpus_and_standard_devices_stay() {
+        let mut spec = json!({"linux": {"devices": [
+            dev("/dev/nvidia2", 195, 2), dev("/dev/nvidia0", 195, 2), dev("/dev/null", 1, 3),
+            dev("/dev/sda", 8, 0), {"path": "/dev/sdb", "type": "b", "major": 8, "minor": 16},
+            dev("/dev/nvidia-uvm-tools", 511, 1), dev("/dev/kmsg", 1, 11),
+            {"path": "/dev/fifo", "type": "p"}, {"path": "/dev/weird", "type": "c"}
+        ]}});
+        let mut report = Report::default();
+        apply(&mut spec, &decision(), &mut report).unwrap();
+        assert_eq!(
+            paths(&spec),
+            [
+                "/dev/null 1:3",
+                "/dev/fifo null:null",
+                "/dev/nvidia0 195:0",
+                "/dev/nvidiactl 195:255",
+                "/dev/nvidia-uvm 511:0"
+            ]
+        );
+        assert!(report.removed.contains(&"device /dev/nvidia2".to_string()));
+        assert!(report.removed.contains(&"device /dev/kmsg".to_string()));
+    }
+
+    #[test]
+    fn gpu_rules_are_narrowed_and_owned_rules_appended() {
+        let mut spec = json!({"linux": {"resources": {"devices": [
+            rule(false, "a", Value::Null, Value::Null, "rwm"),
+            rule(true, "c", Value::Null, Value::Null, "m"),
+            rule(true, "c", json!(1), json!(3), "rwm"),
+            rule(true, "c", json!(136), Value::Null, "rwm"),
+            rule(true, "c", json!(195), Value::Null, "rwm"),
+            rule(true, "c", json!(195), json!(2), "rw"),
+            rule(true, "c", json!(195), json!(0), "rw"),
+            rule(true, "c", json!(511), json!(-1), "rwm"),
+            rule(true, "b", json!(8), json!(0), "rwm"),
+            rule(false, "c", json!(195), json!(3), "rwm"),
+        ]}}});
+        apply(&mut spec, &decision(), &mut Report::default()).unwrap();
+        let got: Vec<String> = spec["linux"]["resources"]["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| format!("{} {} {}:{} {}", r["allow"], r["type"].as_str().unwrap_or("-"), r["major"], r["minor"], r["access"].as_str().unwrap()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "false a null:null rwm",
+                "true c null:null m",
+                "true c 1:3 rwm",
+                "true c 136:null rwm",
+                "true c 195:null m",
+                "true c 195:0 rw",
+                "true c 511:-1 m",
+                "true b 8:0 m",
+                "false c 195:3 rwm",
+                "true c 195:0 rwm",
+                "true c 195:255 rwm",
+                "true c 511:0 rwm",
+            ]
+        );
+    }
+
+    #[test]
+    fn deny_all_is_put_first_when_missing() {
+        let mut spec = json!({"linux": {"resources": {"devices": [rule(true, "c", json!(1), json!(3), "rwm")]}}});
+        let mut d = decision();
+        d.nodes.clear();
+        apply(&mut spec, &d, &mut Report::default()).unwrap();
+        let rules = spec["linux"]["resources"]["devices"].as_array().unwrap();
+        assert_eq!(rules[0], json!({"allow": false, "access": "rwm"}));
+        assert_eq!(rules.len(), 2);
+        assert_eq!(spec["linux"]["devices"], json!([]));
+    }
+
+    #[test]
+    fn policy_devices_are_kept_and_malformed_lists_refused() {
+        let mut d = decision();
+        d.extra_devices.push(DevKey { kind: 'c', major: 10, minor: 200 });
+        let mut spec = json!({"linux": {"devices": [dev("/dev/net/tun", 10, 200)],
+            "resources": {"devices": [rule(true, "c", json!(10), json!(200), "rwm")]}}});
+        apply(&mut spec, &d, &mut Report::default()).unwrap();
+        assert_eq!(spec["linux"]["devices"][0]["path"], "/dev/net/tun");
+        assert_eq!(spec["linux"]["resources"]["devices"][1]["access"], "rwm");
+        let mut bad = json!({"linux": {"devices": {"path": "/dev/x"}}});
+        assert!(matches!(apply(&mut bad, &d, &mut Report::default()), Err(EditError::Malformed { .. })));
+    }
+}

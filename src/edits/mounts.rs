@@ -24,7 +24,8 @@ const SHARED_FROM_OTHERS: [(&str, &str); 4] = [
     ("mounts/shm", "/dev/shm"),
 ];
 
-/// Where Docker's `--init` binary lives on Debian/Ubuntu and docker-ce installs.
+/// Where Docker's `--init` binary lives on Debian/Ubuntu and docker-ce installs (Debian's is
+/// a symlink to tini-static, so candidates are resolved like sources).
 const DOCKER_INIT: [&str; 3] = [
     "/usr/bin/docker-init",
     "/usr/libexec/docker/docker-init",
@@ -95,7 +96,7 @@ fn check_mount(m: &mut Value, d: &Decision) -> Result<(), EditError> {
     let allowed = d.bind_allow.iter().any(|p| is_under(&resolved, p))
         || docker_owned(&resolved, &destination, d)?
         || (destination == "/sbin/docker-init"
-            && DOCKER_INIT.iter().any(|p| resolved == Path::new(p)));
+            && DOCKER_INIT.iter().any(|p| resolved == resolve_host(Path::new(p))));
     if !allowed {
         return Err(EditError::BindNotAllowed {
             source_path: resolved,
@@ -170,4 +171,115 @@ fn check_volume_backing(volume: &Path, d: &Decision) -> Result<(), EditError> {
         device: device.to_string(),
         section: d.section(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::edits::testing::decision;
+    use crate::policy::{AbsPath, UserMount};
+
+    fn bind(source: &str, destination: &str) -> Value {
+        json!({"destination": destination, "type": "bind", "source": source, "options": ["rbind", "rprivate"]})
+    }
+
+    fn docker_decision(root: &Path) -> Decision {
+        let mut d = decision();
+        d.docker_root = Some(root.to_path_buf());
+        d
+    }
+
+    #[test]
+    fn docker_files_volumes_and_allowed_prefixes_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let d = docker_decision(root);
+        let c = |p: &str| root.join("containers").join(p).to_str().unwrap().to_string();
+        let mut spec = json!({"mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm"},
+            bind(&c("cid/resolv.conf"), "/etc/resolv.conf"),
+            bind(&c("cid/mounts/shm"), "/dev/shm"),
+            bind(&c("other/hostname"), "/etc/hostname"),
+            bind(root.join("volumes/v1/_data").to_str().unwrap(), "/v"),
+            bind("/srv/datasets/../datasets/imagenet", "/data"),
+            bind("/usr/bin/docker-init", "/sbin/docker-init"),
+        ]});
+        apply(&mut spec, &d, &mut Report::default()).unwrap();
+        assert_eq!(spec["mounts"][6]["source"], "/srv/datasets/imagenet");
+    }
+
+    #[test]
+    fn host_paths_and_other_containers_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let d = docker_decision(root);
+        let c = |p: &str| root.join("containers").join(p).to_str().unwrap().to_string();
+        for (source, dest) in [
+            ("/", "/host"),
+            ("/var/run/docker.sock", "/var/run/docker.sock"),
+            ("/srv/datasets2", "/x"),
+            ("/srv/datasets/../../etc", "/x"),
+            (&c("other/config.v2.json") as &str, "/x"),
+            (&c("other/hostname"), "/etc/passwd"),
+            (&c(""), "/c"),
+            (root.join("volumes").to_str().unwrap(), "/v"),
+            ("/usr/bin/docker-init", "/init"),
+        ] {
+            let mut spec = json!({"mounts": [bind(source, dest)]});
+            let err = apply(&mut spec, &d, &mut Report::default()).unwrap_err();
+            assert!(matches!(err, EditError::BindNotAllowed { .. }), "{source}: {err}");
+        }
+        let mut spec = json!({"mounts": [{"destination": "/mnt", "type": "ext4", "source": "/dev/sda1"}]});
+        assert!(apply(&mut spec, &d, &mut Report::default()).is_err());
+    }
+
+    #[test]
+    fn symlinks_are_resolved_before_comparing() {
+        let dir = tempfile::tempdir().unwrap();
+        let allowed = dir.path().join("allowed");
+        std::fs::create_dir(&allowed).unwrap();
+        std::os::unix::fs::symlink("/etc", allowed.join("link")).unwrap();
+        let mut d = decision();
+        d.bind_allow = vec![resolve_host(&allowed)];
+        let mut spec = json!({"mounts": [bind(allowed.join("link").to_str().unwrap(), "/x")]});
+        let err = apply(&mut spec, &d, &mut Report::default()).unwrap_err();
+        assert!(err.to_string().contains("host path /etc "), "{err}");
+    }
+
+    #[test]
+    fn bind_backed_volumes_are_checked_like_binds() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let vol = root.join("volumes/sneaky");
+        std::fs::create_dir_all(vol.join("_data")).unwrap();
+        std::fs::write(vol.join("opts.json"), r#"{"MountType":"none","MountOpts":"bind","MountDevice":"/etc"}"#).unwrap();
+        let d = docker_decision(root);
+        let mut spec = json!({"mounts": [bind(vol.join("_data").to_str().unwrap(), "/v")]});
+        let err = apply(&mut spec, &d, &mut Report::default()).unwrap_err();
+        assert!(matches!(err, EditError::VolumeNotAllowed { .. }), "{err}");
+        std::fs::write(vol.join("opts.json"), r#"{"MountType":"tmpfs","MountOpts":"size=1m","MountDevice":"tmpfs"}"#).unwrap();
+        apply(&mut spec, &d, &mut Report::default()).unwrap();
+    }
+
+    #[test]
+    fn policy_mounts_are_added_in_order_and_replace_same_destination() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        std::fs::create_dir_all(home.join("data")).unwrap();
+        let mut d = decision();
+        d.mounts = vec![
+            UserMount { source: AbsPath(home.clone()), destination: AbsPath("/workspace".into()), readonly: false },
+            UserMount { source: AbsPath(home.join("data")), destination: AbsPath("/workspace/data".into()), readonly: true },
+        ];
+        d.bind_allow.push(resolve_host(&home));
+        let mut spec = json!({"mounts": [bind(home.join("data").to_str().unwrap(), "/workspace")]});
+        apply(&mut spec, &d, &mut Report::default()).unwrap();
+        let mounts = spec["mounts"].as_array().unwrap();
+        assert_eq!(mounts.len(), 2);
+        assert_eq!(mounts[0]["destination"], "/workspace");
+        assert_eq!(mounts[0]["source"], json!(resolve_host(&home)));
+        assert_eq!(mounts[0]["options"], json!(["rbind", "rprivate", "nosuid", "nodev"]));
+        assert_eq!(mounts[1]["options"], json!(["rbind", "rprivate", "nosuid", "nodev", "ro"]));
+    }
 }

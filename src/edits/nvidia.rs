@@ -43,3 +43,29 @@ pub fn apply(spec: &mut Value, report: &mut Report) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn nvidia_hooks_and_cdi_annotations_go_others_stay() {
+        let mut spec = json!({
+            "hooks": {
+                "prestart": [{"path": "/usr/bin/nvidia-container-runtime-hook", "args": ["x", "prestart"]},
+                             {"path": "/proc/1/exe", "args": ["libnetwork-setkey"]}],
+                "createContainer": [{"path": "/usr/bin/nvidia-cdi-hook", "args": ["create-symlinks"]}],
+                "poststop": [{"path": "/opt/nvidia-container-toolkit"}]
+            },
+            "annotations": {"cdi.k8s.io/gpu": "nvidia.com/gpu=all", "org.opencontainers.image.x": "y"}
+        });
+        let mut report = Report::default();
+        apply(&mut spec, &mut report);
+        assert_eq!(spec["hooks"]["prestart"], json!([{"path": "/proc/1/exe", "args": ["libnetwork-setkey"]}]));
+        assert_eq!(spec["hooks"]["createContainer"], json!([]));
+        assert_eq!(spec["hooks"]["poststop"], json!([]));
+        assert_eq!(spec["annotations"], json!({"org.opencontainers.image.x": "y"}));
+        assert_eq!(report.removed.len(), 4);
+    }
+}

@@ -98,3 +98,53 @@ pub fn sanitize(
     env.push(json!(NVIDIA_VISIBLE_DEVICES));
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::edits::testing::decision;
+
+    fn all_caps() -> Value {
+        json!(["CAP_CHOWN", "CAP_SYS_ADMIN", "CAP_KILL", "CAP_BOGUS_FUTURE", 7])
+    }
+
+    #[test]
+    fn every_set_is_cut_and_nnp_forced() {
+        let mut p = json!({"user": {"uid": 0, "gid": 0, "additionalGids": [0, 10]}, "args": ["sh"],
+            "env": ["PATH=/bin", "NVIDIA_VISIBLE_DEVICES=all"], "noNewPrivileges": false,
+            "capabilities": {"bounding": all_caps(), "effective": all_caps(), "inheritable": all_caps(),
+                             "permitted": all_caps(), "ambient": all_caps()},
+            "apparmorProfile": "unconfined", "x-unknown": {"kept": true}});
+        let mut rules = decision().process;
+        rules.user = Some((1001, 1002));
+        let mut report = Report::default();
+        sanitize(&mut p, &rules, &mut report).unwrap();
+        for set in CAP_SETS {
+            assert_eq!(p["capabilities"][set], json!(["CAP_CHOWN", "CAP_KILL"]), "{set}");
+        }
+        assert_eq!(p["noNewPrivileges"], true);
+        assert_eq!(p["user"], json!({"uid": 1001, "gid": 1002}));
+        assert_eq!(p["env"], json!(["PATH=/bin", "NVIDIA_VISIBLE_DEVICES=void"]));
+        assert!(p.get("apparmorProfile").is_none());
+        assert_eq!(p["x-unknown"], json!({"kept": true}));
+        assert!(report.removed.iter().any(|r| r.contains("CAP_SYS_ADMIN")));
+    }
+
+    #[test]
+    fn image_user_and_nnp_opt_out_are_respected() {
+        let mut p = json!({"user": {"uid": 33, "gid": 33}, "noNewPrivileges": false});
+        let mut rules = decision().process;
+        rules.no_new_privileges = false;
+        sanitize(&mut p, &rules, &mut Report::default()).unwrap();
+        assert_eq!(p["user"], json!({"uid": 33, "gid": 33}));
+        assert_eq!(p["noNewPrivileges"], false);
+        assert_eq!(p["env"], json!(["NVIDIA_VISIBLE_DEVICES=void"]));
+    }
+
+    #[test]
+    fn malformed_process_is_refused() {
+        let rules = decision().process;
+        assert!(sanitize(&mut json!([]), &rules, &mut Report::default()).is_err());
+        assert!(sanitize(&mut json!({"env": "X=1"}), &rules, &mut Report::default()).is_err());
+    }
+}
