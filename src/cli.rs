@@ -59,12 +59,13 @@ pub fn main(argv: Vec<OsString>) -> i32 {
 /// `labgpu --version`: runc's answer first, byte for byte (docker info parses its
 /// "runc version X" line), then labgpu's own on a line without the word "version".
 pub fn version() -> i32 {
-    println!("labgpu: {}", env!("CARGO_PKG_VERSION"));
     let runc = find_runc(Policy::runc_hint(&policy_path()).as_deref());
     match runc.map(|r| Command::new(r).arg("--version").output()) {
         Ok(Ok(out)) => {
             use std::io::Write;
-            let _ = std::io::stdout().write_all(&out.stdout);
+            let mut stdout = std::io::stdout();
+            let _ = stdout.write_all(&out.stdout);
+            let _ = writeln!(stdout, "labgpu: {}", env!("CARGO_PKG_VERSION"));
             i32::from(!out.status.success())
         }
         Ok(Err(e)) => {

@@ -162,7 +162,14 @@ mod tests {
             .as_array()
             .unwrap()
             .iter()
-            .map(|d| format!("{} {}:{}", d["path"].as_str().unwrap(), d["major"], d["minor"]))
+            .map(|d| {
+                format!(
+                    "{} {}:{}",
+                    d["path"].as_str().unwrap(),
+                    d["major"],
+                    d["minor"]
+                )
+            })
             .collect()
     }
 
@@ -209,7 +216,16 @@ mod tests {
             .as_array()
             .unwrap()
             .iter()
-            .map(|r| format!("{} {} {}:{} {}", r["allow"], r["type"].as_str().unwrap_or("-"), r["major"], r["minor"], r["access"].as_str().unwrap()))
+            .map(|r| {
+                format!(
+                    "{} {} {}:{} {}",
+                    r["allow"],
+                    r["type"].as_str().unwrap_or("-"),
+                    r["major"],
+                    r["minor"],
+                    r["access"].as_str().unwrap()
+                )
+            })
             .collect();
         assert_eq!(
             got,
@@ -245,13 +261,20 @@ mod tests {
     #[test]
     fn policy_devices_are_kept_and_malformed_lists_refused() {
         let mut d = decision();
-        d.extra_devices.push(DevKey { kind: 'c', major: 10, minor: 200 });
+        d.extra_devices.push(DevKey {
+            kind: 'c',
+            major: 10,
+            minor: 200,
+        });
         let mut spec = json!({"linux": {"devices": [dev("/dev/net/tun", 10, 200)],
             "resources": {"devices": [rule(true, "c", json!(10), json!(200), "rwm")]}}});
         apply(&mut spec, &d, &mut Report::default()).unwrap();
         assert_eq!(spec["linux"]["devices"][0]["path"], "/dev/net/tun");
         assert_eq!(spec["linux"]["resources"]["devices"][1]["access"], "rwm");
         let mut bad = json!({"linux": {"devices": {"path": "/dev/x"}}});
-        assert!(matches!(apply(&mut bad, &d, &mut Report::default()), Err(EditError::Malformed { .. })));
+        assert!(matches!(
+            apply(&mut bad, &d, &mut Report::default()),
+            Err(EditError::Malformed { .. })
+        ));
     }
 }

@@ -96,7 +96,9 @@ fn check_mount(m: &mut Value, d: &Decision) -> Result<(), EditError> {
     let allowed = d.bind_allow.iter().any(|p| is_under(&resolved, p))
         || docker_owned(&resolved, &destination, d)?
         || (destination == "/sbin/docker-init"
-            && DOCKER_INIT.iter().any(|p| resolved == resolve_host(Path::new(p))));
+            && DOCKER_INIT
+                .iter()
+                .any(|p| resolved == resolve_host(Path::new(p))));
     if !allowed {
         return Err(EditError::BindNotAllowed {
             source_path: resolved,
@@ -194,7 +196,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         let d = docker_decision(root);
-        let c = |p: &str| root.join("containers").join(p).to_str().unwrap().to_string();
+        let c = |p: &str| {
+            root.join("containers")
+                .join(p)
+                .to_str()
+                .unwrap()
+                .to_string()
+        };
         let mut spec = json!({"mounts": [
             {"destination": "/proc", "type": "proc", "source": "proc"},
             {"destination": "/dev/shm", "type": "tmpfs", "source": "shm"},
@@ -214,7 +222,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         let d = docker_decision(root);
-        let c = |p: &str| root.join("containers").join(p).to_str().unwrap().to_string();
+        let c = |p: &str| {
+            root.join("containers")
+                .join(p)
+                .to_str()
+                .unwrap()
+                .to_string()
+        };
         for (source, dest) in [
             ("/", "/host"),
             ("/var/run/docker.sock", "/var/run/docker.sock"),
@@ -228,9 +242,13 @@ mod tests {
         ] {
             let mut spec = json!({"mounts": [bind(source, dest)]});
             let err = apply(&mut spec, &d, &mut Report::default()).unwrap_err();
-            assert!(matches!(err, EditError::BindNotAllowed { .. }), "{source}: {err}");
+            assert!(
+                matches!(err, EditError::BindNotAllowed { .. }),
+                "{source}: {err}"
+            );
         }
-        let mut spec = json!({"mounts": [{"destination": "/mnt", "type": "ext4", "source": "/dev/sda1"}]});
+        let mut spec =
+            json!({"mounts": [{"destination": "/mnt", "type": "ext4", "source": "/dev/sda1"}]});
         assert!(apply(&mut spec, &d, &mut Report::default()).is_err());
     }
 
@@ -253,12 +271,20 @@ mod tests {
         let root = dir.path();
         let vol = root.join("volumes/sneaky");
         std::fs::create_dir_all(vol.join("_data")).unwrap();
-        std::fs::write(vol.join("opts.json"), r#"{"MountType":"none","MountOpts":"bind","MountDevice":"/etc"}"#).unwrap();
+        std::fs::write(
+            vol.join("opts.json"),
+            r#"{"MountType":"none","MountOpts":"bind","MountDevice":"/etc"}"#,
+        )
+        .unwrap();
         let d = docker_decision(root);
         let mut spec = json!({"mounts": [bind(vol.join("_data").to_str().unwrap(), "/v")]});
         let err = apply(&mut spec, &d, &mut Report::default()).unwrap_err();
         assert!(matches!(err, EditError::VolumeNotAllowed { .. }), "{err}");
-        std::fs::write(vol.join("opts.json"), r#"{"MountType":"tmpfs","MountOpts":"size=1m","MountDevice":"tmpfs"}"#).unwrap();
+        std::fs::write(
+            vol.join("opts.json"),
+            r#"{"MountType":"tmpfs","MountOpts":"size=1m","MountDevice":"tmpfs"}"#,
+        )
+        .unwrap();
         apply(&mut spec, &d, &mut Report::default()).unwrap();
     }
 
@@ -269,8 +295,16 @@ mod tests {
         std::fs::create_dir_all(home.join("data")).unwrap();
         let mut d = decision();
         d.mounts = vec![
-            UserMount { source: AbsPath(home.clone()), destination: AbsPath("/workspace".into()), readonly: false },
-            UserMount { source: AbsPath(home.join("data")), destination: AbsPath("/workspace/data".into()), readonly: true },
+            UserMount {
+                source: AbsPath(home.clone()),
+                destination: AbsPath("/workspace".into()),
+                readonly: false,
+            },
+            UserMount {
+                source: AbsPath(home.join("data")),
+                destination: AbsPath("/workspace/data".into()),
+                readonly: true,
+            },
         ];
         d.bind_allow.push(resolve_host(&home));
         let mut spec = json!({"mounts": [bind(home.join("data").to_str().unwrap(), "/workspace")]});
@@ -279,7 +313,13 @@ mod tests {
         assert_eq!(mounts.len(), 2);
         assert_eq!(mounts[0]["destination"], "/workspace");
         assert_eq!(mounts[0]["source"], json!(resolve_host(&home)));
-        assert_eq!(mounts[0]["options"], json!(["rbind", "rprivate", "nosuid", "nodev"]));
-        assert_eq!(mounts[1]["options"], json!(["rbind", "rprivate", "nosuid", "nodev", "ro"]));
+        assert_eq!(
+            mounts[0]["options"],
+            json!(["rbind", "rprivate", "nosuid", "nodev"])
+        );
+        assert_eq!(
+            mounts[1]["options"],
+            json!(["rbind", "rprivate", "nosuid", "nodev", "ro"])
+        );
     }
 }

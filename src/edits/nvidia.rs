@@ -62,10 +62,16 @@ mod tests {
         });
         let mut report = Report::default();
         apply(&mut spec, &mut report);
-        assert_eq!(spec["hooks"]["prestart"], json!([{"path": "/proc/1/exe", "args": ["libnetwork-setkey"]}]));
+        assert_eq!(
+            spec["hooks"]["prestart"],
+            json!([{"path": "/proc/1/exe", "args": ["libnetwork-setkey"]}])
+        );
         assert_eq!(spec["hooks"]["createContainer"], json!([]));
         assert_eq!(spec["hooks"]["poststop"], json!([]));
-        assert_eq!(spec["annotations"], json!({"org.opencontainers.image.x": "y"}));
+        assert_eq!(
+            spec["annotations"],
+            json!({"org.opencontainers.image.x": "y"})
+        );
         assert_eq!(report.removed.len(), 4);
     }
 }

@@ -105,7 +105,13 @@ mod tests {
     use crate::edits::testing::decision;
 
     fn all_caps() -> Value {
-        json!(["CAP_CHOWN", "CAP_SYS_ADMIN", "CAP_KILL", "CAP_BOGUS_FUTURE", 7])
+        json!([
+            "CAP_CHOWN",
+            "CAP_SYS_ADMIN",
+            "CAP_KILL",
+            "CAP_BOGUS_FUTURE",
+            7
+        ])
     }
 
     #[test]
@@ -120,11 +126,18 @@ mod tests {
         let mut report = Report::default();
         sanitize(&mut p, &rules, &mut report).unwrap();
         for set in CAP_SETS {
-            assert_eq!(p["capabilities"][set], json!(["CAP_CHOWN", "CAP_KILL"]), "{set}");
+            assert_eq!(
+                p["capabilities"][set],
+                json!(["CAP_CHOWN", "CAP_KILL"]),
+                "{set}"
+            );
         }
         assert_eq!(p["noNewPrivileges"], true);
         assert_eq!(p["user"], json!({"uid": 1001, "gid": 1002}));
-        assert_eq!(p["env"], json!(["PATH=/bin", "NVIDIA_VISIBLE_DEVICES=void"]));
+        assert_eq!(
+            p["env"],
+            json!(["PATH=/bin", "NVIDIA_VISIBLE_DEVICES=void"])
+        );
         assert!(p.get("apparmorProfile").is_none());
         assert_eq!(p["x-unknown"], json!({"kept": true}));
         assert!(report.removed.iter().any(|r| r.contains("CAP_SYS_ADMIN")));

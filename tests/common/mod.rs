@@ -1,0 +1,113 @@
+//! Shared fixtures for the integration tests: fake GPU nodes, policies, bundles.
+#![allow(dead_code)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_labgpu");
+
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root: it creates device nodes and runs runc (CI runs as root)"
+    );
+}
+
+/// nvidia0..3 (195:N), nvidiactl (195:255), nvidia-uvm (511:0), nvidia-uvm-tools (511:1).
+pub fn fake_gpus(dir: &Path) -> PathBuf {
+    let dev = dir.join("dev");
+    std::fs::create_dir_all(&dev).unwrap();
+    let mut nodes: Vec<(String, u64, u64)> =
+        (0..4).map(|n| (format!("nvidia{n}"), 195, n)).collect();
+    nodes.push(("nvidiactl".into(), 195, 255));
+    nodes.push(("nvidia-uvm".into(), 511, 0));
+    nodes.push(("nvidia-uvm-tools".into(), 511, 1));
+    for (name, major, minor) in nodes {
+        let path = dev.join(name);
+        if !path.exists() {
+            nix::sys::stat::mknod(
+                &path,
+                nix::sys::stat::SFlag::S_IFCHR,
+                nix::sys::stat::Mode::from_bits_truncate(0o666),
+                nix::sys::stat::makedev(major, minor),
+            )
+            .unwrap();
+        }
+    }
+    dev
+}
+
+/// A policy with alice (GPUs 0, 1), bob (GPU 2) and carol (none); `extra` is appended.
+pub fn policy(dir: &Path, dev_root: &Path, runc: &Path, extra: &str) -> PathBuf {
+    let text = format!(
+        r#"version = 1
+[runtime]
+runc = "{runc}"
+log = "{log}"
+[gpus]
+dev_root = "{dev}"
+[users.alice]
+uid = 1001
+gid = 1001
+gpus = [0, 1]
+[users.bob]
+gpus = [2]
+[users.carol]
+{extra}
+"#,
+        runc = runc.display(),
+        log = dir.join("labgpu.log").display(),
+        dev = dev_root.display(),
+    );
+    let path = dir.join("policy.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A fake runc that records its argv (NUL-separated), env, stdin and, when `FAKE_CONFIG`
+/// names a file, a copy of it as runc would have read it.
+pub fn fake_runc(dir: &Path) -> PathBuf {
+    let path = dir.join("fake-runc");
+    let out = dir.join("runc-out");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(
+        &path,
+        format!(
+            r#"#!/bin/sh
+out="{out}"
+for a in "$@"; do printf '%s\0' "$a"; done > "$out/argv"
+env > "$out/env"
+if [ -n "$FAKE_STDIN" ]; then cat > "$out/stdin"; fi
+if [ -n "$FAKE_CONFIG" ]; then cp "$FAKE_CONFIG" "$out/config.json"; fi
+echo "fake runc stdout"
+exit 7
+"#,
+            out = out.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+pub fn recorded_argv(dir: &Path) -> Option<Vec<String>> {
+    let bytes = std::fs::read(dir.join("runc-out/argv")).ok()?;
+    Some(
+        bytes
+            .split(|b| *b == 0)
+            .filter(|s| !s.is_empty())
+            .map(|s| String::from_utf8(s.to_vec()).unwrap())
+            .collect(),
+    )
+}
+
+pub fn labgpu(policy: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).env("LABGPU_POLICY", policy);
+    cmd
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
