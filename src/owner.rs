@@ -31,6 +31,10 @@ pub enum OwnerError {
 
 /// Docker's data root, from the policy or from the spec's `/etc/hostname` bind, whose source
 /// Docker writes as `<data-root>/containers/<id>/hostname`.
+///
+/// A user can put their own file at /etc/hostname (`-v /tmp/x/containers/y/hostname:/etc/hostname`),
+/// so a derived root is believed only if it and its `containers` dir are root's and writable
+/// by no one else: then no user can have planted the labels read from it.
 pub fn docker_root(spec: &Value, configured: Option<&Path>) -> Option<PathBuf> {
     if let Some(root) = configured {
         return Some(root.to_path_buf());
@@ -45,7 +49,14 @@ pub fn docker_root(spec: &Value, configured: Option<&Path>) -> Option<PathBuf> {
     if containers.file_name()? != "containers" {
         return None;
     }
-    containers.parent().map(Path::to_path_buf)
+    let root = containers.parent()?;
+    (root_owned(root) && root_owned(containers)).then(|| root.to_path_buf())
+}
+
+/// Owned by uid 0 and not writable by group or others (symlinks followed, as a reader would).
+pub fn root_owned(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).is_ok_and(|m| m.uid() == 0 && m.mode() & 0o022 == 0)
 }
 
 /// runc's own id rule (`^[\w+-\.]+$`); anything else could walk out of the containers dir.
@@ -192,6 +203,38 @@ mod tests {
             find_owner(&spec, "../c2", "labgpu.user", Some(d.path())),
             Err(OwnerError::BadId(_))
         ));
+    }
+
+    #[test]
+    fn a_derived_root_writable_by_users_is_not_believed() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        write_labels(d.path(), "c1", json!({"labgpu.user": "bob"}));
+        let spec = spec_with_hostname(d.path(), "c1");
+        if !nix::unistd::geteuid().is_root() {
+            // Not root: the tempdir is not root's, so nothing derived is believed.
+            assert_eq!(docker_root(&spec, None), None);
+            return;
+        }
+        assert!(docker_root(&spec, None).is_some());
+        std::fs::set_permissions(
+            d.path().join("containers"),
+            std::fs::Permissions::from_mode(0o777),
+        )
+        .unwrap();
+        assert_eq!(docker_root(&spec, None), None);
+        nix::unistd::chown(
+            &d.path().join("containers"),
+            Some(nix::unistd::Uid::from_raw(1000)),
+            None,
+        )
+        .unwrap();
+        std::fs::set_permissions(
+            d.path().join("containers"),
+            std::fs::Permissions::from_mode(0o700),
+        )
+        .unwrap();
+        assert_eq!(docker_root(&spec, None), None);
     }
 
     #[test]
