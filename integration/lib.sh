@@ -1,0 +1,473 @@
+# shellcheck shell=bash
+# integration/lib.sh: helpers sourced by e2e.sh, demo.sh and capture-fixtures.sh.
+#
+# Everything a run creates lives in one temp dir, $LG_TMP (/tmp/labgpu-e2e.XXXX), served by a
+# private dockerd (own data root, exec root, socket, pid file, containerd). Nothing here reads
+# or writes /var/lib/docker, /etc/docker or /var/run/docker.sock, or talks to a system dockerd.
+# Host state that outlives a run: packages installed if missing, and the test users
+# alice/bob/carol (created if missing, like `useradd -m`).
+#
+# Knobs (environment):
+#   LABGPU_E2E_SKIP_BUILD=1  use the existing target/release/labgpu instead of `cargo build`
+#   LABGPU_E2E_KEEP=1        keep $LG_TMP (dockerd.log, labgpu.log, ...) after the run
+#   LABGPU_E2E_OWN_CONTAINERD=1  start a private containerd even if no system one is running
+#   LABGPU_E2E_TIMEOUT=60    seconds each docker command may take
+
+LG_REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+LG_BIN="$LG_REPO/target/release/labgpu"
+LG_IMAGE="labgpu-test:latest"
+LG_TIMEOUT="${LABGPU_E2E_TIMEOUT:-60}"
+LG_TMP=""
+LG_SOCK=""
+LG_DOCKERD_PID=""
+LG_CONTAINERD_PID=""
+LG_DOCKER_CLI=""
+
+lg_say() { printf '[e2e] %s\n' "$*" >&2; }
+lg_die() {
+    printf '[e2e] FATAL: %s\n' "$*" >&2
+    exit 1
+}
+
+# ---------------------------------------------------------------------------------------------
+# Host preparation
+
+lg_require_root() {
+    [[ $(id -u) -eq 0 ]] || lg_die "must run as root (needs dockerd, mknod, useradd)"
+}
+
+lg_pkg_installed() {
+    dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'ok installed'
+}
+
+# apt-get installs docker.io, runc and busybox-static, each only if missing.
+lg_install_packages() {
+    local need=()
+    command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
+    command -v runc >/dev/null 2>&1 || need+=(runc)
+    # The test image is one static busybox: the dynamic `busybox` package will not do.
+    lg_pkg_installed busybox-static || need+=(busybox-static)
+    if ((${#need[@]})); then
+        lg_say "installing ${need[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq >/dev/null
+        apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+    fi
+    command -v dockerd >/dev/null 2>&1 || lg_die "dockerd still missing after apt-get"
+    if [[ -x /usr/bin/docker ]]; then
+        # Debian's client, the same version as its dockerd (a newer client on PATH would do,
+        # but the matching one keeps error texts as users of this dockerd see them).
+        LG_DOCKER_CLI=/usr/bin/docker
+    else
+        LG_DOCKER_CLI="$(command -v docker)" || lg_die "no docker client"
+    fi
+}
+
+lg_find_cargo() {
+    command -v cargo >/dev/null 2>&1 && return 0
+    # rustup installs put cargo here; a non-login root shell may not have it on PATH.
+    if [[ -x "${CARGO_HOME:-$HOME/.cargo}/bin/cargo" ]]; then
+        PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+        export PATH
+        return 0
+    fi
+    return 1
+}
+
+lg_build() {
+    if [[ ${LABGPU_E2E_SKIP_BUILD:-0} == 1 ]]; then
+        [[ -x $LG_BIN ]] || lg_say "warning: LABGPU_E2E_SKIP_BUILD=1 but $LG_BIN is missing"
+        return 0
+    fi
+    lg_find_cargo || lg_die "cargo not found (install Rust >= 1.85 with rustup)"
+    lg_say "cargo build --release"
+    (cd "$LG_REPO" && cargo build --release --quiet) || lg_die "cargo build --release failed"
+    [[ -x $LG_BIN ]] || lg_die "$LG_BIN was not built"
+}
+
+# ---------------------------------------------------------------------------------------------
+# The temp dir and what goes in it
+
+lg_mktmp() {
+    LG_TMP="$(mktemp -d "${1:-/tmp/labgpu-e2e}.XXXX")"
+    chmod 755 "$LG_TMP"
+    LG_SOCK="$LG_TMP/docker.sock"
+    # The client's own config (credential helpers, contexts) stays out of the way.
+    export DOCKER_CONFIG="$LG_TMP/cli"
+    export DOCKER_HOST="unix://$LG_SOCK"
+    mkdir -p "$DOCKER_CONFIG"
+}
+
+# Fake GPUs (design §6): character nodes with the real numbers and no driver behind them.
+lg_make_fake_gpus() {
+    local d="$1" i
+    mkdir -p "$d"
+    for i in 0 1 2 3; do
+        mknod -m 666 "$d/nvidia$i" c 195 "$i"
+    done
+    mknod -m 666 "$d/nvidiactl" c 195 255
+    mknod -m 666 "$d/nvidia-uvm" c 511 0
+    mknod -m 666 "$d/nvidia-uvm-tools" c 511 1
+}
+
+lg_home() { getent passwd "$1" | cut -d: -f6; }
+
+# alice, bob, carol: host users (created if missing), homes 0700; data dirs under $LG_TMP.
+lg_make_users() {
+    local u home
+    for u in alice bob carol; do
+        if ! id -u "$u" >/dev/null 2>&1; then
+            useradd -m -s /bin/sh "$u" || lg_die "useradd $u failed"
+        fi
+        home="$(lg_home "$u")"
+        [[ -n $home && $home != / ]] || lg_die "user $u has no usable home ($home)"
+        mkdir -p "$home"
+        chown "$u:$(id -g "$u")" "$home"
+        chmod 700 "$home"
+    done
+    for u in alice bob; do
+        mkdir -p "$LG_TMP/data/$u"
+        chown "$u:$(id -g "$u")" "$LG_TMP/data/$u"
+        chmod 700 "$LG_TMP/data/$u"
+    done
+    chmod 755 "$LG_TMP/data"
+}
+
+# The test image: static busybox, one symlink per applet, passwd with root and the test users.
+lg_make_image() {
+    local root="$LG_TMP/rootfs" a u
+    rm -rf "$root"
+    mkdir -p "$root"/{bin,etc,tmp,dev,proc,sys,root,workspace}
+    chmod 1777 "$root/tmp"
+    chmod 700 "$root/root"
+    cp /bin/busybox "$root/bin/busybox"
+    for a in $(/bin/busybox --list); do
+        [[ $a == busybox ]] && continue
+        ln -s busybox "$root/bin/$a"
+    done
+    {
+        echo "root:x:0:0:root:/root:/bin/sh"
+        echo "nobody:x:65534:65534:nobody:/:/bin/false"
+    } >"$root/etc/passwd"
+    {
+        echo "root:x:0:"
+        echo "nogroup:x:65534:"
+    } >"$root/etc/group"
+    for u in alice bob carol; do
+        id -u "$u" >/dev/null 2>&1 || continue
+        echo "$u:x:$(id -u "$u"):$(id -g "$u")::/tmp:/bin/sh" >>"$root/etc/passwd"
+        echo "$u:x:$(id -g "$u"):" >>"$root/etc/group"
+    done
+    tar -C "$root" --numeric-owner --owner=0 --group=0 -cf "$LG_TMP/rootfs.tar" . \
+        || lg_die "tar of the test rootfs failed"
+    lg_docker import --change 'ENV PATH=/bin' "$LG_TMP/rootfs.tar" "$LG_IMAGE" >/dev/null \
+        || lg_die "docker import of $LG_IMAGE failed"
+    rm -rf "$root" "$LG_TMP/rootfs.tar"
+}
+
+# The test policy (schema v1). Extra TOML lines may be appended to [defaults] via $1.
+lg_policy_text() {
+    cat <<EOF
+version = 1
+
+[runtime]
+owner_label = "labgpu.user"
+unlabeled = "deny"
+log = "$LG_TMP/labgpu.log"
+
+[gpus]
+dev_root = "$LG_TMP/dev"
+
+[defaults]
+capabilities = ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL",
+                "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
+                "CAP_SYS_CHROOT", "CAP_AUDIT_WRITE"]
+no_new_privileges = true
+run_as = "image"
+
+[users.alice]
+gpus = [0, 1]
+run_as = "owner"
+mounts = [
+  { source = "$(lg_home alice)", destination = "/workspace" },
+  { source = "$LG_TMP/data/alice", destination = "/workspace/data" },
+]
+
+[users.bob]
+gpus = [2]
+mounts = [ { source = "$LG_TMP/data/bob", destination = "/data" } ]
+
+[users.carol]
+gpus = []
+EOF
+}
+
+lg_write_policy() {
+    lg_policy_text >"$LG_TMP/policy.toml.new"
+    mv "$LG_TMP/policy.toml.new" "$LG_TMP/policy.toml"
+}
+
+# The runtime docker is told about: labgpu with the test policy.
+lg_make_wrapper() {
+    cat >"$LG_TMP/labgpu-wrapper" <<EOF
+#!/bin/sh
+export LABGPU_POLICY=$LG_TMP/policy.toml
+exec $LG_BIN "\$@"
+EOF
+    chmod 755 "$LG_TMP/labgpu-wrapper"
+    printf '{"runtimes": {"labgpu": {"path": "%s"}}}\n' "$LG_TMP/labgpu-wrapper" >"$LG_TMP/daemon.json"
+}
+
+# ---------------------------------------------------------------------------------------------
+# The private dockerd
+
+lg_docker() { timeout "$LG_TIMEOUT" "$LG_DOCKER_CLI" "$@"; }
+
+# overlay2 when the kernel mounts overlayfs on this file system, vfs otherwise.
+lg_storage_driver() {
+    local p="$LG_TMP/ovl-probe" driver=vfs
+    mkdir -p "$p"/{l,u,w,m}
+    if mount -t overlay overlay -o "lowerdir=$p/l,upperdir=$p/u,workdir=$p/w" "$p/m" 2>/dev/null; then
+        umount "$p/m"
+        driver=overlay2
+    fi
+    rm -rf "$p"
+    echo "$driver"
+}
+
+# A containerd of our own, for hosts where a system containerd listens on the default socket
+# (dockerd 20.10 would otherwise share it instead of supervising a private one).
+lg_start_containerd() {
+    local c="$LG_TMP/ctd"
+    mkdir -p "$c"
+    cat >"$c/config.toml" <<EOF
+version = 2
+root = "$c/root"
+state = "$c/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "$c/containerd.sock"
+[ttrpc]
+  address = "$c/containerd.sock.ttrpc"
+[debug]
+  address = "$c/debug.sock"
+EOF
+    containerd --config "$c/config.toml" >"$LG_TMP/containerd.log" 2>&1 &
+    LG_CONTAINERD_PID=$!
+    local i
+    for ((i = 0; i < 100; i++)); do
+        [[ -S $c/containerd.sock ]] && return 0
+        kill -0 "$LG_CONTAINERD_PID" 2>/dev/null || break
+        sleep 0.2
+    done
+    cat "$LG_TMP/containerd.log" >&2
+    lg_die "private containerd did not start"
+}
+
+# Starts dockerd with $LG_TMP/daemon.json; $1 (optional) is prepended to dockerd's PATH.
+lg_start_dockerd() {
+    local extra_path="${1:-}" driver args i
+    driver="$(lg_storage_driver)"
+    args=(--config-file "$LG_TMP/daemon.json"
+        --data-root "$LG_TMP/docker" --exec-root "$LG_TMP/exec"
+        --pidfile "$LG_TMP/docker.pid" -H "unix://$LG_SOCK"
+        --bridge=none --iptables=false --ip6tables=false --ip-masq=false
+        --userland-proxy=false --storage-driver="$driver")
+    if [[ -S /run/containerd/containerd.sock || ${LABGPU_E2E_OWN_CONTAINERD:-0} == 1 ]]; then
+        lg_start_containerd
+        args+=(--containerd "$LG_TMP/ctd/containerd.sock")
+    fi
+    lg_say "starting dockerd (storage driver $driver) on $LG_SOCK"
+    PATH="${extra_path:+$extra_path:}$PATH" dockerd "${args[@]}" >"$LG_TMP/dockerd.log" 2>&1 &
+    LG_DOCKERD_PID=$!
+    for ((i = 0; i < 120; i++)); do
+        if timeout 5 "$LG_DOCKER_CLI" info >/dev/null 2>&1; then
+            return 0
+        fi
+        kill -0 "$LG_DOCKERD_PID" 2>/dev/null || break
+        sleep 0.5
+    done
+    lg_say "dockerd did not answer within 60s; its log:"
+    tail -n 50 "$LG_TMP/dockerd.log" >&2
+    lg_die "private dockerd failed to start"
+}
+
+# Pids of processes (containerd, shims) whose command line names our temp dir.
+lg_our_pids() {
+    [[ -n $LG_TMP ]] || return 0
+    local pid args
+    while read -r pid args; do
+        [[ $pid == "$$" || $pid == "$BASHPID" ]] && continue
+        case "$args" in
+        *"$LG_TMP/"*) echo "$pid" ;;
+        esac
+    done < <(ps -eo pid=,args=)
+}
+
+lg_stop_pid() { # pid, seconds to wait before SIGKILL
+    local pid="$1" wait="${2:-20}" i
+    [[ -n $pid ]] || return 0
+    kill -TERM "$pid" 2>/dev/null || return 0
+    for ((i = 0; i < wait * 5; i++)); do
+        kill -0 "$pid" 2>/dev/null || return 0
+        sleep 0.2
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+}
+
+lg_stop_dockerd() {
+    if [[ -n $LG_DOCKERD_PID ]] && kill -0 "$LG_DOCKERD_PID" 2>/dev/null; then
+        local ids
+        ids="$(timeout 20 "$LG_DOCKER_CLI" ps -aq 2>/dev/null || true)"
+        if [[ -n $ids ]]; then
+            # shellcheck disable=SC2086 # one id per word
+            timeout 60 "$LG_DOCKER_CLI" rm -f $ids >/dev/null 2>&1 || true
+        fi
+        lg_stop_pid "$LG_DOCKERD_PID" 30
+        wait "$LG_DOCKERD_PID" 2>/dev/null || true
+    fi
+    LG_DOCKERD_PID=""
+    if [[ -n $LG_CONTAINERD_PID ]]; then
+        lg_stop_pid "$LG_CONTAINERD_PID" 10
+        wait "$LG_CONTAINERD_PID" 2>/dev/null || true
+        LG_CONTAINERD_PID=""
+    fi
+    # Shims (and a supervised containerd) that outlived dockerd: only those naming $LG_TMP.
+    local pid
+    for pid in $(lg_our_pids); do
+        kill -KILL "$pid" 2>/dev/null || true
+    done
+}
+
+lg_unmount_all() {
+    [[ -n $LG_TMP ]] || return 0
+    local mp
+    awk -v t="$LG_TMP" 'index($2, t) == 1 { print $2 }' /proc/mounts | sort -r | while read -r mp; do
+        umount -l "$mp" 2>/dev/null || true
+    done
+}
+
+# ---------------------------------------------------------------------------------------------
+# The whole environment
+
+setup_all() {
+    lg_require_root
+    trap teardown_all EXIT
+    trap 'exit 130' INT TERM
+    lg_install_packages
+    lg_build
+    lg_mktmp /tmp/labgpu-e2e
+    lg_say "temp dir $LG_TMP"
+    lg_make_fake_gpus "$LG_TMP/dev"
+    lg_make_users
+    lg_write_policy
+    lg_make_wrapper
+    lg_start_dockerd
+    lg_make_image
+}
+
+teardown_all() {
+    local rc=$?
+    trap - EXIT INT TERM
+    [[ -n $LG_TMP && -d $LG_TMP ]] || exit "$rc"
+    lg_stop_dockerd
+    lg_unmount_all
+    rm -f "$(lg_home alice 2>/dev/null || echo /nonexistent)/.labgpu-e2e-"* 2>/dev/null || true
+    if [[ ${LABGPU_E2E_KEEP:-0} == 1 ]]; then
+        lg_say "kept $LG_TMP (LABGPU_E2E_KEEP=1)"
+    elif awk -v t="$LG_TMP" 'index($2, t) == 1 { found = 1 } END { exit !found }' /proc/mounts; then
+        # Never rm -rf through a mount that is still there (it could be a user's home).
+        lg_say "warning: mounts remain under $LG_TMP; not removing it"
+    else
+        rm -rf "$LG_TMP"
+    fi
+    exit "$rc"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Test helpers (e2e.sh)
+
+LG_PASSED=0
+LG_FAILED=0
+LG_FAILURES=()
+
+pass() {
+    LG_PASSED=$((LG_PASSED + 1))
+    printf 'ok   %s\n' "$1"
+}
+
+fail() {
+    LG_FAILED=$((LG_FAILED + 1))
+    LG_FAILURES+=("$1")
+    printf 'FAIL %s\n' "$1"
+    [[ -n ${2:-} ]] && printf '%s\n' "$2" | sed 's/^/     | /'
+    return 0
+}
+
+# run_ctr ARGS...: `docker run --rm --runtime labgpu ARGS` with a timeout.
+# Sets RUN_OUT, RUN_ERR, RUN_RC.
+run_ctr() {
+    local o e
+    o="$(mktemp "$LG_TMP/out.XXXX")"
+    e="$(mktemp "$LG_TMP/err.XXXX")"
+    RUN_RC=0
+    lg_docker run --rm --runtime labgpu "$@" >"$o" 2>"$e" || RUN_RC=$?
+    RUN_OUT="$(cat "$o")"
+    RUN_ERR="$(cat "$e")"
+    rm -f "$o" "$e"
+}
+
+# expect_run_ok NAME ARGS...: the container must run and exit 0; on failure records NAME as
+# failed and returns 1 (the caller then skips its own output checks).
+expect_run_ok() {
+    local name="$1"
+    shift
+    run_ctr "$@"
+    if [[ $RUN_RC -ne 0 ]]; then
+        fail "$name" "docker run exited $RUN_RC
+stdout: $RUN_OUT
+stderr: $RUN_ERR"
+        return 1
+    fi
+    return 0
+}
+
+# expect_refused NAME PATTERN ARGS...: docker run must fail at create with labgpu's refusal,
+# and the message must contain PATTERN (fixed string).
+expect_refused() {
+    local name="$1" pattern="$2"
+    shift 2
+    run_ctr "$@"
+    local why=""
+    if [[ $RUN_RC -eq 0 ]]; then
+        why="container ran (exit 0), expected a refusal"
+    elif [[ $RUN_ERR != *"OCI runtime create failed"* ]]; then
+        why="no 'OCI runtime create failed' in stderr"
+    elif [[ $RUN_ERR != *"labgpu:"* ]]; then
+        why="no 'labgpu:' in stderr"
+    elif [[ $RUN_ERR != *"$pattern"* ]]; then
+        why="stderr lacks '$pattern'"
+    fi
+    if [[ -n $why ]]; then
+        fail "$name" "$why
+stdout: $RUN_OUT
+stderr: $RUN_ERR"
+        return 1
+    fi
+    pass "$name"
+}
+
+# expect_eq NAME EXPECTED ACTUAL [CONTEXT]
+expect_eq() {
+    if [[ $2 == "$3" ]]; then
+        pass "$1"
+    else
+        fail "$1" "expected: $(printf '%q' "$2")
+actual:   $(printf '%q' "$3")${4:+
+$4}"
+    fi
+}
+
+print_summary() {
+    echo "$LG_PASSED passed, $LG_FAILED failed"
+}
