@@ -132,6 +132,18 @@ pub fn decide(
     container_id: &str,
 ) -> Result<Decision, DecideError> {
     let user = policy_user(policy, owner)?;
+    decide_for_user(policy, owner, user, inventory, docker_root, container_id)
+}
+
+/// `decide` for an already resolved policy user (`None`: `[defaults]` only, no GPU).
+pub fn decide_for_user(
+    policy: &Policy,
+    owner: Option<&str>,
+    user: Option<&UserPolicy>,
+    inventory: &dyn Inventory,
+    docker_root: Option<PathBuf>,
+    container_id: &str,
+) -> Result<Decision, DecideError> {
     let owner = owner.filter(|_| user.is_some());
     let d = &policy.defaults;
     let flag =

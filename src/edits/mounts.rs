@@ -93,13 +93,7 @@ fn check_mount(m: &mut Value, d: &Decision) -> Result<(), EditError> {
         });
     }
     let resolved = resolve_host(Path::new(&source));
-    let allowed = d.bind_allow.iter().any(|p| is_under(&resolved, p))
-        || docker_owned(&resolved, &destination, d)?
-        || (destination == "/sbin/docker-init"
-            && DOCKER_INIT
-                .iter()
-                .any(|p| resolved == resolve_host(Path::new(p))));
-    if !allowed {
+    if !host_path_allowed(&resolved, &destination, d)? {
         return Err(EditError::BindNotAllowed {
             source_path: resolved,
             destination,
@@ -108,6 +102,16 @@ fn check_mount(m: &mut Value, d: &Decision) -> Result<(), EditError> {
     }
     m["source"] = json!(resolved);
     Ok(())
+}
+
+/// Whether a host path (already resolved) may appear at `destination` in the container.
+pub fn host_path_allowed(resolved: &Path, destination: &str, d: &Decision) -> Result<bool, EditError> {
+    Ok(d.bind_allow.iter().any(|p| is_under(resolved, p))
+        || docker_owned(resolved, destination, d)?
+        || (destination == "/sbin/docker-init"
+            && DOCKER_INIT
+                .iter()
+                .any(|p| resolved == resolve_host(Path::new(p)))))
 }
 
 /// Docker's own files for this container, its named volumes, and the few files it shares
