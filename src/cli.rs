@@ -11,6 +11,7 @@ use crate::decide::{self, DecideError};
 use crate::gpu::{DevfsInventory, Inventory};
 use crate::policy::{policy_path, Policy, RunAs};
 use crate::runtime::find_runc;
+use crate::verify;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -27,6 +28,26 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command_ {
+    /// Audit running containers against the policy and live kernel state.
+    ///
+    /// Exit status: 0 all clean, 1 violations found, 2 something could not be audited.
+    Verify {
+        /// Policy file (default: $LABGPU_POLICY or /etc/labgpu/policy.toml).
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        /// runc state root to scan; repeatable; replaces the defaults (Docker's, containerd's, runc's).
+        #[arg(long = "root", value_name = "DIR")]
+        roots: Vec<PathBuf>,
+        /// Print JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Only containers whose id starts with ID.
+        #[arg(long, value_name = "ID")]
+        container: Option<String>,
+        /// Where /proc is (for tests on fixture trees).
+        #[arg(long, hide = true, default_value = "/proc")]
+        proc_root: PathBuf,
+    },
     /// Check a policy file against the schema and this host.
     Policy {
         #[command(subcommand)]
@@ -43,6 +64,25 @@ pub enum PolicyCommand {
 pub fn main(argv: Vec<OsString>) -> i32 {
     let cli = Cli::parse_from(argv);
     let result = match cli.command {
+        Command_::Verify {
+            policy,
+            roots,
+            json,
+            container,
+            proc_root,
+        } => verify(
+            verify::Options {
+                policy: policy.unwrap_or_else(policy_path),
+                roots: if roots.is_empty() {
+                    verify::DEFAULT_ROOTS.iter().map(PathBuf::from).collect()
+                } else {
+                    roots
+                },
+                container,
+                proc_root,
+            },
+            json,
+        ),
         Command_::Policy {
             command: PolicyCommand::Check { file },
         } => policy_check(&file.unwrap_or_else(policy_path)),
@@ -77,6 +117,22 @@ pub fn version() -> i32 {
             1
         }
     }
+}
+
+fn verify(opts: verify::Options, json: bool) -> anyhow::Result<i32> {
+    let audit = match verify::run(&opts) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("labgpu verify: could not audit: {e}");
+            return Ok(2);
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&audit)?);
+    } else {
+        print!("{}", verify::render_table(&audit));
+    }
+    Ok(audit.exit_code())
 }
 
 fn policy_check(path: &Path) -> anyhow::Result<i32> {

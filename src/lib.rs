@@ -16,3 +16,4 @@ pub mod policy;
 pub mod refusal;
 pub mod runtime;
 pub mod spec;
+pub mod verify;

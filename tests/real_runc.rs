@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::*;
@@ -25,39 +24,6 @@ const ALL_CAPS: [&str; 14] = [
     "CAP_SYS_ADMIN",
     "CAP_NET_ADMIN",
 ];
-
-fn runc_path() -> PathBuf {
-    [
-        "/usr/sbin/runc",
-        "/usr/bin/runc",
-        "/usr/local/sbin/runc",
-        "/usr/local/bin/runc",
-    ]
-    .iter()
-    .map(PathBuf::from)
-    .find(|p| p.exists())
-    .expect("runc is not installed (apt-get install runc)")
-}
-
-fn busybox_rootfs(dir: &Path) -> PathBuf {
-    let rootfs = dir.join("rootfs");
-    let bin = rootfs.join("bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    for d in ["proc", "dev", "tmp", "sys", "etc"] {
-        std::fs::create_dir_all(rootfs.join(d)).unwrap();
-    }
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-        .iter()
-        .find(|p| Path::new(p).exists())
-        .expect("busybox is not installed (apt-get install busybox-static)");
-    std::fs::copy(busybox, bin.join("busybox")).unwrap();
-    for applet in [
-        "sh", "ls", "cat", "grep", "mknod", "id", "echo", "head", "tr",
-    ] {
-        std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
-    }
-    rootfs
-}
 
 /// Runs `script` in a fresh container owned by `owner` through labgpu and returns its stdout.
 fn run_as(owner: &str, script: &str) -> (String, String) {

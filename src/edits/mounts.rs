@@ -105,7 +105,11 @@ fn check_mount(m: &mut Value, d: &Decision) -> Result<(), EditError> {
 }
 
 /// Whether a host path (already resolved) may appear at `destination` in the container.
-pub fn host_path_allowed(resolved: &Path, destination: &str, d: &Decision) -> Result<bool, EditError> {
+pub fn host_path_allowed(
+    resolved: &Path,
+    destination: &str,
+    d: &Decision,
+) -> Result<bool, EditError> {
     Ok(d.bind_allow.iter().any(|p| is_under(resolved, p))
         || docker_owned(resolved, destination, d)?
         || (destination == "/sbin/docker-init"

@@ -111,3 +111,36 @@ pub fn labgpu(policy: &Path, args: &[&str]) -> Command {
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
+
+pub fn runc_path() -> PathBuf {
+    [
+        "/usr/sbin/runc",
+        "/usr/bin/runc",
+        "/usr/local/sbin/runc",
+        "/usr/local/bin/runc",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
+    .expect("runc is not installed (apt-get install runc)")
+}
+
+pub fn busybox_rootfs(dir: &Path) -> PathBuf {
+    let rootfs = dir.join("rootfs");
+    let bin = rootfs.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for d in ["proc", "dev", "tmp", "sys", "etc"] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .iter()
+        .find(|p| Path::new(p).exists())
+        .expect("busybox is not installed (apt-get install busybox-static)");
+    std::fs::copy(busybox, bin.join("busybox")).unwrap();
+    for applet in [
+        "sh", "ls", "cat", "grep", "mknod", "id", "echo", "head", "tr", "sleep",
+    ] {
+        std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
+    }
+    rootfs
+}

@@ -1,0 +1,589 @@
+//! `labgpu verify`: every running container audited against the policy from live kernel
+//! state (runc's state files, /proc, the devices cgroup), not from what labgpu believes it did.
+//! No Docker API call: the audit must work while dockerd is wedged and stay fast.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use procfs::process::{MountInfo, Process};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::decide::{decide_for_user, process_rules, resolve_host, Decision};
+use crate::edits::mounts::host_path_allowed;
+use crate::edits::stamp;
+use crate::gpu::{DevfsInventory, Inventory};
+use crate::owner;
+use crate::policy::Policy;
+
+/// runc state roots of Docker, containerd (k8s.io and default namespaces) and plain runc.
+pub const DEFAULT_ROOTS: [&str; 4] = [
+    "/run/docker/runtime-runc/moby",
+    "/run/containerd/runc/k8s.io",
+    "/run/containerd/runc/default",
+    "/run/runc",
+];
+
+/// Filesystems whose mounts in a container are its own instances or the cgroup view, not
+/// host data.
+const NOT_HOST_DATA: [&str; 6] = ["proc", "sysfs", "devpts", "mqueue", "cgroup", "cgroup2"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
+    #[error(transparent)]
+    Gpu(#[from] crate::gpu::GpuError),
+    #[error("cannot read the host mount table {path}: {reason}")]
+    HostMounts { path: PathBuf, reason: String },
+    #[error("cannot list runc state root {path}: {source}")]
+    Root {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub policy: PathBuf,
+    pub roots: Vec<PathBuf>,
+    /// Only containers whose id starts with this.
+    pub container: Option<String>,
+    /// /proc, or a fixture tree in tests.
+    pub proc_root: PathBuf,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Audit {
+    pub policy: PathBuf,
+    pub containers: Vec<ContainerAudit>,
+    pub summary: Summary,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Summary {
+    pub containers: usize,
+    pub ok: usize,
+    pub violations: usize,
+    pub errors: usize,
+    pub stopped: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ContainerAudit {
+    pub id: String,
+    pub root: PathBuf,
+    pub pid: Option<i32>,
+    pub status: Status,
+    /// Created through labgpu (stamp present).
+    pub labgpu: bool,
+    pub owner: Option<String>,
+    /// GPUs the current policy grants the owner.
+    pub granted_gpus: Vec<u32>,
+    /// GPUs the container can open now, per the devices cgroup (or /dev on cgroup v2).
+    pub reachable_gpus: Vec<u32>,
+    pub findings: Vec<Finding>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ok,
+    Violation,
+    Error,
+    Stopped,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    pub kind: Kind,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    /// Not created through labgpu and can reach a GPU.
+    Bypass,
+    /// Reaches a GPU its owner never had.
+    ForeignGpu,
+    /// Holds a GPU, or runs for an owner, the current policy no longer grants.
+    Drift,
+    Capabilities,
+    NoNewPrivileges,
+    User,
+    Mount,
+    /// The container could not be audited.
+    Unreadable,
+}
+
+impl Audit {
+    /// 0 all clean, 1 violations, 2 something could not be audited.
+    pub fn exit_code(&self) -> i32 {
+        if self.summary.violations > 0 {
+            1
+        } else if self.summary.errors > 0 {
+            2
+        } else {
+            0
+        }
+    }
+}
+
+pub fn run(opts: &Options) -> Result<Audit, VerifyError> {
+    let policy = Policy::load(&opts.policy)?;
+    let inventory = DevfsInventory::scan(
+        policy.gpus.dev_root.as_path(),
+        &opts.proc_root.join("devices"),
+    )?;
+    let host_mounts_path = opts.proc_root.join("self/mountinfo");
+    let host_mounts =
+        read_mountinfo(&host_mounts_path).map_err(|reason| VerifyError::HostMounts {
+            path: host_mounts_path.clone(),
+            reason,
+        })?;
+    let ctx = Ctx {
+        policy: &policy,
+        inventory: &inventory,
+        host_mounts: &host_mounts,
+        proc_root: &opts.proc_root,
+    };
+    let mut containers = Vec::new();
+    for root in &opts.roots {
+        let entries = match std::fs::read_dir(root) {
+            Ok(e) => e,
+            // A runtime that is not installed has no state root: nothing to audit there.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(source) => {
+                return Err(VerifyError::Root {
+                    path: root.clone(),
+                    source,
+                })
+            }
+        };
+        let mut ids: Vec<String> = entries
+            .flatten()
+            .filter(|e| e.path().join("state.json").is_file())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|id| {
+                opts.container
+                    .as_ref()
+                    .is_none_or(|c| id.starts_with(c.as_str()))
+            })
+            .collect();
+        ids.sort();
+        for id in ids {
+            containers.push(ctx.audit(root, &id));
+        }
+    }
+    let mut summary = Summary {
+        containers: containers.len(),
+        ..Summary::default()
+    };
+    for c in &containers {
+        match c.status {
+            Status::Ok => summary.ok += 1,
+            Status::Violation => summary.violations += 1,
+            Status::Error => summary.errors += 1,
+            Status::Stopped => summary.stopped += 1,
+        }
+    }
+    Ok(Audit {
+        policy: opts.policy.clone(),
+        containers,
+        summary,
+    })
+}
+
+struct Ctx<'a> {
+    policy: &'a Policy,
+    inventory: &'a DevfsInventory,
+    host_mounts: &'a [MountInfo],
+    proc_root: &'a Path,
+}
+
+impl Ctx<'_> {
+    fn audit(&self, root: &Path, id: &str) -> ContainerAudit {
+        let mut audit = ContainerAudit {
+            id: id.to_string(),
+            root: root.to_path_buf(),
+            pid: None,
+            status: Status::Ok,
+            labgpu: false,
+            owner: None,
+            granted_gpus: Vec::new(),
+            reachable_gpus: Vec::new(),
+            findings: Vec::new(),
+        };
+        if let Err(reason) = self.audit_into(root, id, &mut audit) {
+            audit.findings.push(Finding {
+                kind: Kind::Unreadable,
+                detail: reason,
+            });
+        }
+        if audit.status != Status::Stopped {
+            audit.status = if audit.findings.iter().any(|f| f.kind != Kind::Unreadable) {
+                Status::Violation
+            } else if audit.findings.is_empty() {
+                Status::Ok
+            } else {
+                Status::Error
+            };
+        }
+        audit
+    }
+
+    fn audit_into(&self, root: &Path, id: &str, a: &mut ContainerAudit) -> Result<(), String> {
+        let state_path = root.join(id).join("state.json");
+        let state: Value = std::fs::read(&state_path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+            .map_err(|e| format!("cannot read {}: {e}", state_path.display()))?;
+        let pid = state["init_process_pid"].as_i64().unwrap_or(0) as i32;
+        let start = state["init_process_start"].as_u64();
+        let process = Process::new_with_root(self.proc_root.join(pid.to_string()));
+        // A pid whose start time differs is a recycled pid, not the container.
+        let alive = process
+            .as_ref()
+            .ok()
+            .and_then(|p| p.stat().ok())
+            .filter(|s| Some(s.starttime) == start);
+        let (Some(_), Ok(process)) = (alive, process) else {
+            a.status = Status::Stopped;
+            return Ok(());
+        };
+        a.pid = Some(pid);
+        let labels = labels(&state);
+        a.labgpu = labels.contains_key(stamp::POLICY_SHA256);
+        a.owner = labels.get(stamp::OWNER).filter(|o| !o.is_empty()).cloned();
+        let stamped_gpus: BTreeSet<u32> = labels
+            .get(stamp::GPUS)
+            .map(|g| g.split(',').filter_map(|n| n.parse().ok()).collect())
+            .unwrap_or_default();
+
+        let user = match &a.owner {
+            Some(o) => match self.policy.user(o) {
+                Some(u) => Some(u),
+                None => {
+                    a.findings.push(finding(
+                        Kind::Drift,
+                        format!("owner {o:?} is no longer in the policy"),
+                    ));
+                    None
+                }
+            },
+            None => None,
+        };
+        a.granted_gpus = user.map(|u| u.gpus.clone()).unwrap_or_default();
+        a.reachable_gpus = self.reachable_gpus(&state, pid)?;
+        for gpu in &a.reachable_gpus {
+            let f = if !a.labgpu {
+                finding(
+                    Kind::Bypass,
+                    format!("not created through labgpu and can reach GPU {gpu}"),
+                )
+            } else if a.granted_gpus.contains(gpu) {
+                continue;
+            } else if stamped_gpus.contains(gpu) {
+                finding(
+                    Kind::Drift,
+                    format!("holds GPU {gpu}, which the policy no longer grants its owner"),
+                )
+            } else {
+                finding(
+                    Kind::ForeignGpu,
+                    format!("can reach GPU {gpu}, which its owner was never granted"),
+                )
+            };
+            a.findings.push(f);
+        }
+
+        let owner = user.and(a.owner.as_deref());
+        let rules = process_rules(self.policy, owner, user).map_err(|e| e.to_string())?;
+        let status = process
+            .status()
+            .map_err(|e| format!("cannot read /proc/{pid}/status: {e}"))?;
+        let allowed_mask = rules
+            .capabilities
+            .iter()
+            .filter_map(|c| caps::Capability::from_str(c).ok())
+            .fold(0u64, |m, c| m | c.bitmask());
+        let extra: Vec<String> = caps::all()
+            .into_iter()
+            .filter(|c| status.capeff & c.bitmask() != 0 && allowed_mask & c.bitmask() == 0)
+            .map(|c| c.to_string())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if !extra.is_empty() {
+            a.findings.push(finding(
+                Kind::Capabilities,
+                format!("pid 1 has {} beyond the allowlist", extra.join(",")),
+            ));
+        }
+        if rules.no_new_privileges && status.nonewprivs != Some(1) {
+            a.findings.push(finding(
+                Kind::NoNewPrivileges,
+                "pid 1 runs without no-new-privileges".into(),
+            ));
+        }
+        if let Some((uid, _)) = rules.user {
+            if status.euid != uid {
+                a.findings.push(finding(
+                    Kind::User,
+                    format!("pid 1 runs as uid {}, not the owner's {uid}", status.euid),
+                ));
+            }
+        }
+
+        let docker_root = owner::docker_root(
+            &state["config"],
+            self.policy
+                .runtime
+                .docker_root
+                .as_ref()
+                .map(|r| r.as_path()),
+        );
+        let decision = decide_for_user(self.policy, owner, user, self.inventory, docker_root, id)
+            .map_err(|e| e.to_string());
+        match decision {
+            Ok(d) => self.check_mounts(&process, pid, &d, a)?,
+            Err(e) => a.findings.push(finding(
+                Kind::Drift,
+                format!("the policy cannot be applied to it: {e}"),
+            )),
+        }
+        Ok(())
+    }
+
+    /// GPU ids the container may open: its devices cgroup on v1, its /dev on v2.
+    fn reachable_gpus(&self, state: &Value, pid: i32) -> Result<Vec<u32>, String> {
+        let gpus = self.inventory.gpus();
+        if let Some(cg) = state
+            .pointer("/cgroup_paths/devices")
+            .and_then(Value::as_str)
+        {
+            let list = Path::new(cg).join("devices.list");
+            let text = std::fs::read_to_string(&list)
+                .map_err(|e| format!("cannot read {}: {e}", list.display()))?;
+            let rules = parse_devices_list(&text);
+            return Ok(gpus
+                .iter()
+                .filter(|g| {
+                    g.nodes
+                        .iter()
+                        .any(|n| cgroup_allows_rw(&rules, n.major, n.minor))
+                })
+                .map(|g| g.id)
+                .collect());
+        }
+        // cgroup v2 has no readable device list (it is an eBPF program): fall back to the
+        // nodes present in the container's /dev.
+        let dev = self.proc_root.join(pid.to_string()).join("root/dev");
+        let present: BTreeSet<(i64, i64)> = std::fs::read_dir(&dev)
+            .map_err(|e| format!("cannot list {}: {e}", dev.display()))?
+            .flatten()
+            .filter_map(|e| {
+                use std::os::unix::fs::MetadataExt;
+                let m = std::fs::metadata(e.path()).ok()?;
+                Some((
+                    i64::from(libc::major(m.rdev())),
+                    i64::from(libc::minor(m.rdev())),
+                ))
+            })
+            .collect();
+        Ok(gpus
+            .iter()
+            .filter(|g| {
+                g.nodes
+                    .iter()
+                    .any(|n| present.contains(&(n.major, n.minor)))
+            })
+            .map(|g| g.id)
+            .collect())
+    }
+
+    /// Every container mount backed by a host filesystem must map to a host path the
+    /// policy allows.
+    fn check_mounts(
+        &self,
+        process: &Process,
+        pid: i32,
+        d: &Decision,
+        a: &mut ContainerAudit,
+    ) -> Result<(), String> {
+        let mounts = process
+            .mountinfo()
+            .map_err(|e| format!("cannot read /proc/{pid}/mountinfo: {e}"))?;
+        for m in mounts.iter() {
+            if m.mount_point == Path::new("/") || NOT_HOST_DATA.contains(&m.fs_type.as_str()) {
+                continue;
+            }
+            let Some(host) = host_path(self.host_mounts, m) else {
+                continue;
+            };
+            let destination = m.mount_point.to_string_lossy();
+            match host_path_allowed(&resolve_host(&host), &destination, d) {
+                Ok(true) => {}
+                Ok(false) => a.findings.push(finding(
+                    Kind::Mount,
+                    format!(
+                        "host path {} is mounted at {destination}, which the policy does not allow",
+                        host.display()
+                    ),
+                )),
+                Err(e) => a.findings.push(finding(Kind::Mount, e.to_string())),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn finding(kind: Kind, detail: String) -> Finding {
+    Finding { kind, detail }
+}
+
+/// runc's `config.labels` (`key=value`, the spec annotations plus `bundle=`).
+fn labels(state: &Value) -> HashMap<String, String> {
+    state
+        .pointer("/config/labels")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn read_mountinfo(path: &Path) -> Result<Vec<MountInfo>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| MountInfo::from_line(l).map_err(|e| format!("{e}: {l}")))
+        .collect()
+}
+
+/// The host path behind a container mount: a host mount of the same filesystem whose root
+/// is a prefix of the container mount's root. `None` for filesystems only the container has.
+fn host_path(host: &[MountInfo], m: &MountInfo) -> Option<PathBuf> {
+    host.iter()
+        .filter(|h| h.majmin == m.majmin)
+        .filter_map(|h| {
+            let rest = Path::new(&m.root).strip_prefix(&h.root).ok()?;
+            Some((h.root.len(), h.mount_point.join(rest)))
+        })
+        .max_by_key(|(len, _)| *len)
+        .map(|(_, p)| p)
+}
+
+/// One line of a v1 `devices.list`: `c 195:0 rwm`, `a *:* rwm`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct DevRule {
+    kind: char,
+    major: Option<i64>,
+    minor: Option<i64>,
+    access: String,
+}
+
+fn parse_devices_list(text: &str) -> Vec<DevRule> {
+    text.lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            let kind = it.next()?.chars().next()?;
+            let (major, minor) = it.next()?.split_once(':')?;
+            let num = |s: &str| if s == "*" { None } else { s.parse().ok() };
+            Some(DevRule {
+                kind,
+                major: num(major),
+                minor: num(minor),
+                access: it.next().unwrap_or("").to_string(),
+            })
+        })
+        .collect()
+}
+
+fn cgroup_allows_rw(rules: &[DevRule], major: i64, minor: i64) -> bool {
+    rules.iter().any(|r| {
+        (r.kind == 'a' || r.kind == 'c')
+            && r.major.is_none_or(|m| m == major)
+            && r.minor.is_none_or(|m| m == minor)
+            && (r.access.contains('r') || r.access.contains('w'))
+    })
+}
+
+/// The table an admin reads.
+pub fn render_table(audit: &Audit) -> String {
+    let mut out = format!(
+        "{:<14} {:<10} {:<9} {:<10} {:<10} FINDINGS\n",
+        "CONTAINER", "OWNER", "GRANTED", "REACHABLE", "STATUS"
+    );
+    let gpus = |g: &[u32]| {
+        if g.is_empty() {
+            "-".to_string()
+        } else {
+            g.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+        }
+    };
+    for c in &audit.containers {
+        let status = match c.status {
+            Status::Ok => "ok",
+            Status::Violation => "VIOLATION",
+            Status::Error => "ERROR",
+            Status::Stopped => "stopped",
+        };
+        let owner = match (&c.owner, c.labgpu) {
+            (Some(o), _) => o.clone(),
+            (None, true) => "(none)".into(),
+            (None, false) => "(bypass)".into(),
+        };
+        let findings: Vec<String> = c.findings.iter().map(|f| f.detail.clone()).collect();
+        let short: String = c.id.chars().take(12).collect();
+        out.push_str(&format!(
+            "{short:<14} {owner:<10} {:<9} {:<10} {status:<10} {}\n",
+            gpus(&c.granted_gpus),
+            gpus(&c.reachable_gpus),
+            findings.join("; ")
+        ));
+    }
+    let s = &audit.summary;
+    out.push_str(&format!(
+        "{} containers: {} ok, {} violations, {} could not be audited, {} stopped\n",
+        s.containers, s.ok, s.violations, s.errors, s.stopped
+    ));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn devices_list_grants() {
+        let rules = parse_devices_list("c 1:3 rwm\nc 195:0 rwm\nc 195:* m\nc 136:* rwm\n");
+        assert!(cgroup_allows_rw(&rules, 195, 0));
+        assert!(!cgroup_allows_rw(&rules, 195, 2));
+        assert!(cgroup_allows_rw(&parse_devices_list("a *:* rwm\n"), 195, 2));
+        assert!(cgroup_allows_rw(
+            &parse_devices_list("c 195:* rw\n"),
+            195,
+            3
+        ));
+    }
+
+    #[test]
+    fn host_path_maps_through_the_longest_root() {
+        let host = [
+            MountInfo::from_line("22 1 8:1 / / rw - ext4 /dev/sda1 rw").unwrap(),
+            MountInfo::from_line("40 22 8:1 /srv /data rw - ext4 /dev/sda1 rw").unwrap(),
+            MountInfo::from_line("41 22 0:50 / /run/x rw - tmpfs tmpfs rw").unwrap(),
+        ];
+        let c = MountInfo::from_line("100 90 8:1 /srv/a /mnt rw - ext4 /dev/sda1 rw").unwrap();
+        assert_eq!(host_path(&host, &c), Some(PathBuf::from("/data/a")));
+        let private = MountInfo::from_line("101 90 0:99 / /dev rw - tmpfs tmpfs rw").unwrap();
+        assert_eq!(host_path(&host, &private), None);
+        let shm = MountInfo::from_line("102 90 0:50 / /dev/shm rw - tmpfs tmpfs rw").unwrap();
+        assert_eq!(host_path(&host, &shm), Some(PathBuf::from("/run/x")));
+    }
+}
