@@ -587,3 +587,173 @@ mod tests {
         assert_eq!(host_path(&host, &shm), Some(PathBuf::from("/run/x")));
     }
 }
+
+#[cfg(test)]
+mod fixture_tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A /proc tree with a host mount table and one container init process.
+    struct Fixture {
+        dir: tempfile::TempDir,
+    }
+
+    const PID: i32 = 4242;
+    const START: u64 = 777_000;
+
+    impl Fixture {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let f = Fixture { dir };
+            std::fs::create_dir_all(f.proc().join("self")).unwrap();
+            std::fs::write(
+                f.proc().join("self/mountinfo"),
+                "22 1 8:1 / / rw,relatime - ext4 /dev/sda1 rw\n\
+                 30 22 0:40 / /run/docker/x/shm rw - tmpfs shm rw\n",
+            )
+            .unwrap();
+            f
+        }
+        fn proc(&self) -> PathBuf {
+            self.dir.path().join("proc")
+        }
+        fn write_policy(&self, extra: &str) -> PathBuf {
+            let dev = self.dir.path().join("dev");
+            std::fs::create_dir_all(&dev).unwrap();
+            let p = self.dir.path().join("policy.toml");
+            std::fs::write(
+                &p,
+                format!(
+                    "version = 1\n[runtime]\ndocker_root = \"/var/lib/docker\"\n[gpus]\ndev_root = \"{}\"\n[users.alice]\nuid = 1001\ngid = 1001\n{extra}",
+                    dev.display()
+                ),
+            )
+            .unwrap();
+            p
+        }
+        /// Container `c1` owned by alice, init process with the given status lines and mounts.
+        fn container(&self, cap_eff: &str, nnp: u8, mounts: &str, start: u64) -> PathBuf {
+            let root = self.dir.path().join("runc");
+            std::fs::create_dir_all(root.join("c1")).unwrap();
+            let cg = self.dir.path().join("cgroup/c1");
+            std::fs::create_dir_all(&cg).unwrap();
+            std::fs::write(cg.join("devices.list"), "c 1:3 rwm\nc *:* m\n").unwrap();
+            let state = json!({"id": "c1", "init_process_pid": PID, "init_process_start": START,
+                "config": {"labels": ["io.labgpu.owner=alice", "io.labgpu.gpus=", "io.labgpu.policy-sha256=ab", "bundle=/b"],
+                           "mounts": []},
+                "cgroup_paths": {"devices": cg}});
+            std::fs::write(root.join("c1/state.json"), state.to_string()).unwrap();
+            let pdir = self.proc().join(PID.to_string());
+            std::fs::create_dir_all(&pdir).unwrap();
+            // Real stat/status files of this test process, with the fields under test replaced.
+            let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+            let (head, tail) = stat.rsplit_once(") ").unwrap();
+            let mut fields: Vec<String> = tail.split_whitespace().map(str::to_string).collect();
+            fields[19] = start.to_string(); // starttime is field 22; `tail` starts at field 3
+            std::fs::write(pdir.join("stat"), format!("{head}) {}\n", fields.join(" "))).unwrap();
+            let status: String = std::fs::read_to_string("/proc/self/status")
+                .unwrap()
+                .lines()
+                .map(|l| match l.split(':').next() {
+                    Some("CapEff") => format!("CapEff:\t{cap_eff}"),
+                    Some("NoNewPrivs") => format!("NoNewPrivs:\t{nnp}"),
+                    Some("Uid") => "Uid:\t1001\t1001\t1001\t1001".into(),
+                    _ => l.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            std::fs::write(pdir.join("status"), status + "\n").unwrap();
+            std::fs::write(pdir.join("mountinfo"), mounts).unwrap();
+            root
+        }
+        fn run(&self, policy: &Path, root: &Path) -> Audit {
+            run(&Options {
+                policy: policy.to_path_buf(),
+                roots: vec![root.to_path_buf()],
+                container: None,
+                proc_root: self.proc(),
+            })
+            .unwrap()
+        }
+    }
+
+    const DOCKER_MOUNTS: &str = "500 400 0:99 / / rw - overlay overlay rw\n\
+        501 500 0:100 / /proc rw - proc proc rw\n\
+        502 500 0:101 / /dev rw - tmpfs tmpfs rw\n\
+        503 500 8:1 /var/lib/docker/containers/c1/resolv.conf /etc/resolv.conf rw - ext4 /dev/sda1 rw\n\
+        504 500 0:30 /docker/c1 /sys/fs/cgroup/devices ro - cgroup cgroup rw,devices\n";
+
+    #[test]
+    fn a_clean_container_is_ok() {
+        let f = Fixture::new();
+        let policy = f.write_policy("");
+        let root = f.container("00000000200405fb", 1, DOCKER_MOUNTS, START);
+        let audit = f.run(&policy, &root);
+        assert_eq!(audit.containers[0].findings, vec![]);
+        assert_eq!(audit.containers[0].status, Status::Ok);
+        assert_eq!(audit.exit_code(), 0);
+    }
+
+    #[test]
+    fn capabilities_nnp_and_host_binds_are_findings() {
+        let f = Fixture::new();
+        let policy = f.write_policy("");
+        let mounts = format!("{DOCKER_MOUNTS}505 500 8:1 /etc /host-etc rw - ext4 /dev/sda1 rw\n");
+        // CAP_SYS_ADMIN is bit 21.
+        let root = f.container("00000000202405fb", 0, &mounts, START);
+        let audit = f.run(&policy, &root);
+        let kinds: Vec<Kind> = audit.containers[0]
+            .findings
+            .iter()
+            .map(|f| f.kind)
+            .collect();
+        assert_eq!(
+            kinds,
+            [Kind::Capabilities, Kind::NoNewPrivileges, Kind::Mount],
+            "{:?}",
+            audit.containers[0].findings
+        );
+        assert!(audit.containers[0].findings[0]
+            .detail
+            .contains("CAP_SYS_ADMIN"));
+        assert!(audit.containers[0].findings[2]
+            .detail
+            .contains("host path /etc is mounted at /host-etc"));
+        assert_eq!(audit.exit_code(), 1);
+        assert!(render_table(&audit).contains("VIOLATION"));
+    }
+
+    #[test]
+    fn a_recycled_pid_is_a_stopped_container() {
+        let f = Fixture::new();
+        let policy = f.write_policy("");
+        let root = f.container("00000000202405fb", 0, DOCKER_MOUNTS, START + 1);
+        // state.json still says START: the process at that pid is someone else.
+        let state = std::fs::read_to_string(root.join("c1/state.json")).unwrap();
+        assert!(state.contains(&START.to_string()));
+        let stat = std::fs::read_to_string(f.proc().join(format!("{PID}/stat"))).unwrap();
+        assert!(stat.contains(&(START + 1).to_string()));
+        let audit = f.run(&policy, &root);
+        assert_eq!(audit.containers[0].status, Status::Stopped);
+        assert_eq!(audit.exit_code(), 0);
+    }
+
+    #[test]
+    fn an_owner_removed_from_the_policy_is_drift() {
+        let f = Fixture::new();
+        let policy = f.write_policy("");
+        let root = f.container("00000000200405fb", 1, DOCKER_MOUNTS, START);
+        std::fs::write(
+            &policy,
+            std::fs::read_to_string(&policy)
+                .unwrap()
+                .replace("[users.alice]\nuid = 1001\ngid = 1001\n", ""),
+        )
+        .unwrap();
+        let audit = f.run(&policy, &root);
+        assert_eq!(audit.containers[0].findings[0].kind, Kind::Drift);
+        assert!(audit.containers[0].findings[0]
+            .detail
+            .contains("\"alice\" is no longer in the policy"));
+    }
+}
