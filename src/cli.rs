@@ -8,8 +8,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::decide::{self, DecideError};
-use crate::gpu::{DevfsInventory, Inventory};
-use crate::policy::{policy_path, Policy, RunAs};
+use crate::gpu::{inventory_for, Inventory, Purpose};
+use crate::policy::{policy_path, GpuRef, Policy, RunAs};
 use crate::runtime::find_runc;
 use crate::verify;
 
@@ -143,14 +143,14 @@ fn policy_check(path: &Path) -> anyhow::Result<i32> {
             return Ok(1);
         }
     };
-    let inventory =
-        DevfsInventory::scan(policy.gpus.dev_root.as_path(), Path::new("/proc/devices"))
-            .with_context(|| format!("scanning [gpus] dev_root of {}", path.display()))?;
+    let refs: Vec<&GpuRef> = policy.users.values().flat_map(|u| &u.gpus).collect();
+    let inventory = inventory_for(&policy.gpus, &refs, Purpose::Admin)
+        .with_context(|| format!("reading the GPU inventory for {}", path.display()))?;
     let mut errors = 0;
     let mut warnings = 0;
     for (name, user) in &policy.users {
         for id in &user.gpus {
-            if let Err(e) = inventory.resolve(*id) {
+            if let Err(e) = inventory.resolve(id) {
                 println!("error: [users.{name}] gpus: {e}");
                 errors += 1;
             }
@@ -178,11 +178,19 @@ fn policy_check(path: &Path) -> anyhow::Result<i32> {
         let owners: Vec<&str> = policy
             .users
             .iter()
-            .filter(|(_, u)| u.gpus.contains(&gpu.id))
+            .filter(|(_, u)| {
+                u.gpus
+                    .iter()
+                    .any(|r| inventory.resolve(r).is_ok_and(|g| g.minor == gpu.minor))
+            })
             .map(|(n, _)| n.as_str())
             .collect();
         if owners.len() > 1 {
-            println!("warning: GPU {} is shared by {}", gpu.id, owners.join(", "));
+            println!(
+                "warning: GPU {} is shared by {}",
+                gpu.minor,
+                owners.join(", ")
+            );
             warnings += 1;
         }
     }

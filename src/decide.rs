@@ -37,6 +37,7 @@ pub struct DevKey {
 pub struct Decision {
     /// Owner's policy user name; `None` for an unlabeled container under `unlabeled = "no-gpu"`.
     pub owner: Option<String>,
+    /// Minors of the GPUs granted (MIG slices count as their parent GPU).
     pub gpu_ids: Vec<u32>,
     /// Owned GPU nodes plus control nodes; empty for a user with no GPUs.
     pub nodes: Vec<DevNode>,
@@ -149,17 +150,22 @@ pub fn decide_for_user(
     let flag =
         |f: fn(&UserPolicy) -> Option<bool>, default: bool| user.and_then(f).unwrap_or(default);
 
-    let mut gpu_ids: Vec<u32> = user.map(|u| u.gpus.clone()).unwrap_or_default();
-    gpu_ids.sort_unstable();
-    gpu_ids.dedup();
-    let mut nodes = Vec::new();
-    for id in &gpu_ids {
-        let gpu = inventory.resolve(*id).map_err(|source| DecideError::Gpu {
+    let mut gpu_ids = Vec::new();
+    let mut nodes: Vec<DevNode> = Vec::new();
+    for r in user.map(|u| u.gpus.as_slice()).unwrap_or_default() {
+        let grant = inventory.resolve(r).map_err(|source| DecideError::Gpu {
             owner: owner.unwrap_or_default().to_string(),
             source,
         })?;
-        nodes.extend(gpu.nodes.iter().cloned());
+        gpu_ids.push(grant.minor);
+        for n in grant.nodes {
+            if !nodes.contains(&n) {
+                nodes.push(n);
+            }
+        }
     }
+    gpu_ids.sort_unstable();
+    gpu_ids.dedup();
     if !nodes.is_empty() {
         nodes.extend(inventory.control_nodes().iter().cloned());
     }

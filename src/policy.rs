@@ -97,18 +97,138 @@ pub enum Unlabeled {
 pub struct GpusSection {
     #[serde(default = "default_dev_root")]
     pub dev_root: AbsPath,
+    #[serde(default)]
+    pub discovery: Discovery,
+    /// libnvidia-ml.so.1 to load instead of the linker's choice.
+    pub nvml_lib: Option<AbsPath>,
+    /// Where /proc is: `driver/nvidia/gpus`, `driver/nvidia-caps/mig-minors`, `devices`.
+    #[serde(default = "default_proc_root")]
+    pub proc_root: AbsPath,
+    /// NVIDIA's CDI spec for driver libraries: "auto", "off", or a file.
+    #[serde(default)]
+    pub cdi_spec: CdiSetting,
 }
 
 impl Default for GpusSection {
     fn default() -> Self {
         GpusSection {
             dev_root: default_dev_root(),
+            discovery: Discovery::default(),
+            nvml_lib: None,
+            proc_root: default_proc_root(),
+            cdi_spec: CdiSetting::default(),
         }
     }
 }
 
 fn default_dev_root() -> AbsPath {
     AbsPath(PathBuf::from("/dev"))
+}
+
+fn default_proc_root() -> AbsPath {
+    AbsPath(PathBuf::from("/proc"))
+}
+
+/// Where GPU facts come from. Integers in `gpus` are NVML indices under "nvml" and device
+/// minor numbers otherwise, so their meaning never depends on whether NVML happened to load.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Discovery {
+    #[default]
+    Auto,
+    Nvml,
+    Proc,
+    Devfs,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum CdiSetting {
+    #[default]
+    Auto,
+    Off,
+    File(PathBuf),
+}
+
+impl<'de> Deserialize<'de> for CdiSetting {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match s.as_str() {
+            "auto" => Ok(CdiSetting::Auto),
+            "off" => Ok(CdiSetting::Off),
+            p if p.starts_with('/') => Ok(CdiSetting::File(PathBuf::from(p))),
+            _ => Err(serde::de::Error::custom(format!(
+                "cdi_spec {s:?} must be \"auto\", \"off\" or an absolute path"
+            ))),
+        }
+    }
+}
+
+/// How a policy names a GPU: `0` (minor, or NVML index under discovery = "nvml"),
+/// `"GPU-<uuid>"`, `"MIG-<uuid>"`, or `"<gpu>:<gi>"` (a MIG GPU instance on GPU minor `gpu`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum GpuRef {
+    Number(u32),
+    Uuid(String),
+    MigUuid(String),
+    MigSlice { gpu: u32, gi: u32 },
+}
+
+impl fmt::Display for GpuRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GpuRef::Number(n) => write!(f, "{n}"),
+            GpuRef::Uuid(u) | GpuRef::MigUuid(u) => f.write_str(u),
+            GpuRef::MigSlice { gpu, gi } => write!(f, "{gpu}:{gi}"),
+        }
+    }
+}
+
+impl FromStr for GpuRef {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || {
+            format!("GPU {s:?} must be a number, \"GPU-<uuid>\", \"MIG-<uuid>\" or \"<gpu>:<gi>\"")
+        };
+        let uuid_ok = |u: &str| {
+            !u.is_empty()
+                && u.chars()
+                    .all(|c| c.is_ascii_hexdigit() || c == '-' || c == '/')
+        };
+        if let Some(u) = s.strip_prefix("GPU-") {
+            return uuid_ok(u)
+                .then(|| GpuRef::Uuid(s.to_string()))
+                .ok_or_else(bad);
+        }
+        if let Some(u) = s.strip_prefix("MIG-") {
+            return uuid_ok(u)
+                .then(|| GpuRef::MigUuid(s.to_string()))
+                .ok_or_else(bad);
+        }
+        if let Some((g, i)) = s.split_once(':') {
+            return match (g.parse(), i.parse()) {
+                (Ok(gpu), Ok(gi)) => Ok(GpuRef::MigSlice { gpu, gi }),
+                _ => Err(bad()),
+            };
+        }
+        s.parse().map(GpuRef::Number).map_err(|_| bad())
+    }
+}
+
+impl<'de> Deserialize<'de> for GpuRef {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Num(i64),
+            Str(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Num(n) => u32::try_from(n)
+                .map(GpuRef::Number)
+                .map_err(|_| serde::de::Error::custom(format!("GPU {n} is not a valid number"))),
+            Raw::Str(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -190,7 +310,7 @@ pub struct UserPolicy {
     pub uid: Option<u32>,
     pub gid: Option<u32>,
     #[serde(default)]
-    pub gpus: Vec<u32>,
+    pub gpus: Vec<GpuRef>,
     #[serde(default)]
     pub capabilities: Vec<CapName>,
     pub no_new_privileges: Option<bool>,
@@ -398,6 +518,33 @@ mod tests {
         assert!(parse("version = 1\n[gpus]\ndev_root = \"dev\"\n").is_err());
         assert!(parse("version = 1\n[runtime]\nunlabeled = \"allow\"\n").is_err());
         assert!(parse("version = 1\n[defaults]\nrun_as = \"root\"\n").is_err());
+    }
+
+    #[test]
+    fn gpu_references_in_every_form() {
+        let p = parse(
+            "version = 1\n[users.a]\ngpus = [0, \"GPU-8f6e2b1c-aaaa\", \"MIG-1a2b-3c\", \"1:2\"]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            p.users["a"].gpus,
+            [
+                GpuRef::Number(0),
+                GpuRef::Uuid("GPU-8f6e2b1c-aaaa".into()),
+                GpuRef::MigUuid("MIG-1a2b-3c".into()),
+                GpuRef::MigSlice { gpu: 1, gi: 2 }
+            ]
+        );
+        for bad in ["-1", "\"gpu0\"", "\"GPU-\"", "\"1:x\"", "1.5"] {
+            let err = parse(&format!("version = 1\n[users.a]\ngpus = [{bad}]\n")).unwrap_err();
+            assert!(err.to_string().contains("line 3"), "{bad}: {err}");
+        }
+        let p =
+            parse("version = 1\n[gpus]\ndiscovery = \"nvml\"\ncdi_spec = \"/etc/cdi/x.yaml\"\n")
+                .unwrap();
+        assert_eq!(p.gpus.discovery, Discovery::Nvml);
+        assert_eq!(p.gpus.cdi_spec, CdiSetting::File("/etc/cdi/x.yaml".into()));
+        assert!(parse("version = 1\n[gpus]\ncdi_spec = \"on\"\n").is_err());
     }
 
     #[test]

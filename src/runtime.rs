@@ -12,7 +12,7 @@ use serde_json::Value;
 use crate::argv::{container_id, flag_value, has_flag, Invocation};
 use crate::decide::{self, decide, DecideError};
 use crate::edits::{self, stamp, EditError, Report};
-use crate::gpu::{DevfsInventory, GpuError};
+use crate::gpu::{inventory_for, GpuError, Purpose};
 use crate::owner::{self, OwnerError};
 use crate::policy::{policy_path, Policy, PolicyError};
 use crate::refusal;
@@ -154,8 +154,12 @@ fn prepare_create(
         policy.runtime.docker_root.as_ref().map(|r| r.as_path()),
     );
     let owner = owner::find_owner(&spec, &id, &policy.runtime.owner_label, root.as_deref())?;
-    let inventory =
-        DevfsInventory::scan(policy.gpus.dev_root.as_path(), Path::new("/proc/devices"))?;
+    let refs: Vec<_> = owner
+        .as_deref()
+        .and_then(|o| policy.user(o))
+        .map(|u| u.gpus.iter().collect())
+        .unwrap_or_default();
+    let inventory = inventory_for(&policy.gpus, &refs, Purpose::Runtime)?;
     let decision = decide(&policy, owner.as_deref(), &inventory, root, &id)?;
     let mut report = Report::default();
     edits::apply_all(&mut spec, &decision, &mut report)?;

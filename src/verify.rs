@@ -13,9 +13,9 @@ use serde_json::Value;
 use crate::decide::{decide_for_user, process_rules, resolve_host, Decision};
 use crate::edits::mounts::host_path_allowed;
 use crate::edits::stamp;
-use crate::gpu::{DevfsInventory, Inventory};
+use crate::gpu::{inventory_for, Inventory, Purpose, Snapshot};
 use crate::owner;
-use crate::policy::Policy;
+use crate::policy::{GpuRef, Policy};
 
 /// runc state roots of Docker, containerd (k8s.io and default namespaces) and plain runc.
 pub const DEFAULT_ROOTS: [&str; 4] = [
@@ -133,10 +133,8 @@ impl Audit {
 
 pub fn run(opts: &Options) -> Result<Audit, VerifyError> {
     let policy = Policy::load(&opts.policy)?;
-    let inventory = DevfsInventory::scan(
-        policy.gpus.dev_root.as_path(),
-        &opts.proc_root.join("devices"),
-    )?;
+    let refs: Vec<&GpuRef> = policy.users.values().flat_map(|u| &u.gpus).collect();
+    let inventory = inventory_for(&policy.gpus, &refs, Purpose::Admin)?;
     let host_mounts_path = opts.proc_root.join("self/mountinfo");
     let host_mounts =
         read_mountinfo(&host_mounts_path).map_err(|reason| VerifyError::HostMounts {
@@ -198,7 +196,7 @@ pub fn run(opts: &Options) -> Result<Audit, VerifyError> {
 
 struct Ctx<'a> {
     policy: &'a Policy,
-    inventory: &'a DevfsInventory,
+    inventory: &'a Snapshot,
     host_mounts: &'a [MountInfo],
     proc_root: &'a Path,
 }
@@ -275,7 +273,17 @@ impl Ctx<'_> {
             },
             None => None,
         };
-        a.granted_gpus = user.map(|u| u.gpus.clone()).unwrap_or_default();
+        for r in user.map(|u| u.gpus.as_slice()).unwrap_or_default() {
+            match self.inventory.resolve(r) {
+                Ok(g) => a.granted_gpus.push(g.minor),
+                Err(e) => a.findings.push(finding(
+                    Kind::Drift,
+                    format!("the policy's GPU {r} cannot be resolved: {e}"),
+                )),
+            }
+        }
+        a.granted_gpus.sort_unstable();
+        a.granted_gpus.dedup();
         a.reachable_gpus = self.reachable_gpus(&state, pid)?;
         for gpu in &a.reachable_gpus {
             let f = if !a.labgpu {
@@ -375,7 +383,7 @@ impl Ctx<'_> {
                         .iter()
                         .any(|n| cgroup_allows_rw(&rules, n.major, n.minor))
                 })
-                .map(|g| g.id)
+                .map(|g| g.minor)
                 .collect());
         }
         // cgroup v2 has no readable device list (it is an eBPF program): fall back to the
@@ -400,7 +408,7 @@ impl Ctx<'_> {
                     .iter()
                     .any(|n| present.contains(&(n.major, n.minor)))
             })
-            .map(|g| g.id)
+            .map(|g| g.minor)
             .collect())
     }
 

@@ -3,68 +3,31 @@
 //! newer Docker adds (CDI device injection, createRuntime hooks), built from them.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use labgpu::decide::{decide, process_rules, Decision};
 use labgpu::edits::{self, EditError, Report};
-use labgpu::gpu::{DevNode, Gpu, GpuError, Inventory};
+use labgpu::gpu::{DevNode, Gpu, Numbering, Snapshot};
 use labgpu::policy::Policy;
 use serde_json::{json, Value};
 
 const DOCKER_ROOT: &str = "/tmp/labgpu-cap.iVUI/docker";
 
-struct FakeInventory {
-    gpus: Vec<Gpu>,
-    control: Vec<DevNode>,
-    majors: BTreeSet<i64>,
-}
-
-fn node(name: &str, major: i64, minor: i64) -> DevNode {
-    DevNode {
-        container_path: format!("/dev/{name}"),
-        host_path: PathBuf::from(format!("/dev/{name}")),
-        major,
-        minor,
-    }
-}
-
-impl FakeInventory {
-    fn new() -> Self {
-        FakeInventory {
-            gpus: (0..4)
-                .map(|n| Gpu {
-                    id: n,
-                    nodes: vec![node(&format!("nvidia{n}"), 195, n.into())],
-                })
-                .collect(),
-            control: vec![
-                node("nvidiactl", 195, 255),
-                node("nvidia-uvm", 511, 0),
-                node("nvidia-uvm-tools", 511, 1),
-            ],
-            majors: BTreeSet::from([195, 511]),
-        }
-    }
-}
-
-impl Inventory for FakeInventory {
-    fn gpus(&self) -> &[Gpu] {
-        &self.gpus
-    }
-    fn control_nodes(&self) -> &[DevNode] {
-        &self.control
-    }
-    fn nvidia_majors(&self) -> &BTreeSet<i64> {
-        &self.majors
-    }
-    fn resolve(&self, id: u32) -> Result<&Gpu, GpuError> {
-        self.gpus
-            .iter()
-            .find(|g| g.id == id)
-            .ok_or(GpuError::Missing {
-                id,
-                dev_root: "/dev".into(),
-            })
+/// Four GPUs (195:0..3), nvidiactl and the uvm pair, as a devfs scan would report them.
+fn inventory() -> Snapshot {
+    let dev = Path::new("/dev");
+    Snapshot {
+        source: "test",
+        gpus: (0..4)
+            .map(|n| Gpu::new(n, DevNode::new(&format!("nvidia{n}"), dev, 195, n.into())))
+            .collect(),
+        control: vec![
+            DevNode::new("nvidiactl", dev, 195, 255),
+            DevNode::new("nvidia-uvm", dev, 511, 0),
+            DevNode::new("nvidia-uvm-tools", dev, 511, 1),
+        ],
+        majors: BTreeSet::from([195, 511]),
+        numbering: Numbering::Minor,
     }
 }
 
@@ -106,7 +69,7 @@ fn decision_for(spec: &Value, owner: &str) -> Decision {
     decide(
         &policy(),
         Some(owner),
-        &FakeInventory::new(),
+        &inventory(),
         Some(DOCKER_ROOT.into()),
         &container_id(spec),
     )
