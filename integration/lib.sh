@@ -12,16 +12,20 @@
 #   LABGPU_E2E_KEEP=1        keep $LG_TMP (dockerd.log, labgpu.log, ...) after the run
 #   LABGPU_E2E_OWN_CONTAINERD=1  start a private containerd even if no system one is running
 #   LABGPU_E2E_TIMEOUT=60    seconds each docker command may take
+#   LABGPU_E2E_RUNTIME=runc  run the e2e cases under another runtime (to test the harness)
 
 LG_REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 LG_BIN="$LG_REPO/target/release/labgpu"
 LG_IMAGE="labgpu-test:latest"
+LG_RUNTIME="${LABGPU_E2E_RUNTIME:-labgpu}"
 LG_TIMEOUT="${LABGPU_E2E_TIMEOUT:-60}"
 LG_TMP=""
 LG_SOCK=""
 LG_DOCKERD_PID=""
 LG_CONTAINERD_PID=""
 LG_DOCKER_CLI=""
+LG_RUN_DOCKER_EXISTED=1
+LG_SYS_PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 lg_say() { printf '[e2e] %s\n' "$*" >&2; }
 lg_die() {
@@ -215,7 +219,31 @@ export LABGPU_POLICY=$LG_TMP/policy.toml
 exec $LG_BIN "\$@"
 EOF
     chmod 755 "$LG_TMP/labgpu-wrapper"
-    printf '{"runtimes": {"labgpu": {"path": "%s"}}}\n' "$LG_TMP/labgpu-wrapper" >"$LG_TMP/daemon.json"
+    lg_write_daemon_json labgpu "$LG_TMP/labgpu-wrapper"
+}
+
+# daemon.json registering runtime $1 at path $2. Docker 20.10 also writes a trust key to
+# /etc/docker/key.json unless told otherwise: keep it in $LG_TMP (newer dockerds, which have
+# no trust key, reject the option, hence the probe).
+lg_write_daemon_json() {
+    local key=""
+    if grep -qa 'deprecated-key-path' "$(command -v dockerd)"; then
+        key=", \"deprecated-key-path\": \"$LG_TMP/key.json\""
+    fi
+    printf '{"runtimes": {"%s": {"path": "%s"}}%s}\n' "$1" "$2" "$key" >"$LG_TMP/daemon.json"
+}
+
+# `--gpus` on docker 20.10 needs nvidia-container-runtime-hook on dockerd's PATH (looked up at
+# dockerd start, then added as a prestart hook). This one records each run in $LG_TMP/hook-ran.
+lg_make_fake_hook() {
+    mkdir -p "$LG_TMP/hookbin"
+    cat >"$LG_TMP/hookbin/nvidia-container-runtime-hook" <<EOF
+#!/bin/sh
+echo "\$*" >>'$LG_TMP/hook-ran'
+cat >/dev/null
+exit 0
+EOF
+    chmod 755 "$LG_TMP/hookbin/nvidia-container-runtime-hook"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -252,7 +280,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 [debug]
   address = "$c/debug.sock"
 EOF
-    containerd --config "$c/config.toml" >"$LG_TMP/containerd.log" 2>&1 &
+    env -i PATH="$LG_SYS_PATH" HOME=/root containerd --config "$c/config.toml" \
+        >"$LG_TMP/containerd.log" 2>&1 &
     LG_CONTAINERD_PID=$!
     local i
     for ((i = 0; i < 100; i++)); do
@@ -277,8 +306,14 @@ lg_start_dockerd() {
         lg_start_containerd
         args+=(--containerd "$LG_TMP/ctd/containerd.sock")
     fi
+    # dockerd creates /run/docker/plugins (plugin discovery, not configurable): remember
+    # whether it was there, so teardown removes only what this run made.
+    [[ -e /run/docker ]] && LG_RUN_DOCKER_EXISTED=1 || LG_RUN_DOCKER_EXISTED=0
     lg_say "starting dockerd (storage driver $driver) on $LG_SOCK"
-    PATH="${extra_path:+$extra_path:}$PATH" dockerd "${args[@]}" >"$LG_TMP/dockerd.log" 2>&1 &
+    # A clean environment: dockerd copies its own into hooks it adds (--gpus), and nothing of
+    # the caller's (DOCKER_HOST, proxies, ...) should reach containerd or the runtime.
+    env -i PATH="${extra_path:+$extra_path:}$LG_SYS_PATH" HOME=/root LANG=C.UTF-8 \
+        dockerd "${args[@]}" >"$LG_TMP/dockerd.log" 2>&1 &
     LG_DOCKERD_PID=$!
     for ((i = 0; i < 120; i++)); do
         if timeout 5 "$LG_DOCKER_CLI" info >/dev/null 2>&1; then
@@ -337,6 +372,10 @@ lg_stop_dockerd() {
     for pid in $(lg_our_pids); do
         kill -KILL "$pid" 2>/dev/null || true
     done
+    if [[ $LG_RUN_DOCKER_EXISTED == 0 ]]; then
+        rmdir /run/docker/plugins /run/docker 2>/dev/null || true
+        LG_RUN_DOCKER_EXISTED=1
+    fi
 }
 
 lg_unmount_all() {
@@ -345,6 +384,19 @@ lg_unmount_all() {
     awk -v t="$LG_TMP" 'index($2, t) == 1 { print $2 }' /proc/mounts | sort -r | while read -r mp; do
         umount -l "$mp" 2>/dev/null || true
     done
+}
+
+# What the cases leave in alice's home: files named .labgpu-e2e-*, and the mount point runc
+# creates for /workspace/data inside the /workspace bind (root-owned, empty).
+lg_clean_homes() {
+    local home
+    home="$(lg_home alice 2>/dev/null)" || return 0
+    [[ -n $home && -d $home ]] || return 0
+    rm -f "$home"/.labgpu-e2e-* 2>/dev/null || true
+    rmdir "$home"/.labgpu-e2e-* 2>/dev/null || true
+    if [[ -d $home/data && $(stat -c %u "$home/data") == 0 ]]; then
+        rmdir "$home/data" 2>/dev/null || true
+    fi
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -362,7 +414,8 @@ setup_all() {
     lg_make_users
     lg_write_policy
     lg_make_wrapper
-    lg_start_dockerd
+    lg_make_fake_hook
+    lg_start_dockerd "$LG_TMP/hookbin"
     lg_make_image
 }
 
@@ -372,7 +425,8 @@ teardown_all() {
     [[ -n $LG_TMP && -d $LG_TMP ]] || exit "$rc"
     lg_stop_dockerd
     lg_unmount_all
-    rm -f "$(lg_home alice 2>/dev/null || echo /nonexistent)/.labgpu-e2e-"* 2>/dev/null || true
+    [[ -f $LG_TMP/policy.toml ]] && lg_write_policy # a case may have left it broken
+    lg_clean_homes
     if [[ ${LABGPU_E2E_KEEP:-0} == 1 ]]; then
         lg_say "kept $LG_TMP (LABGPU_E2E_KEEP=1)"
     elif awk -v t="$LG_TMP" 'index($2, t) == 1 { found = 1 } END { exit !found }' /proc/mounts; then
@@ -411,7 +465,7 @@ run_ctr() {
     o="$(mktemp "$LG_TMP/out.XXXX")"
     e="$(mktemp "$LG_TMP/err.XXXX")"
     RUN_RC=0
-    lg_docker run --rm --runtime labgpu "$@" >"$o" 2>"$e" || RUN_RC=$?
+    lg_docker run --rm --runtime "$LG_RUNTIME" "$@" >"$o" 2>"$e" || RUN_RC=$?
     RUN_OUT="$(cat "$o")"
     RUN_ERR="$(cat "$e")"
     rm -f "$o" "$e"

@@ -1,0 +1,442 @@
+#!/usr/bin/env bash
+# End-to-end: a private dockerd with `--runtime labgpu`, fake GPUs and users alice, bob,
+# carol. Each case drives the real docker CLI and asserts what the container sees (or that
+# docker reports labgpu's refusal). Prints `N passed, N failed`; exits 1 if any failed.
+#
+#   bash integration/e2e.sh               (as root; see lib.sh for the LABGPU_E2E_* knobs)
+#   LABGPU_E2E_ONLY='caps mounts' bash integration/e2e.sh    run only these case groups
+#   LABGPU_E2E_RUNTIME=runc ...           exercise the harness itself without labgpu
+set -uo pipefail
+
+# shellcheck source=integration/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+RT="$LG_RUNTIME"
+I="$LG_IMAGE"
+A=(--label labgpu.user=alice)
+B=(--label labgpu.user=bob)
+C=(--label labgpu.user=carol)
+
+docker() { lg_docker "$@"; }
+
+# Bit numbers of the policy's 11 default capabilities: CHOWN 0, DAC_OVERRIDE 1, FOWNER 3,
+# FSETID 4, KILL 5, SETGID 6, SETUID 7, SETPCAP 8, NET_BIND_SERVICE 10, SYS_CHROOT 18,
+# AUDIT_WRITE 29.
+cap_mask() {
+    local m=0 b
+    for b in "$@"; do m=$((m | (1 << b))); done
+    printf '%016x' "$m"
+}
+MASK="$(cap_mask 0 1 3 4 5 6 7 8 10 18 29)"
+[[ $MASK == 00000000200405fb ]] || lg_die "capability mask arithmetic: $MASK"
+
+ALICE_DEVS="/dev/nvidia-uvm /dev/nvidia-uvm-tools /dev/nvidia0 /dev/nvidia1 /dev/nvidiactl"
+BOB_DEVS="/dev/nvidia-uvm /dev/nvidia-uvm-tools /dev/nvidia2 /dev/nvidiactl"
+CAROL_DEVS=""
+LS_NVIDIA='ls -1d /dev/nvidia* 2>/dev/null; true'
+
+# Sorted, space-joined lines of $1 that look like /dev/nvidia* paths.
+nvidia_set() {
+    printf '%s\n' "$1" | grep '^/dev/nvidia' | LC_ALL=C sort | tr '\n' ' ' | sed 's/ $//'
+}
+
+# Field of /proc/<pid>/status from the output of `cat /proc/self/status`.
+status_field() { printf '%s\n' "$2" | awk -v k="$1:" '$1 == k { print $2 }'; }
+
+# CapX values are hex; true when every bit of $1 is in $2.
+within() { (((16#$1 & ~16#$2) == 0)); }
+
+# ---------------------------------------------------------------------------------------------
+# Cases
+
+case_devices() {
+    if expect_run_ok devices-alice "${A[@]}" "$I" sh -c "$LS_NVIDIA"; then
+        expect_eq devices-alice "$ALICE_DEVS" "$(nvidia_set "$RUN_OUT")"
+    fi
+    if expect_run_ok devices-bob "${B[@]}" "$I" sh -c "$LS_NVIDIA"; then
+        expect_eq devices-bob "$BOB_DEVS" "$(nvidia_set "$RUN_OUT")"
+    fi
+    if expect_run_ok devices-carol "${C[@]}" "$I" sh -c "$LS_NVIDIA"; then
+        expect_eq devices-carol "$CAROL_DEVS" "$(nvidia_set "$RUN_OUT")"
+    fi
+    # Allowed nodes open as far as the (absent) driver: ENXIO, not EPERM from the cgroup.
+    local n
+    for n in nvidia0 nvidiactl nvidia-uvm; do
+        if expect_run_ok "open-allowed-alice-$n" "${A[@]}" "$I" sh -c "cat /dev/$n 2>&1; true"; then
+            if [[ $RUN_OUT == *"No such device or address"* ]]; then
+                pass "open-allowed-alice-$n"
+            else
+                fail "open-allowed-alice-$n" "expected ENXIO (No such device or address), got: $RUN_OUT"
+            fi
+        fi
+    done
+}
+
+case_device_flags() {
+    # --device of another user's GPU: the container runs, the node is not there.
+    if expect_run_ok device-flag-nvidia2-alice "${A[@]}" --device "$LG_TMP/dev/nvidia2:/dev/nvidia2" \
+        "$I" sh -c "$LS_NVIDIA"; then
+        expect_eq device-flag-nvidia2-alice "$ALICE_DEVS" "$(nvidia_set "$RUN_OUT")"
+    fi
+    # --device of the whole GPU under another name.
+    if expect_run_ok device-flag-renamed-alice "${A[@]}" --device "$LG_TMP/dev/nvidia3:/dev/gpu" \
+        "$I" sh -c 'ls /dev/gpu 2>&1; true'; then
+        if [[ $RUN_OUT == *"No such file"* ]]; then
+            pass device-flag-renamed-alice
+        else
+            fail device-flag-renamed-alice "/dev/gpu (nvidia3) should be absent: $RUN_OUT"
+        fi
+    fi
+    # A non-GPU host device (a fake /dev/mem, c 1:1) is not passed through either.
+    [[ -e $LG_TMP/dev/mem ]] || mknod -m 666 "$LG_TMP/dev/mem" c 1 1
+    if expect_run_ok device-flag-mem-bob "${B[@]}" --device "$LG_TMP/dev/mem:/dev/mem" "$I" \
+        sh -c 'ls /dev/mem 2>&1; grep "^c 1:1 " /sys/fs/cgroup/devices/devices.list; true'; then
+        if [[ $RUN_OUT == *"No such file"* && $RUN_OUT != *"c 1:1 "*[rw]* ]]; then
+            pass device-flag-mem-bob
+        else
+            fail device-flag-mem-bob "/dev/mem (c 1:1) should be absent and not readable: $RUN_OUT"
+        fi
+    fi
+    # --device-cgroup-rule 'c 195:* rwm': the cgroup must not grant r/w on others' GPUs.
+    # mknod fails anyway (no CAP_MKNOD; alice is not root), so the device cgroup is read too.
+    local u args want_ok deny
+    for u in alice bob; do
+        if [[ $u == alice ]]; then args=("${A[@]}") want_ok="0 1" deny="2 3"; else args=("${B[@]}") want_ok="2" deny="0 1 3"; fi
+        # shellcheck disable=SC2016 # expanded by the container's shell
+        local script='cat /sys/fs/cgroup/devices/devices.list 2>&1; for m in 0 1 2 3; do
+            echo "== $m"; mknod /tmp/n$m c 195 $m 2>&1 && cat /tmp/n$m 2>&1; done; true'
+        if expect_run_ok "cgroup-rule-$u" "${args[@]}" --device-cgroup-rule 'c 195:* rwm' \
+            "$I" sh -c "$script"; then
+            local bad="" m list
+            list="$(printf '%s\n' "$RUN_OUT" | sed -n '/^== /q;p')"
+            local wild='^a |^c 195:\* [a-z]*[rw]|^c \*:\* [a-z]*[rw]'
+            if printf '%s\n' "$list" | grep -Eq "$wild"; then
+                bad+="device cgroup grants a wildcard: $(printf '%s\n' "$list" | grep -E "$wild" | tr '\n' ';')"$'\n'
+            fi
+            for m in $deny; do
+                if printf '%s\n' "$list" | grep -Eq "^c 195:$m [a-z]*[rw]"; then
+                    bad+="device cgroup grants c 195:$m"$'\n'
+                fi
+                if printf '%s\n' "$RUN_OUT" | sed -n "/^== $m\$/,/^== /p" | grep -q 'No such device or address'; then
+                    bad+="minor $m opened (ENXIO) through mknod"$'\n'
+                fi
+            done
+            for m in $want_ok; do
+                printf '%s\n' "$list" | grep -Eq "^c 195:$m [a-z]*r" || bad+="device cgroup lacks own GPU c 195:$m"$'\n'
+            done
+            if [[ -z $bad ]]; then pass "cgroup-rule-$u"; else fail "cgroup-rule-$u" "$bad--- container output:
+$RUN_OUT"; fi
+        fi
+    done
+    # --gpus all: docker adds NVIDIA_VISIBLE_DEVICES and the (fake) nvidia hook; neither may act.
+    rm -f "$LG_TMP/hook-ran"
+    if expect_run_ok gpus-all-alice "${A[@]}" --gpus all "$I" sh -c "$LS_NVIDIA; env"; then
+        local bad=""
+        [[ $(nvidia_set "$RUN_OUT") == "$ALICE_DEVS" ]] || bad+="devices: $(nvidia_set "$RUN_OUT")"$'\n'
+        [[ -e $LG_TMP/hook-ran ]] && bad+="nvidia-container-runtime-hook ran: $(cat "$LG_TMP/hook-ran")"$'\n'
+        printf '%s\n' "$RUN_OUT" | grep -qx 'NVIDIA_VISIBLE_DEVICES=void' || bad+="NVIDIA_VISIBLE_DEVICES is not void"$'\n'
+        if [[ -z $bad ]]; then pass gpus-all-alice; else fail gpus-all-alice "$bad$RUN_OUT"; fi
+    fi
+    if expect_run_ok nvidia-visible-devices-env "${A[@]}" -e NVIDIA_VISIBLE_DEVICES=all "$I" \
+        sh -c 'env | grep ^NVIDIA_VISIBLE_DEVICES='; then
+        expect_eq nvidia-visible-devices-env "NVIDIA_VISIBLE_DEVICES=void" "$RUN_OUT"
+    fi
+    # The same from the image's ENV.
+    local tmpc
+    if tmpc="$(docker create --runtime runc "$I" true 2>&1)" &&
+        docker commit --change 'ENV NVIDIA_VISIBLE_DEVICES=all' "$tmpc" labgpu-test:nvenv >/dev/null 2>&1; then
+        docker rm "$tmpc" >/dev/null 2>&1
+        if expect_run_ok nvidia-visible-devices-image "${A[@]}" labgpu-test:nvenv \
+            sh -c 'env | grep ^NVIDIA_VISIBLE_DEVICES='; then
+            expect_eq nvidia-visible-devices-image "NVIDIA_VISIBLE_DEVICES=void" "$RUN_OUT"
+        fi
+    else
+        fail nvidia-visible-devices-image "could not build labgpu-test:nvenv: $tmpc"
+    fi
+    expect_refused cgroup-rule-allow-all privileged "${A[@]}" --device-cgroup-rule 'a *:* rwm' "$I" true
+}
+
+# check_caps NAME EXPECTED_EFF RUN-ARGS...: CapEff, CapPrm as expected, CapBnd == mask, NNP 1.
+check_caps() {
+    local name="$1" want_eff="$2"
+    shift 2
+    if expect_run_ok "$name" "$@" "$I" cat /proc/self/status; then
+        local eff prm bnd nnp bad=""
+        eff="$(status_field CapEff "$RUN_OUT")"
+        prm="$(status_field CapPrm "$RUN_OUT")"
+        bnd="$(status_field CapBnd "$RUN_OUT")"
+        nnp="$(status_field NoNewPrivs "$RUN_OUT")"
+        [[ $eff == "$want_eff" ]] || bad+="CapEff $eff, want $want_eff"$'\n'
+        [[ $prm == "$want_eff" ]] || bad+="CapPrm $prm, want $want_eff"$'\n'
+        [[ $bnd == "$MASK" ]] || bad+="CapBnd $bnd, want $MASK"$'\n'
+        [[ $nnp == 1 ]] || bad+="NoNewPrivs $nnp, want 1"$'\n'
+        if [[ -z $bad ]]; then pass "$name"; else fail "$name" "$bad"; fi
+    fi
+}
+
+case_caps() {
+    check_caps caps-default-bob "$MASK" "${B[@]}"
+    check_caps caps-add-all-bob "$MASK" "${B[@]}" --cap-add ALL
+    check_caps caps-add-sys-admin-bob "$MASK" "${B[@]}" --cap-add SYS_ADMIN
+    check_caps caps-add-all-alice 0000000000000000 "${A[@]}" --cap-add ALL
+    check_caps caps-nnp-false-bob "$MASK" "${B[@]}" --security-opt no-new-privileges=false
+}
+
+case_refusals() {
+    expect_refused refuse-privileged privileged "${A[@]}" --privileged "$I" true
+    expect_refused refuse-no-label label "$I" true
+    expect_refused refuse-unknown-user mallory --label labgpu.user=mallory "$I" true
+    expect_refused refuse-docker-sock "$LG_SOCK" "${B[@]}" -v "$LG_SOCK:/var/run/docker.sock" "$I" true
+    expect_refused refuse-host-root "/host" "${B[@]}" -v /:/host "$I" true
+    expect_refused refuse-other-home "$(lg_home bob)" "${A[@]}" -v "$(lg_home bob):/x" "$I" true
+    expect_refused refuse-other-data "$LG_TMP/data/bob" "${A[@]}" -v "$LG_TMP/data/bob:/x" "$I" true
+    expect_refused refuse-host-pid "pid" "${B[@]}" --pid host "$I" true
+    expect_refused refuse-host-network "network" "${B[@]}" --network host "$I" true
+    expect_refused refuse-host-uts "uts" "${B[@]}" --uts host "$I" true
+    expect_refused refuse-host-ipc "ipc" "${B[@]}" --ipc host "$I" true
+    expect_refused refuse-seccomp-unconfined "unconfined" "${B[@]}" --security-opt seccomp=unconfined "$I" true
+    echo '{"defaultAction": "SCMP_ACT_ALLOW"}' >"$LG_TMP/seccomp-allow.json"
+    expect_refused refuse-seccomp-allow-all "allow_unconfined" "${B[@]}" \
+        --security-opt "seccomp=$LG_TMP/seccomp-allow.json" "$I" true
+    expect_refused refuse-systempaths "unconfined" "${B[@]}" --security-opt systempaths=unconfined "$I" true
+    # A broken policy refuses every create, naming the file and the line.
+    lg_policy_text | sed '/^\[users.alice\]/a gpuz = [0]' >"$LG_TMP/policy.toml"
+    expect_refused refuse-broken-policy "$LG_TMP/policy.toml" "${A[@]}" "$I" true
+    if [[ $RUN_ERR != *line* ]]; then
+        fail refuse-broken-policy-line "message lacks 'line': $RUN_ERR"
+    else
+        pass refuse-broken-policy-line
+    fi
+    lg_write_policy
+    expect_run_ok policy-restored "${A[@]}" "$I" true && pass policy-restored
+}
+
+case_mounts() {
+    local alice_uid home
+    alice_uid="$(id -u alice)"
+    home="$(lg_home alice)"
+    local script='id -u; grep -E " /(workspace|workspace/data|data) " /proc/mounts | cut -d" " -f2;
+        touch /workspace/.labgpu-e2e-owned /workspace/data/.labgpu-e2e-owned 2>&1; true'
+    if expect_run_ok mounts-alice "${A[@]}" "$I" sh -c "$script"; then
+        local lines
+        lines="$(printf '%s\n' "$RUN_OUT" | sed 1d | grep '^/' | LC_ALL=C sort | tr '\n' ' ')"
+        expect_eq mounts-alice-uid "$alice_uid" "$(printf '%s\n' "$RUN_OUT" | head -n 1)"
+        expect_eq mounts-alice-workspace "/workspace /workspace/data " "$lines" "$RUN_OUT"
+        expect_eq mounts-alice-file-owner "$alice_uid $alice_uid" \
+            "$(stat -c %u "$home/.labgpu-e2e-owned" 2>&1) $(stat -c %u "$LG_TMP/data/alice/.labgpu-e2e-owned" 2>&1)" "$RUN_OUT"
+        rm -f "$home/.labgpu-e2e-owned"
+    fi
+    if expect_run_ok run-u0-group-add-alice "${A[@]}" -u 0 --group-add 0 "$I" id; then
+        expect_eq run-u0-group-add-alice "uid=$alice_uid(alice) gid=$(id -g alice)(alice)" "$RUN_OUT"
+    fi
+    # Host paths: symlinks and .. are resolved before the check; volumes backed by a bind are
+    # checked as that bind; plain volumes, tmpfs, --init and the owner's own subdirs are fine.
+    ln -sfn "$(lg_home bob)" "$home/.labgpu-e2e-link"
+    expect_refused refuse-symlink-to-other-home "$(lg_home bob)" "${A[@]}" -v "$home/.labgpu-e2e-link:/x" "$I" true
+    rm -f "$home/.labgpu-e2e-link"
+    expect_refused refuse-dotdot-to-other-home "$(lg_home bob)" "${A[@]}" -v "$home/../$(basename "$(lg_home bob)"):/x" "$I" true
+    expect_refused refuse-mount-flag-root "/host" "${B[@]}" --mount type=bind,src=/,dst=/host "$I" true
+    expect_refused refuse-bind-backed-volume "$(lg_home bob)" "${A[@]}" --mount \
+        "type=volume,src=lg-bobvol,dst=/x,volume-opt=type=none,volume-opt=o=bind,volume-opt=device=$(lg_home bob)" "$I" true
+    docker volume rm lg-bobvol >/dev/null 2>&1
+    mkdir -p "$home/.labgpu-e2e-sub"
+    chown alice: "$home/.labgpu-e2e-sub"
+    expect_run_ok bind-own-subdir-alice "${A[@]}" -v "$home/.labgpu-e2e-sub:/x" "$I" ls -d /x && pass bind-own-subdir-alice
+    rmdir "$home/.labgpu-e2e-sub"
+    if expect_run_ok named-volume-bob "${B[@]}" -v lg-vol:/v "$I" sh -c 'echo hi >/v/f && cat /v/f'; then
+        expect_eq named-volume-bob hi "$RUN_OUT"
+    fi
+    docker volume rm lg-vol >/dev/null 2>&1
+    expect_run_ok tmpfs-bob "${B[@]}" --tmpfs /t "$I" sh -c 'grep -q " /t tmpfs " /proc/mounts' && pass tmpfs-bob
+    expect_run_ok init-bob "${B[@]}" --init "$I" true && pass init-bob
+    echo "bob's secret" >"$LG_TMP/data/bob/secret"
+    if expect_run_ok mounts-bob "${B[@]}" "$I" sh -c 'cat /data/secret; grep -c " /workspace" /proc/mounts; true'; then
+        expect_eq mounts-bob "bob's secret
+0" "$RUN_OUT"
+    fi
+    if expect_run_ok mounts-carol "${C[@]}" "$I" sh -c 'grep -cE " /(workspace|data)" /proc/mounts; true'; then
+        expect_eq mounts-carol "0" "$RUN_OUT"
+    fi
+}
+
+case_exec() {
+    local ca cb alice_uid
+    alice_uid="$(id -u alice)"
+    ca="$(docker run -d --runtime "$RT" "${A[@]}" "$I" sleep 1000 2>&1)" || {
+        fail exec-setup "docker run -d as alice: $ca"
+        return
+    }
+    cb="$(docker run -d --runtime "$RT" "${B[@]}" "$I" sleep 1000 2>&1)" || {
+        fail exec-setup "docker run -d as bob: $cb"
+        docker rm -f "$ca" >/dev/null 2>&1
+        return
+    }
+    local out eff bnd nnp
+    for who in alice bob; do
+        local id want_eff
+        if [[ $who == alice ]]; then id=$ca want_eff=0000000000000000; else id=$cb want_eff=$MASK; fi
+        if out="$(docker exec --privileged "$id" cat /proc/self/status 2>&1)"; then
+            eff="$(status_field CapEff "$out")" bnd="$(status_field CapBnd "$out")" nnp="$(status_field NoNewPrivs "$out")"
+            if [[ -n $eff ]] && within "$eff" "$MASK" && [[ $eff == "$want_eff" && $bnd == "$MASK" && $nnp == 1 ]]; then
+                pass "exec-privileged-$who"
+            else
+                fail "exec-privileged-$who" "CapEff $eff (want $want_eff) CapBnd $bnd (want $MASK) NoNewPrivs $nnp"
+            fi
+        else
+            # Refusing the exec outright would also be safe; report it so it is a decision.
+            fail "exec-privileged-$who" "docker exec --privileged failed: $out"
+        fi
+        if out="$(docker exec "$id" sh -c "$LS_NVIDIA; env" 2>&1)"; then
+            local want=$ALICE_DEVS
+            [[ $who == bob ]] && want=$BOB_DEVS
+            expect_eq "exec-devices-$who" "$want" "$(nvidia_set "$out")"
+            if printf '%s\n' "$out" | grep -qx 'NVIDIA_VISIBLE_DEVICES=void'; then pass "exec-env-$who"; else fail "exec-env-$who" "$out"; fi
+        else
+            fail "exec-devices-$who" "$out"
+        fi
+    done
+    if out="$(docker exec -u 0 "$ca" id -u 2>&1)"; then
+        expect_eq exec-u0-alice "$alice_uid" "$out"
+    else
+        fail exec-u0-alice "docker exec -u 0 failed: $out"
+    fi
+    if out="$(docker exec -e NVIDIA_VISIBLE_DEVICES=all "$ca" sh -c 'echo $NVIDIA_VISIBLE_DEVICES' 2>&1)"; then
+        expect_eq exec-env-override-alice "void" "$out"
+    else
+        fail exec-env-override-alice "$out"
+    fi
+    docker rm -f "$ca" "$cb" >/dev/null 2>&1
+}
+
+# Joining another owner's container namespaces (--pid/--network/--ipc container:X) would hand
+# over its processes (and, through /proc/PID/root, its mounts), its network and its /dev/shm.
+case_namespaces() {
+    local cb ca
+    echo "bob's secret" >"$LG_TMP/data/bob/secret"
+    cb="$(docker run -d --runtime "$RT" "${B[@]}" --ipc shareable "$I" sleep 1000 2>&1)" || {
+        fail ns-setup "docker run -d as bob: $cb"
+        return
+    }
+    ca="$(docker run -d --runtime "$RT" "${A[@]}" --ipc shareable "$I" sleep 1000 2>&1)" || {
+        fail ns-setup "docker run -d as alice: $ca"
+        docker rm -f "$cb" >/dev/null 2>&1
+        return
+    }
+    local ns
+    for ns in pid network ipc; do
+        expect_refused "ns-join-$ns-other-owner" "$ns" "${C[@]}" "--$ns" "container:$cb" "$I" \
+            sh -c 'cat /proc/1/root/data/secret 2>&1; true'
+        [[ $ns == pid && $RUN_OUT == *"bob's secret"* ]] &&
+            fail ns-join-pid-other-owner-data "carol read bob's /data/secret through /proc/1/root: $RUN_OUT"
+        # The same owner may share namespaces between her containers.
+        expect_run_ok "ns-join-$ns-same-owner" "${A[@]}" "--$ns" "container:$ca" "$I" true &&
+            pass "ns-join-$ns-same-owner"
+    done
+    docker rm -f "$ca" "$cb" >/dev/null 2>&1
+}
+
+# step NAME CMD...: a docker command that must succeed.
+step() {
+    local name="$1" out
+    shift
+    if out="$("$@" 2>&1)"; then pass "$name"; else fail "$name" "$* -> $out"; fi
+}
+
+state_is() { # name, container, want
+    local s
+    s="$(docker inspect -f '{{.State.Status}}' "$2" 2>&1)"
+    expect_eq "$1" "$3" "$s"
+}
+
+case_passthrough() {
+    local c alice_uid
+    alice_uid="$(id -u alice)"
+    c="$(docker run -d --runtime "$RT" "${A[@]}" --name lg-pass "$I" sh -c 'echo hello-from-alice; exec sleep 1000' 2>&1)" || {
+        fail passthrough-run "$c"
+        return
+    }
+    state_is passthrough-running lg-pass running
+    local out i
+    for ((i = 0; i < 25; i++)); do
+        out="$(docker logs lg-pass 2>&1)"
+        [[ -n $out ]] && break
+        sleep 0.2
+    done
+    expect_eq passthrough-logs hello-from-alice "$out"
+    out="$(docker top lg-pass 2>&1)"
+    if [[ $out == *"sleep 1000"* ]]; then pass passthrough-top; else fail passthrough-top "$out"; fi
+    out="$(docker exec lg-pass id -u 2>&1)"
+    expect_eq passthrough-exec "$alice_uid" "$out"
+    step passthrough-pause docker pause lg-pass
+    state_is passthrough-paused lg-pass paused
+    step passthrough-unpause docker unpause lg-pass
+    state_is passthrough-unpaused lg-pass running
+    step passthrough-update docker update --memory 64m --memory-swap 128m lg-pass
+    expect_eq passthrough-update-applied 67108864 "$(docker inspect -f '{{.HostConfig.Memory}}' lg-pass 2>&1)"
+    step passthrough-stop docker stop -t 1 lg-pass
+    state_is passthrough-stopped lg-pass exited
+    step passthrough-start docker start lg-pass
+    state_is passthrough-started lg-pass running
+    out="$(docker exec lg-pass sh -c "$LS_NVIDIA" 2>&1)"
+    expect_eq passthrough-start-devices "$ALICE_DEVS" "$(nvidia_set "$out")"
+    step passthrough-restart docker restart -t 1 lg-pass
+    state_is passthrough-restarted lg-pass running
+    out="$(docker exec lg-pass sh -c "$LS_NVIDIA" 2>&1)"
+    expect_eq passthrough-restart-devices "$ALICE_DEVS" "$(nvidia_set "$out")"
+    step passthrough-kill docker kill lg-pass
+    step passthrough-rm docker rm -f lg-pass
+    if docker inspect lg-pass >/dev/null 2>&1; then fail passthrough-gone "lg-pass still exists"; else pass passthrough-gone; fi
+}
+
+case_concurrency() {
+    local dir="$LG_TMP/conc" i u pids=() users=(alice bob carol)
+    mkdir -p "$dir"
+    for ((i = 0; i < 20; i++)); do
+        u="${users[i % 3]}"
+        (
+            lg_docker run --rm --runtime "$RT" --label "labgpu.user=$u" "$I" sh -c "$LS_NVIDIA" \
+                >"$dir/$i.out" 2>"$dir/$i.err"
+            echo $? >"$dir/$i.rc"
+        ) &
+        pids+=($!)
+    done
+    wait "${pids[@]}"
+    local bad="" want got
+    for ((i = 0; i < 20; i++)); do
+        u="${users[i % 3]}"
+        case $u in alice) want=$ALICE_DEVS ;; bob) want=$BOB_DEVS ;; carol) want=$CAROL_DEVS ;; esac
+        got="$(nvidia_set "$(cat "$dir/$i.out")")"
+        if [[ $(cat "$dir/$i.rc") != 0 ]]; then
+            bad+="#$i ($u): rc $(cat "$dir/$i.rc"): $(cat "$dir/$i.err")"$'\n'
+        elif [[ $got != "$want" ]]; then
+            bad+="#$i ($u): got '$got', want '$want'"$'\n'
+        fi
+    done
+    if [[ -z $bad ]]; then pass concurrency-20; else fail concurrency-20 "$bad"; fi
+}
+
+case_log() {
+    # The decision log names allowed and refused containers.
+    if [[ -s $LG_TMP/labgpu.log ]] && grep -q alice "$LG_TMP/labgpu.log" && grep -qi refus "$LG_TMP/labgpu.log"; then
+        pass decision-log
+    else
+        fail decision-log "$LG_TMP/labgpu.log: $(tail -n 5 "$LG_TMP/labgpu.log" 2>&1)"
+    fi
+}
+
+# ---------------------------------------------------------------------------------------------
+
+ALL_CASES="devices device_flags caps refusals mounts namespaces exec passthrough concurrency log"
+START=$SECONDS
+setup_all
+lg_say "suite starts ($((SECONDS - START))s setup); runtime $RT"
+for c in ${LABGPU_E2E_ONLY:-$ALL_CASES}; do
+    printf -- '--- %s\n' "$c"
+    "case_$c"
+done
+if ((LG_FAILED)); then
+    printf 'failed: %s\n' "${LG_FAILURES[@]}"
+fi
+lg_say "took $((SECONDS - START))s"
+print_summary
+((LG_FAILED == 0))
