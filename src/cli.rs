@@ -5,61 +5,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::Parser;
 
+pub use crate::cli_args::{Cli, Command_, PolicyCommand, SetupCommand};
 use crate::decide::{self, DecideError};
 use crate::gpu::{inventory_for, Inventory, Purpose};
 use crate::policy::{policy_path, GpuRef, Policy, RunAs};
 use crate::runtime::find_runc;
+use crate::setup;
 use crate::verify;
-
-#[derive(Debug, Parser)]
-#[command(
-    name = "labgpu",
-    version,
-    about = "OCI runtime shim that gives each lab user only their own GPUs",
-    long_about = "Docker runs labgpu as a runtime (docker run --runtime labgpu). runc subcommands \
-                  are handled and passed to runc; the commands below are for the admin."
-)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Command_,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum Command_ {
-    /// Audit running containers against the policy and live kernel state.
-    ///
-    /// Exit status: 0 all clean, 1 violations found, 2 something could not be audited.
-    Verify {
-        /// Policy file (default: $LABGPU_POLICY or /etc/labgpu/policy.toml).
-        #[arg(long)]
-        policy: Option<PathBuf>,
-        /// runc state root to scan; repeatable; replaces the defaults (Docker's, containerd's, runc's).
-        #[arg(long = "root", value_name = "DIR")]
-        roots: Vec<PathBuf>,
-        /// Print JSON instead of the table.
-        #[arg(long)]
-        json: bool,
-        /// Only containers whose id starts with ID.
-        #[arg(long, value_name = "ID")]
-        container: Option<String>,
-        /// Where /proc is (for tests on fixture trees).
-        #[arg(long, hide = true, default_value = "/proc")]
-        proc_root: PathBuf,
-    },
-    /// Check a policy file against the schema and this host.
-    Policy {
-        #[command(subcommand)]
-        command: PolicyCommand,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum PolicyCommand {
-    /// Validate FILE (default: $LABGPU_POLICY or /etc/labgpu/policy.toml); exit 1 on errors.
-    Check { file: Option<PathBuf> },
-}
 
 pub fn main(argv: Vec<OsString>) -> i32 {
     let cli = Cli::parse_from(argv);
@@ -86,6 +40,16 @@ pub fn main(argv: Vec<OsString>) -> i32 {
         Command_::Policy {
             command: PolicyCommand::Check { file },
         } => policy_check(&file.unwrap_or_else(policy_path)),
+        Command_::Setup {
+            command:
+                SetupCommand::Docker {
+                    config,
+                    default,
+                    dry_run,
+                    remove,
+                    path,
+                },
+        } => setup::docker_cli(&config, default, dry_run, remove, path),
     };
     match result {
         Ok(code) => code,

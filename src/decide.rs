@@ -52,6 +52,8 @@ pub struct Decision {
     /// Normalized host path prefixes bind mounts may come from.
     pub bind_allow: Vec<PathBuf>,
     pub docker_root: Option<PathBuf>,
+    /// runc's state root, to find the containers whose namespaces a new one joins.
+    pub runc_root: Option<PathBuf>,
     pub container_id: String,
     pub policy_sha256: String,
 }
@@ -207,6 +209,7 @@ pub fn decide_for_user(
         mounts,
         bind_allow,
         docker_root: docker_root.map(|r| resolve_host(&r)),
+        runc_root: None,
         container_id: container_id.to_string(),
         policy_sha256: policy.sha256.clone(),
     })

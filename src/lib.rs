@@ -6,6 +6,7 @@
 
 pub mod argv;
 pub mod cli;
+pub mod cli_args;
 pub mod decide;
 pub mod edits;
 pub mod gpu;
@@ -15,5 +16,6 @@ pub mod paths;
 pub mod policy;
 pub mod refusal;
 pub mod runtime;
+pub mod setup;
 pub mod spec;
 pub mod verify;

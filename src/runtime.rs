@@ -160,7 +160,8 @@ fn prepare_create(
         .map(|u| u.gpus.iter().collect())
         .unwrap_or_default();
     let inventory = inventory_for(&policy.gpus, &refs, Purpose::Runtime)?;
-    let decision = decide(&policy, owner.as_deref(), &inventory, root, &id)?;
+    let mut decision = decide(&policy, owner.as_deref(), &inventory, root, &id)?;
+    decision.runc_root = Some(runc_root(inv));
     let mut report = Report::default();
     edits::apply_all(&mut spec, &decision, &mut report)?;
     spec::write_atomic(&config, &spec)?;
@@ -226,6 +227,12 @@ fn prepare_exec(
         "exec allowed"
     );
     Ok(runc)
+}
+
+fn runc_root(inv: &Invocation) -> PathBuf {
+    inv.root
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(RUNC_DEFAULT_ROOT))
 }
 
 /// The owner labgpu stamped at create, from runc's state (`config.labels`, which holds the

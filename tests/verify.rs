@@ -207,3 +207,85 @@ fn unreadable_policy_exits_2() {
         stderr(&out)
     );
 }
+
+/// `--pid/--ipc/--network container:X` reach X's processes and files: only X's owner may join.
+#[test]
+fn joining_another_owners_namespaces_is_refused() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let dev = fake_gpus(dir.path());
+    let policy = policy(
+        dir.path(),
+        &dev,
+        &runc_path(),
+        "[defaults]\nallow_unconfined = true\n",
+    );
+    let root = dir.path().join("state");
+    let tag = std::process::id();
+    let mut running = Containers {
+        root: root.clone(),
+        ids: Vec::new(),
+    };
+    let donor = format!("ns-bob-{tag}");
+    start(
+        BIN,
+        &policy,
+        &root,
+        &bundle(dir.path(), "bob", Some("bob"), false),
+        &donor,
+    );
+    running.ids.push(donor.clone());
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(root.join(&donor).join("state.json")).unwrap())
+            .unwrap();
+    let pid = state["init_process_pid"].as_i64().unwrap();
+    for (owner, ns, proc_name, allowed) in [
+        ("carol", "pid", "pid", false),
+        ("carol", "ipc", "ipc", false),
+        ("carol", "network", "net", false),
+        ("bob", "pid", "pid", true),
+    ] {
+        let b = bundle(dir.path(), &format!("{owner}-{ns}"), Some(owner), false);
+        let config = b.join("config.json");
+        let mut spec: Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+        let namespaces = spec["linux"]["namespaces"].as_array_mut().unwrap();
+        let entry = namespaces.iter_mut().find(|n| n["type"] == ns).unwrap();
+        entry["path"] = json!(format!("/proc/{pid}/ns/{proc_name}"));
+        std::fs::write(&config, serde_json::to_vec(&spec).unwrap()).unwrap();
+        let id = format!("ns-{owner}-{ns}-{tag}");
+        // A file, not a pipe: a created container inherits stderr and would hold a pipe open.
+        let err_path = b.join("stderr");
+        let status = Command::new(BIN)
+            .env("LABGPU_POLICY", &policy)
+            .args([
+                "--root",
+                root.to_str().unwrap(),
+                "create",
+                "--bundle",
+                b.to_str().unwrap(),
+                &id,
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&err_path).unwrap())
+            .status()
+            .unwrap();
+        let msg = std::fs::read_to_string(&err_path).unwrap();
+        if allowed {
+            running.ids.push(id.clone());
+            assert!(status.success(), "{owner} joining {ns}: {msg}");
+        } else {
+            assert_eq!(
+                status.code(),
+                Some(1),
+                "{owner} joining {ns} was not refused"
+            );
+            assert!(
+                msg.contains(&format!(
+                    "joining the {ns} namespace of container {donor} (bob) is not allowed"
+                )),
+                "{msg}"
+            );
+        }
+    }
+}

@@ -24,6 +24,12 @@ pub enum EditError {
     HostNamespace { ns: String, section: String },
     #[error("the host network is not allowed (allow_host_network in {section})")]
     HostNetwork { section: String },
+    #[error("joining the {ns} namespace of container {container} ({owner}) is not allowed: only the owner's own containers can be joined")]
+    ForeignNamespace {
+        ns: String,
+        container: String,
+        owner: String,
+    },
     #[error("{what} is not allowed (allow_unconfined in {section})")]
     Unconfined { what: String, section: String },
     #[error("bind mount of host path {source_path} (to {destination}) is not allowed: it is not under a bind_allow prefix or a mount source in {section}")]
@@ -113,6 +119,7 @@ pub(crate) mod testing {
             mounts: Vec::new(),
             bind_allow: vec![PathBuf::from("/srv/datasets")],
             docker_root: Some(PathBuf::from("/var/lib/docker")),
+            runc_root: None,
             container_id: "cid".into(),
             policy_sha256: "00".repeat(32),
         }

@@ -83,7 +83,76 @@ fn check_namespaces(spec: &Value, d: &Decision, own_ns: &Path) -> Result<(), Edi
             section: d.section(),
         });
     }
+    // `--pid/--ipc/--network container:X`: X's namespaces, and through /proc/1/root its
+    // files, become reachable, so X must belong to the same owner.
+    if let Some(root) = &d.runc_root {
+        for n in &namespaces {
+            let (Some(t), Some(path)) = (str_field(n, "type"), str_field(n, "path")) else {
+                continue;
+            };
+            let Some(proc_name) = proc_ns_name(t) else {
+                continue;
+            };
+            if let Some((id, owner)) = namespace_holder(root, proc_name, Path::new(path)) {
+                if owner != d.owner {
+                    return Err(EditError::ForeignNamespace {
+                        ns: t.to_string(),
+                        container: id,
+                        owner: owner.unwrap_or_else(|| "no owner".into()),
+                    });
+                }
+            }
+        }
+    }
     Ok(())
+}
+
+/// The /proc/<pid>/ns entry name of an OCI namespace type.
+fn proc_ns_name(t: &str) -> Option<&'static str> {
+    Some(match t {
+        "pid" => "pid",
+        "ipc" => "ipc",
+        "uts" => "uts",
+        "mount" => "mnt",
+        "network" => "net",
+        "user" => "user",
+        "cgroup" => "cgroup",
+        _ => return None,
+    })
+}
+
+/// The runc container (id, stamped owner) whose init process lives in the namespace at
+/// `path`, if any. Docker's own network sandboxes belong to no container until one joins.
+fn namespace_holder(root: &Path, proc_name: &str, path: &Path) -> Option<(String, Option<String>)> {
+    let target = std::fs::metadata(path).ok()?;
+    for entry in std::fs::read_dir(root).ok()?.flatten() {
+        let Ok(bytes) = std::fs::read(entry.path().join("state.json")) else {
+            continue;
+        };
+        let Ok(state) = serde_json::from_slice::<Value>(&bytes) else {
+            continue;
+        };
+        let Some(pid) = state["init_process_pid"].as_i64() else {
+            continue;
+        };
+        let Ok(ns) = std::fs::metadata(format!("/proc/{pid}/ns/{proc_name}")) else {
+            continue;
+        };
+        if ns.dev() == target.dev() && ns.ino() == target.ino() {
+            let prefix = format!("{}=", crate::edits::stamp::OWNER);
+            let owner = state
+                .pointer("/config/labels")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .find_map(|l| l.strip_prefix(&prefix))
+                .filter(|o| !o.is_empty())
+                .map(str::to_string);
+            return Some((entry.file_name().to_string_lossy().into_owned(), owner));
+        }
+    }
+    None
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {

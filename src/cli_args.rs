@@ -1,0 +1,92 @@
+//! The admin CLI's clap definitions, and nothing else.
+//!
+//! This file is also compiled by `build.rs` (through `#[path]`) to generate the man pages and
+//! shell completions, so it must not use anything from the crate: only `std` and `clap`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Where Docker reads its daemon configuration.
+pub const DEFAULT_DOCKER_CONFIG: &str = "/etc/docker/daemon.json";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "labgpu",
+    version,
+    about = "OCI runtime shim that gives each lab user only their own GPUs",
+    long_about = "Docker runs labgpu as a runtime (docker run --runtime labgpu). runc subcommands \
+                  are handled and passed to runc; the commands below are for the admin."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command_,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command_ {
+    /// Audit running containers against the policy and live kernel state.
+    ///
+    /// Exit status: 0 all clean, 1 violations found, 2 something could not be audited.
+    Verify {
+        /// Policy file (default: $LABGPU_POLICY or /etc/labgpu/policy.toml).
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        /// runc state root to scan; repeatable; replaces the defaults (Docker's, containerd's, runc's).
+        #[arg(long = "root", value_name = "DIR")]
+        roots: Vec<PathBuf>,
+        /// Print JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Only containers whose id starts with ID.
+        #[arg(long, value_name = "ID")]
+        container: Option<String>,
+        /// Where /proc is (for tests on fixture trees).
+        #[arg(long, hide = true, default_value = "/proc")]
+        proc_root: PathBuf,
+    },
+    /// Check a policy file against the schema and this host.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Register labgpu as a runtime with a container engine.
+    Setup {
+        #[command(subcommand)]
+        command: SetupCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Validate FILE (default: $LABGPU_POLICY or /etc/labgpu/policy.toml); exit 1 on errors.
+    Check { file: Option<PathBuf> },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SetupCommand {
+    /// Add the labgpu runtime to Docker's daemon.json (or take it out with --remove).
+    ///
+    /// Sets runtimes.labgpu.path and keeps every other key and value as it is. A missing
+    /// file is created (mode 0644); a file that is not valid JSON is refused and left alone.
+    /// The file is replaced atomically, and when it existed and changes, the old one is kept as
+    /// FILE.labgpu-backup-YYYYmmddTHHMMSS (UTC). Running it again changes nothing. Docker
+    /// reads the file when it starts or reloads: run `systemctl reload docker` afterwards.
+    Docker {
+        /// Docker's daemon configuration file.
+        #[arg(long, value_name = "FILE", default_value = DEFAULT_DOCKER_CONFIG)]
+        config: PathBuf,
+        /// Also make labgpu Docker's default runtime (sets default-runtime).
+        #[arg(long, conflicts_with = "remove")]
+        default: bool,
+        /// Print the resulting file on stdout and write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Take runtimes.labgpu out, and default-runtime if it is labgpu.
+        #[arg(long)]
+        remove: bool,
+        /// Runtime path to register (default: the path of this labgpu binary).
+        #[arg(long, value_name = "P", conflicts_with = "remove")]
+        path: Option<PathBuf>,
+    },
+}
