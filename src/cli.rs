@@ -37,6 +37,7 @@ pub fn main(argv: Vec<OsString>) -> i32 {
             },
             json,
         ),
+        Command_::Gpus { policy, json } => gpus(&policy.unwrap_or_else(policy_path), json),
         Command_::Policy {
             command: PolicyCommand::Check { file },
         } => policy_check(&file.unwrap_or_else(policy_path)),
@@ -99,6 +100,100 @@ fn verify(opts: verify::Options, json: bool) -> anyhow::Result<i32> {
     Ok(audit.exit_code())
 }
 
+/// Policy users owning `minor` (whole GPU or a MIG slice of it).
+fn owners_of(policy: &Policy, inventory: &dyn Inventory, minor: u32) -> Vec<String> {
+    policy
+        .users
+        .iter()
+        .filter(|(_, u)| {
+            u.gpus
+                .iter()
+                .any(|r| inventory.resolve(r).is_ok_and(|g| g.minor == minor))
+        })
+        .map(|(n, _)| n.clone())
+        .collect()
+}
+
+fn gpus(path: &Path, json: bool) -> anyhow::Result<i32> {
+    let policy = Policy::load(path)?;
+    let refs: Vec<&GpuRef> = policy.users.values().flat_map(|u| &u.gpus).collect();
+    let inventory = inventory_for(&policy.gpus, &refs, Purpose::Admin)
+        .with_context(|| format!("reading the GPU inventory for {}", path.display()))?;
+    let dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    if json {
+        let rows: Vec<serde_json::Value> = inventory
+            .gpus()
+            .iter()
+            .map(|g| {
+                serde_json::json!({
+                    "index": g.index,
+                    "minor": g.minor,
+                    "uuid": g.uuid,
+                    "name": g.name,
+                    "nodes": g.nodes.iter().map(|n| n.host_path.clone()).collect::<Vec<_>>(),
+                    "mig": g.migs.iter().map(|m| serde_json::json!({
+                        "gi": m.gi, "ci": m.ci, "uuid": m.uuid, "node": m.cap.host_path,
+                    })).collect::<Vec<_>>(),
+                    "owners": owners_of(&policy, &inventory, g.minor),
+                })
+            })
+            .collect();
+        let out = serde_json::json!({
+            "source": inventory.source_name(),
+            "gpus": rows,
+            "control_nodes": inventory.control_nodes().iter().map(|n| n.host_path.clone()).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(0);
+    }
+    println!(
+        "{:<6} {:<6} {:<42} {:<24} {:<18} OWNERS",
+        "INDEX", "MINOR", "UUID", "NAME", "NODES"
+    );
+    for g in inventory.gpus() {
+        let nodes: Vec<String> = g
+            .nodes
+            .iter()
+            .map(|n| n.host_path.display().to_string())
+            .collect();
+        println!(
+            "{:<6} {:<6} {:<42} {:<24} {:<18} {}",
+            dash(g.index.map(|i| i.to_string())),
+            g.minor,
+            dash(g.uuid.clone()),
+            dash(g.name.clone()),
+            nodes.join(","),
+            dash(Some(owners_of(&policy, &inventory, g.minor).join(",")).filter(|o| !o.is_empty())),
+        );
+        for m in &g.migs {
+            println!(
+                "  MIG {}:{}{:<10} {:<42} {}",
+                g.minor,
+                m.gi,
+                m.ci.map_or(String::new(), |c| format!(" ci {c}")),
+                dash(m.uuid.clone()),
+                m.cap.host_path.display()
+            );
+        }
+    }
+    let control: Vec<String> = inventory
+        .control_nodes()
+        .iter()
+        .map(|n| n.host_path.display().to_string())
+        .collect();
+    println!(
+        "{} GPUs (from {}); control nodes: {}",
+        inventory.gpus().len(),
+        inventory.source_name(),
+        if control.is_empty() {
+            "none".into()
+        } else {
+            control.join(", ")
+        }
+    );
+    Ok(0)
+}
+
 fn policy_check(path: &Path) -> anyhow::Result<i32> {
     let policy = match Policy::load(path) {
         Ok(p) => p,
@@ -139,16 +234,7 @@ fn policy_check(path: &Path) -> anyhow::Result<i32> {
         }
     }
     for gpu in inventory.gpus() {
-        let owners: Vec<&str> = policy
-            .users
-            .iter()
-            .filter(|(_, u)| {
-                u.gpus
-                    .iter()
-                    .any(|r| inventory.resolve(r).is_ok_and(|g| g.minor == gpu.minor))
-            })
-            .map(|(n, _)| n.as_str())
-            .collect();
+        let owners = owners_of(&policy, &inventory, gpu.minor);
         if owners.len() > 1 {
             println!(
                 "warning: GPU {} is shared by {}",

@@ -45,6 +45,15 @@ pub enum Command_ {
         #[arg(long, hide = true, default_value = "/proc")]
         proc_root: PathBuf,
     },
+    /// List this host's GPUs: index, minor, UUID, name, device nodes, and who owns each.
+    Gpus {
+        /// Policy file (default: $LABGPU_POLICY or /etc/labgpu/policy.toml).
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        /// Print JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check a policy file against the schema and this host.
     Policy {
         #[command(subcommand)]

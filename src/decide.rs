@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
+use crate::cdi::{self, CdiError};
 use crate::gpu::{DevNode, GpuError, Inventory};
 use crate::paths::normalize;
 use crate::policy::{Policy, RunAs, Unlabeled, UserMount, UserPolicy};
@@ -21,6 +22,8 @@ pub enum DecideError {
     Gpu { owner: String, source: GpuError },
     #[error("[users.{owner}] run_as = \"owner\" but {owner:?} has no uid/gid in the policy and no host passwd entry")]
     NoUid { owner: String },
+    #[error(transparent)]
+    Cdi(#[from] CdiError),
     #[error("mount source {source_path} of [users.{owner}] mounts does not exist")]
     MountSourceMissing { owner: String, source_path: PathBuf },
 }
@@ -54,6 +57,8 @@ pub struct Decision {
     pub docker_root: Option<PathBuf>,
     /// runc's state root, to find the containers whose namespaces a new one joins.
     pub runc_root: Option<PathBuf>,
+    /// Driver files for the owned GPUs from NVIDIA's CDI spec.
+    pub cdi: Option<cdi::Edits>,
     pub container_id: String,
     pub policy_sha256: String,
 }
@@ -171,6 +176,12 @@ pub fn decide_for_user(
     if !nodes.is_empty() {
         nodes.extend(inventory.control_nodes().iter().cloned());
     }
+    let owned: Vec<_> = inventory
+        .gpus()
+        .iter()
+        .filter(|g| gpu_ids.contains(&g.minor))
+        .collect();
+    let cdi = cdi::edits_for(&policy.gpus.cdi_spec, &owned)?;
 
     let device_paths = d
         .devices
@@ -210,6 +221,7 @@ pub fn decide_for_user(
         bind_allow,
         docker_root: docker_root.map(|r| resolve_host(&r)),
         runc_root: None,
+        cdi,
         container_id: container_id.to_string(),
         policy_sha256: policy.sha256.clone(),
     })

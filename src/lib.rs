@@ -5,6 +5,7 @@
 //! runc; refusals go out through `refusal`. The admin CLI lives in `cli`.
 
 pub mod argv;
+pub mod cdi;
 pub mod cli;
 pub mod cli_args;
 pub mod decide;

@@ -170,6 +170,7 @@ fn prepare_create(
         owner = decision.owner.as_deref().unwrap_or("-"),
         gpus = ?decision.gpu_ids,
         removed = ?report.removed,
+        added = ?report.added,
         "{} allowed",
         inv.subcommand
     );

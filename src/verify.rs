@@ -13,7 +13,7 @@ use serde_json::Value;
 use crate::decide::{decide_for_user, process_rules, resolve_host, Decision};
 use crate::edits::mounts::host_path_allowed;
 use crate::edits::stamp;
-use crate::gpu::{inventory_for, Inventory, Purpose, Snapshot};
+use crate::gpu::{inventory_for, nvml, Inventory, Purpose, Snapshot};
 use crate::owner;
 use crate::policy::{GpuRef, Policy};
 
@@ -58,7 +58,20 @@ pub struct Options {
 pub struct Audit {
     pub policy: PathBuf,
     pub containers: Vec<ContainerAudit>,
+    /// Compute processes NVML reports on each GPU and the container each runs in; `None`
+    /// when NVML is not available (the inventory came from /proc or devfs).
+    pub gpu_processes: Option<Vec<GpuProcessAudit>>,
     pub summary: Summary,
+}
+
+#[derive(Debug, Serialize)]
+pub struct GpuProcessAudit {
+    /// GPU minor.
+    pub gpu: u32,
+    pub pid: u32,
+    pub used_bytes: Option<u64>,
+    /// The container whose pid namespace the process is in; `None` for a host process.
+    pub container: Option<String>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -175,6 +188,13 @@ pub fn run(opts: &Options) -> Result<Audit, VerifyError> {
             containers.push(ctx.audit(root, &id));
         }
     }
+    let gpu_processes = if inventory.source == "nvml" {
+        let lib = policy.gpus.nvml_lib.as_ref().map(|l| l.as_path());
+        let found = nvml::processes(lib, nvml::DEADLINE)?;
+        Some(map_processes(found, &mut containers, &opts.proc_root))
+    } else {
+        None
+    };
     let mut summary = Summary {
         containers: containers.len(),
         ..Summary::default()
@@ -190,8 +210,63 @@ pub fn run(opts: &Options) -> Result<Audit, VerifyError> {
     Ok(Audit {
         policy: opts.policy.clone(),
         containers,
+        gpu_processes,
         summary,
     })
+}
+
+/// Places each GPU process in the container sharing its pid namespace, and flags one running
+/// on a GPU its container's owner is not granted: the device cgroup can say a GPU is
+/// unreachable while a process that opened it before a policy change still computes on it.
+fn map_processes(
+    found: Vec<nvml::GpuProcess>,
+    containers: &mut [ContainerAudit],
+    proc_root: &Path,
+) -> Vec<GpuProcessAudit> {
+    let pid_ns = |pid: i64| std::fs::read_link(proc_root.join(pid.to_string()).join("ns/pid")).ok();
+    let namespaces: Vec<Option<PathBuf>> = containers
+        .iter()
+        .map(|c| c.pid.and_then(|p| pid_ns(p.into())))
+        .collect();
+    let mut out = Vec::new();
+    for p in found {
+        let ns = pid_ns(p.pid.into());
+        let index = ns
+            .as_ref()
+            .and_then(|ns| namespaces.iter().position(|c| c.as_ref() == Some(ns)));
+        if let Some(c) = index.map(|i| &mut containers[i]) {
+            if !c.granted_gpus.contains(&p.minor) {
+                c.findings.push(finding(
+                    Kind::ForeignGpu,
+                    format!(
+                        "process {} computes on GPU {}, which the policy does not grant its owner",
+                        p.pid, p.minor
+                    ),
+                ));
+                settle(c);
+            }
+        }
+        out.push(GpuProcessAudit {
+            gpu: p.minor,
+            pid: p.pid,
+            used_bytes: p.used_bytes,
+            container: index.map(|i| containers[i].id.clone()),
+        });
+    }
+    out
+}
+
+/// A container's status from its findings (a stopped one stays stopped).
+fn settle(audit: &mut ContainerAudit) {
+    if audit.status != Status::Stopped {
+        audit.status = if audit.findings.iter().any(|f| f.kind != Kind::Unreadable) {
+            Status::Violation
+        } else if audit.findings.is_empty() {
+            Status::Ok
+        } else {
+            Status::Error
+        };
+    }
 }
 
 struct Ctx<'a> {
@@ -220,15 +295,7 @@ impl Ctx<'_> {
                 detail: reason,
             });
         }
-        if audit.status != Status::Stopped {
-            audit.status = if audit.findings.iter().any(|f| f.kind != Kind::Unreadable) {
-                Status::Violation
-            } else if audit.findings.is_empty() {
-                Status::Ok
-            } else {
-                Status::Error
-            };
-        }
+        settle(&mut audit);
         audit
     }
 
@@ -554,6 +621,25 @@ pub fn render_table(audit: &Audit) -> String {
             gpus(&c.reachable_gpus),
             findings.join("; ")
         ));
+    }
+    if let Some(procs) = &audit.gpu_processes {
+        out.push_str(&format!(
+            "\n{:<5} {:<8} {:<10} CONTAINER\n",
+            "GPU", "PID", "MEMORY"
+        ));
+        for p in procs {
+            let mem = p
+                .used_bytes
+                .map_or("-".to_string(), |b| format!("{}MiB", b >> 20));
+            let container = p
+                .container
+                .as_deref()
+                .map_or("(host)".to_string(), |c| c.chars().take(12).collect());
+            out.push_str(&format!(
+                "{:<5} {:<8} {mem:<10} {container}\n",
+                p.gpu, p.pid
+            ));
+        }
     }
     let s = &audit.summary;
     out.push_str(&format!(

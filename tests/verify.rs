@@ -289,3 +289,72 @@ fn joining_another_owners_namespaces_is_refused() {
         }
     }
 }
+
+/// With NVML (a fake libnvidia-ml here), verify lists each GPU process with the container
+/// whose pid namespace it is in, and flags one computing on a GPU its owner is not granted.
+#[test]
+fn verify_maps_gpu_processes_to_containers() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let dev = fake_gpus(dir.path());
+    let proc = fake_proc(dir.path());
+    let lib = fake_nvml(dir.path(), "");
+    let fixture = dir.path().join("nvml-fixture");
+    let gpus = "gpu 0 0 GPU-0000 Fake\ngpu 1 1 GPU-0001 Fake\ngpu 2 2 GPU-0002 Fake\ngpu 3 3 GPU-0003 Fake\n";
+    std::fs::write(&fixture, gpus).unwrap();
+    let policy = policy(
+        dir.path(),
+        &dev,
+        &runc_path(),
+        "[defaults]\nallow_unconfined = true\n",
+    );
+    let text = std::fs::read_to_string(&policy).unwrap().replace(
+        "[gpus]\n",
+        &format!(
+            "[gpus]\ndiscovery = \"nvml\"\nnvml_lib = \"{}\"\nproc_root = \"{}\"\n",
+            lib.display(),
+            proc.display()
+        ),
+    );
+    std::fs::write(&policy, text).unwrap();
+    let root = dir.path().join("state");
+    let id = format!("v-nvml-{}", std::process::id());
+    let _running = Containers {
+        root: root.clone(),
+        ids: vec![id.clone()],
+    };
+    start(
+        BIN,
+        &policy,
+        &root,
+        &bundle(dir.path(), "alice", Some("alice"), false),
+        &id,
+    );
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(root.join(&id).join("state.json")).unwrap()).unwrap();
+    let pid = state["init_process_pid"].as_i64().unwrap();
+    let host = std::process::id();
+    std::fs::write(
+        &fixture,
+        format!("{gpus}proc 0 {pid} 1048576\nproc 2 {host} 2097152\n"),
+    )
+    .unwrap();
+    let (code, audit, table) = verify(&policy, &root);
+    assert_eq!(code, 0, "{table}");
+    assert_eq!(
+        audit["gpu_processes"],
+        json!([{"gpu": 0, "pid": pid, "used_bytes": 1048576, "container": id},
+               {"gpu": 2, "pid": host, "used_bytes": 2097152, "container": null}])
+    );
+    assert!(table.contains("(host)"), "{table}");
+
+    // A process of alice's container computing on GPU 3, which she was never granted.
+    std::fs::write(&fixture, format!("{gpus}proc 3 {pid} 1048576\n")).unwrap();
+    let (code, audit, table) = verify(&policy, &root);
+    assert_eq!(code, 1, "{table}");
+    assert_eq!(
+        container(&audit, &id)["findings"],
+        json!([{"kind": "foreign-gpu",
+                "detail": format!("process {pid} computes on GPU 3, which the policy does not grant its owner")}])
+    );
+}

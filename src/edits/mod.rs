@@ -3,6 +3,7 @@
 //! Order matters only for the messages: the privileged check runs first so `--privileged`
 //! is refused as such rather than by whichever of its parts another edit meets first.
 
+pub mod cdi;
 pub mod devices;
 pub mod mounts;
 pub mod nvidia;
@@ -54,11 +55,16 @@ pub enum EditError {
 #[derive(Debug, Default)]
 pub struct Report {
     pub removed: Vec<String>,
+    pub added: Vec<String>,
 }
 
 impl Report {
     pub fn removed(&mut self, what: impl Into<String>) {
         self.removed.push(what.into());
+    }
+
+    pub fn added(&mut self, what: impl Into<String>) {
+        self.added.push(what.into());
     }
 }
 
@@ -69,6 +75,7 @@ pub fn apply_all(spec: &mut Value, d: &Decision, report: &mut Report) -> Result<
     devices::apply(spec, d, report)?;
     mounts::apply(spec, d, report)?;
     nvidia::apply(spec, report);
+    cdi::apply(spec, d, report)?;
     if let Some(process) = spec.get_mut("process") {
         process::sanitize(process, &d.process, report)?;
     }
@@ -120,6 +127,7 @@ pub(crate) mod testing {
             bind_allow: vec![PathBuf::from("/srv/datasets")],
             docker_root: Some(PathBuf::from("/var/lib/docker")),
             runc_root: None,
+            cdi: None,
             container_id: "cid".into(),
             policy_sha256: "00".repeat(32),
         }

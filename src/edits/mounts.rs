@@ -111,11 +111,20 @@ pub fn host_path_allowed(
     d: &Decision,
 ) -> Result<bool, EditError> {
     Ok(d.bind_allow.iter().any(|p| is_under(resolved, p))
+        || cdi_owned(resolved, destination, d)
         || docker_owned(resolved, destination, d)?
         || (destination == "/sbin/docker-init"
             && DOCKER_INIT
                 .iter()
                 .any(|p| resolved == resolve_host(Path::new(p)))))
+}
+
+/// A driver file the CDI spec mounts for the owner's GPUs, at exactly its destination.
+fn cdi_owned(source: &Path, destination: &str, d: &Decision) -> bool {
+    d.cdi
+        .iter()
+        .flat_map(|e| &e.mounts)
+        .any(|m| m.container_path == destination && source == resolve_host(&m.host_path))
 }
 
 /// Docker's own files for this container, its named volumes, and the few files it shares

@@ -63,7 +63,7 @@ fn with_nvml<T: Send + 'static>(
         Ok(r) => r.map_err(|reason| GpuError::Nvml { lib: name, reason }),
         Err(_) => Err(GpuError::Nvml {
             lib: name,
-            reason: format!("no answer within {}s", deadline.as_secs()),
+            reason: format!("no answer within {deadline:?}"),
         }),
     }
 }

@@ -144,3 +144,53 @@ pub fn busybox_rootfs(dir: &Path) -> PathBuf {
     }
     rootfs
 }
+
+/// Builds tests/fixtures/fake_nvml.c into `dir/libnvidia-ml.so.1`, answering from
+/// `dir/nvml-fixture` (written from `fixture`; rewrite it to change later answers).
+pub fn fake_nvml(dir: &Path, fixture: &str) -> PathBuf {
+    let fixture_path = dir.join("nvml-fixture");
+    std::fs::write(&fixture_path, fixture).unwrap();
+    let lib = dir.join("libnvidia-ml.so.1");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake_nvml.c");
+    let out = Command::new("cc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&lib)
+        .arg(&src)
+        .arg(format!("-DFIXTURE=\"{}\"", fixture_path.display()))
+        .output()
+        .expect("cc is not installed (apt-get install gcc)");
+    assert!(
+        out.status.success(),
+        "cc {}: {}",
+        src.display(),
+        stderr(&out)
+    );
+    lib
+}
+
+/// A /proc tree for the driver inventory: nvidia0..3 with `GPU-000N` UUIDs, MIG instances on
+/// GPU 1 (gi 1 access 12, ci 0 access 13), nvidia-caps major 236.
+pub fn fake_proc(dir: &Path) -> PathBuf {
+    let proc = dir.join("proc");
+    for minor in 0..4 {
+        let d = proc.join(format!("driver/nvidia/gpus/0000:0{minor}:00.0"));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(
+            d.join("information"),
+            format!("Model: \t\t FakeGPU\nGPU UUID: \t GPU-000{minor}\nDevice Minor: \t {minor}\n"),
+        )
+        .unwrap();
+    }
+    std::fs::create_dir_all(proc.join("driver/nvidia-caps")).unwrap();
+    std::fs::write(
+        proc.join("driver/nvidia-caps/mig-minors"),
+        "config 1\nmonitor 2\ngpu1/gi1/access 12\ngpu1/gi1/ci0/access 13\n",
+    )
+    .unwrap();
+    std::fs::write(
+        proc.join("devices"),
+        "Character devices:\n195 nvidia-frontend\n236 nvidia-caps\n511 nvidia-uvm\n\nBlock devices:\n  8 sd\n",
+    )
+    .unwrap();
+    proc
+}

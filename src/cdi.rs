@@ -1,0 +1,501 @@
+//! NVIDIA's CDI spec (`nvidia-ctk cdi generate`): the driver libraries, binaries and hooks a
+//! container needs for its GPUs.
+//!
+//! labgpu reads the spec itself instead of letting a CDI-aware runtime expand
+//! `nvidia.com/gpu=…` requests, so only the owner's GPUs are ever selected: the common edits
+//! plus the per-device edits of owned GPUs, never the `all` device nor a device that names
+//! another GPU's node. Device nodes in the spec are ignored: the inventory supplies them, and
+//! the device cgroup is built from the inventory alone.
+//!
+//! The spec can put hooks on the host that run as root at container creation, so a spec file
+//! anyone but root can write is refused, and every hook gets an explicit `env` (a hook
+//! without one would inherit whatever environment its caller passes on; CVE-2025-23266).
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::gpu::Gpu;
+use crate::policy::CdiSetting;
+
+/// Where `cdi_spec = "auto"` looks, in order; the `*` entries are globbed and sorted.
+pub const AUTO_DIRS: [&str; 2] = ["/etc/cdi", "/var/run/cdi"];
+
+/// The environment a CDI hook gets when the spec gives it none.
+pub const HOOK_PATH_ENV: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// OCI hook stages a CDI hook may name.
+const HOOK_STAGES: [&str; 6] = [
+    "prestart",
+    "createRuntime",
+    "createContainer",
+    "startContainer",
+    "poststart",
+    "poststop",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum CdiError {
+    #[error("cannot read CDI spec {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("CDI spec {path} is malformed: {reason}")]
+    Malformed { path: PathBuf, reason: String },
+    #[error("CDI spec {path} can be written by users other than root (owner uid {uid}, mode {mode:o}); its hooks run as root")]
+    Untrusted { path: PathBuf, uid: u32, mode: u32 },
+    #[error(
+        "CDI spec {path}: {what} {value} {reason}; regenerate it with nvidia-ctk cdi generate"
+    )]
+    Invalid {
+        path: PathBuf,
+        what: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SpecFile {
+    kind: String,
+    #[serde(default)]
+    devices: Vec<DeviceFile>,
+    #[serde(default)]
+    container_edits: EditsFile,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DeviceFile {
+    name: String,
+    #[serde(default)]
+    container_edits: EditsFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct EditsFile {
+    #[serde(default)]
+    env: Vec<String>,
+    #[serde(default)]
+    device_nodes: Vec<NodeFile>,
+    #[serde(default)]
+    mounts: Vec<Mount>,
+    #[serde(default)]
+    hooks: Vec<Hook>,
+}
+
+#[derive(Debug, Deserialize)]
+struct NodeFile {
+    path: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Mount {
+    pub host_path: PathBuf,
+    pub container_path: String,
+    #[serde(default)]
+    pub options: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Hook {
+    pub hook_name: String,
+    pub path: PathBuf,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: Vec<String>,
+    pub timeout: Option<i64>,
+}
+
+/// The edits one container gets from the spec, already checked.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Edits {
+    /// The spec file they came from (for the decision log and errors).
+    pub source: PathBuf,
+    pub env: Vec<String>,
+    pub mounts: Vec<Mount>,
+    pub hooks: Vec<Hook>,
+}
+
+/// The spec file `setting` names, if any: "off" none, a file that one, "auto" the first of
+/// /etc/cdi/nvidia.{yaml,json} and /var/run/cdi/nvidia*.{yaml,json} that exists.
+pub fn spec_path(setting: &CdiSetting) -> Option<PathBuf> {
+    match setting {
+        CdiSetting::Off => None,
+        CdiSetting::File(p) => Some(p.clone()),
+        CdiSetting::Auto => auto_spec(&AUTO_DIRS.map(PathBuf::from)),
+    }
+}
+
+fn auto_spec(dirs: &[PathBuf]) -> Option<PathBuf> {
+    dirs.iter().find_map(|dir| {
+        let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+            .ok()?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                name.starts_with("nvidia") && (name.ends_with(".yaml") || name.ends_with(".json"))
+            })
+            .collect();
+        found.sort();
+        found.into_iter().next()
+    })
+}
+
+/// The edits for a container owning `gpus` (none when it owns no GPU or there is no spec).
+pub fn edits_for(setting: &CdiSetting, gpus: &[&Gpu]) -> Result<Option<Edits>, CdiError> {
+    if gpus.is_empty() {
+        return Ok(None);
+    }
+    let Some(path) = spec_path(setting) else {
+        return Ok(None);
+    };
+    let spec = load(&path)?;
+    select(&path, &spec, gpus).map(Some)
+}
+
+fn load(path: &Path) -> Result<SpecFile, CdiError> {
+    let read = |source| CdiError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(read)?;
+    if meta.uid() != 0 || meta.mode() & 0o022 != 0 {
+        return Err(CdiError::Untrusted {
+            path: path.to_path_buf(),
+            uid: meta.uid(),
+            mode: meta.mode() & 0o7777,
+        });
+    }
+    let bytes = std::fs::read(path).map_err(read)?;
+    let malformed = |reason: String| CdiError::Malformed {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let spec: SpecFile = if path.extension().is_some_and(|e| e == "json") {
+        serde_json::from_slice(&bytes).map_err(|e| malformed(e.to_string()))?
+    } else {
+        serde_yaml_ng::from_slice(&bytes).map_err(|e| malformed(e.to_string()))?
+    };
+    if spec.kind != "nvidia.com/gpu" {
+        return Err(malformed(format!(
+            "kind is {:?}, not \"nvidia.com/gpu\"",
+            spec.kind
+        )));
+    }
+    Ok(spec)
+}
+
+/// `/dev/nvidiaN` minors a device's nodes name (control and caps nodes are not GPUs).
+fn gpu_minors(edits: &EditsFile) -> BTreeSet<u32> {
+    edits
+        .device_nodes
+        .iter()
+        .filter_map(|n| n.path.strip_prefix("/dev/nvidia")?.parse().ok())
+        .collect()
+}
+
+fn select(path: &Path, spec: &SpecFile, gpus: &[&Gpu]) -> Result<Edits, CdiError> {
+    let owned: BTreeSet<u32> = gpus.iter().map(|g| g.minor).collect();
+    let names_owned = |name: &str| {
+        gpus.iter().any(|g| {
+            g.uuid.as_deref() == Some(name) || g.index.is_some_and(|i| i.to_string() == name)
+        })
+    };
+    let mut out = Edits {
+        source: path.to_path_buf(),
+        ..Edits::default()
+    };
+    add(&mut out, &spec.container_edits, path)?;
+    for device in &spec.devices {
+        if device.name == "all" {
+            continue;
+        }
+        let minors = gpu_minors(&device.container_edits);
+        // A device naming any GPU node the owner lacks is never taken, whatever its name.
+        if !minors.is_subset(&owned) {
+            continue;
+        }
+        if names_owned(&device.name) || !minors.is_empty() {
+            add(&mut out, &device.container_edits, path)?;
+        }
+    }
+    Ok(out)
+}
+
+fn add(out: &mut Edits, edits: &EditsFile, path: &Path) -> Result<(), CdiError> {
+    let invalid = |what, value: String, reason| CdiError::Invalid {
+        path: path.to_path_buf(),
+        what,
+        value,
+        reason,
+    };
+    for e in &edits.env {
+        if !e.contains('=') {
+            return Err(invalid("env entry", e.clone(), "is not KEY=VALUE"));
+        }
+        if !out.env.contains(e) {
+            out.env.push(e.clone());
+        }
+    }
+    for m in &edits.mounts {
+        if !m.host_path.is_absolute() || !m.container_path.starts_with('/') {
+            return Err(invalid(
+                "mount",
+                m.host_path.display().to_string(),
+                "is not an absolute host and container path",
+            ));
+        }
+        if !m.host_path.exists() {
+            return Err(invalid(
+                "mount source",
+                m.host_path.display().to_string(),
+                "does not exist",
+            ));
+        }
+        if !out.mounts.contains(m) {
+            out.mounts.push(m.clone());
+        }
+    }
+    for h in &edits.hooks {
+        let value = h.path.display().to_string();
+        if !HOOK_STAGES.contains(&h.hook_name.as_str()) {
+            return Err(invalid("hook", value, "has an unknown hookName"));
+        }
+        if !h.path.is_absolute() {
+            return Err(invalid("hook", value, "is not an absolute path"));
+        }
+        if !h.path.is_file() {
+            return Err(invalid("hook", value, "does not exist"));
+        }
+        let mut hook = h.clone();
+        if !hook.env.iter().any(|e| e.starts_with("PATH=")) {
+            hook.env.insert(0, HOOK_PATH_ENV.to_string());
+        }
+        if !out.hooks.contains(&hook) {
+            out.hooks.push(hook);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::DevNode;
+
+    /// Shaped like `nvidia-ctk cdi generate` output for a 2-GPU host.
+    pub(crate) const SPEC: &str = r#"---
+cdiVersion: 0.5.0
+kind: nvidia.com/gpu
+devices:
+- name: "0"
+  containerEdits:
+    deviceNodes:
+    - path: /dev/nvidia0
+- name: GPU-aaaa
+  containerEdits:
+    deviceNodes:
+    - path: /dev/nvidia0
+    mounts:
+    - hostPath: @ROOT@/gpu0-only
+      containerPath: /usr/share/gpu0
+      options: [ro, nosuid, nodev, bind]
+- name: "1"
+  containerEdits:
+    deviceNodes:
+    - path: /dev/nvidia1
+    mounts:
+    - hostPath: @ROOT@/gpu1-only
+      containerPath: /usr/share/gpu1
+      options: [ro, nosuid, nodev, bind]
+- name: all
+  containerEdits:
+    deviceNodes:
+    - path: /dev/nvidia0
+    - path: /dev/nvidia1
+    mounts:
+    - hostPath: @ROOT@/all-only
+      containerPath: /usr/share/all
+      options: [ro, bind]
+containerEdits:
+  env:
+  - NVIDIA_VISIBLE_DEVICES=void
+  deviceNodes:
+  - path: /dev/nvidiactl
+  - path: /dev/nvidia-uvm
+  hooks:
+  - hookName: createContainer
+    path: @ROOT@/nvidia-cdi-hook
+    args: [nvidia-cdi-hook, update-ldcache, --folder, /usr/lib/x86_64-linux-gnu]
+  - hookName: createContainer
+    path: @ROOT@/nvidia-cdi-hook
+    args: [nvidia-cdi-hook, create-symlinks]
+    env: [NVIDIA_CTK_DEBUG=false]
+  mounts:
+  - hostPath: @ROOT@/libcuda.so.1
+    containerPath: /usr/lib/x86_64-linux-gnu/libcuda.so.1
+    options: [ro, nosuid, nodev, bind]
+"#;
+
+    fn fixture(dir: &Path) -> PathBuf {
+        for f in [
+            "gpu0-only",
+            "gpu1-only",
+            "all-only",
+            "nvidia-cdi-hook",
+            "libcuda.so.1",
+        ] {
+            std::fs::write(dir.join(f), "x").unwrap();
+        }
+        let path = dir.join("nvidia.yaml");
+        let text = SPEC.replace("@ROOT@", dir.to_str().unwrap());
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn gpu(minor: u32, uuid: &str) -> Gpu {
+        let mut g = Gpu::new(
+            minor,
+            DevNode::new(
+                &format!("nvidia{minor}"),
+                Path::new("/dev"),
+                195,
+                minor.into(),
+            ),
+        );
+        g.uuid = Some(uuid.into());
+        g
+    }
+
+    fn is_root() -> bool {
+        nix::unistd::Uid::effective().is_root()
+    }
+
+    #[test]
+    fn only_common_and_owned_device_edits_are_taken() {
+        if !is_root() {
+            return; // the spec must be root-owned; CI runs as root
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = fixture(dir.path());
+        let setting = CdiSetting::File(path.clone());
+        let g0 = gpu(0, "GPU-aaaa");
+        let e = edits_for(&setting, &[&g0]).unwrap().unwrap();
+        let dests: Vec<&str> = e.mounts.iter().map(|m| m.container_path.as_str()).collect();
+        assert_eq!(
+            dests,
+            ["/usr/lib/x86_64-linux-gnu/libcuda.so.1", "/usr/share/gpu0"]
+        );
+        assert_eq!(e.mounts[0].options, ["ro", "nosuid", "nodev", "bind"]);
+        assert_eq!(e.env, ["NVIDIA_VISIBLE_DEVICES=void"]);
+        assert_eq!(e.hooks.len(), 2);
+        assert_eq!(e.hooks[0].env, [HOOK_PATH_ENV]);
+        assert_eq!(e.hooks[1].env, [HOOK_PATH_ENV, "NVIDIA_CTK_DEBUG=false"]);
+
+        // By device node alone (a /proc inventory has no NVML index): GPU 1's edits.
+        let g1 = Gpu::new(1, DevNode::new("nvidia1", Path::new("/dev"), 195, 1));
+        let e = edits_for(&setting, &[&g1]).unwrap().unwrap();
+        assert!(e
+            .mounts
+            .iter()
+            .any(|m| m.container_path == "/usr/share/gpu1"));
+        assert!(!e
+            .mounts
+            .iter()
+            .any(|m| m.container_path == "/usr/share/gpu0"));
+        assert!(!e
+            .mounts
+            .iter()
+            .any(|m| m.container_path == "/usr/share/all"));
+
+        // Owning both still never selects "all".
+        let e = edits_for(&setting, &[&g0, &g1]).unwrap().unwrap();
+        assert!(!e
+            .mounts
+            .iter()
+            .any(|m| m.container_path == "/usr/share/all"));
+        assert_eq!(e.mounts.len(), 3);
+
+        assert_eq!(edits_for(&setting, &[]).unwrap(), None);
+        assert_eq!(edits_for(&CdiSetting::Off, &[&g0]).unwrap(), None);
+    }
+
+    #[test]
+    fn a_name_match_for_a_foreign_node_is_not_taken() {
+        if !is_root() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = fixture(dir.path());
+        // UUID says GPU-aaaa but the owner's GPU-aaaa is minor 1 here: the spec's device
+        // for GPU-aaaa names /dev/nvidia0, which the owner does not hold.
+        let g = gpu(1, "GPU-aaaa");
+        let e = edits_for(&CdiSetting::File(path), &[&g]).unwrap().unwrap();
+        assert!(!e
+            .mounts
+            .iter()
+            .any(|m| m.container_path == "/usr/share/gpu0"));
+    }
+
+    #[test]
+    fn bad_specs_are_refused_naming_the_file() {
+        if !is_root() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = fixture(dir.path());
+        let g0 = gpu(0, "GPU-aaaa");
+        let setting = CdiSetting::File(path.clone());
+
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let e = edits_for(&setting, &[&g0]).unwrap_err().to_string();
+        assert!(e.contains("can be written by users other than root"), "{e}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+
+        std::fs::remove_file(dir.path().join("libcuda.so.1")).unwrap();
+        let e = edits_for(&setting, &[&g0]).unwrap_err().to_string();
+        assert!(e.contains("libcuda.so.1 does not exist"), "{e}");
+        assert!(e.contains(path.to_str().unwrap()), "{e}");
+
+        std::fs::write(&path, "kind: [").unwrap();
+        let e = edits_for(&setting, &[&g0]).unwrap_err().to_string();
+        assert!(e.contains("is malformed"), "{e}");
+
+        std::fs::write(&path, "kind: other.com/x\n").unwrap();
+        let e = edits_for(&setting, &[&g0]).unwrap_err().to_string();
+        assert!(e.contains("not \"nvidia.com/gpu\""), "{e}");
+
+        let missing = CdiSetting::File(dir.path().join("none.yaml"));
+        let e = edits_for(&missing, &[&g0]).unwrap_err().to_string();
+        assert!(e.contains("cannot read CDI spec"), "{e}");
+    }
+
+    #[test]
+    fn auto_finds_nvidia_specs_in_order() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        assert_eq!(auto_spec(&[a.path().into(), b.path().into()]), None);
+        std::fs::write(b.path().join("nvidia-b.json"), "{}").unwrap();
+        std::fs::write(b.path().join("nvidia-a.yaml"), "").unwrap();
+        std::fs::write(b.path().join("other.yaml"), "").unwrap();
+        assert_eq!(
+            auto_spec(&[a.path().into(), b.path().into()]),
+            Some(b.path().join("nvidia-a.yaml"))
+        );
+        std::fs::write(a.path().join("nvidia.yaml"), "").unwrap();
+        assert_eq!(
+            auto_spec(&[a.path().into(), b.path().into()]),
+            Some(a.path().join("nvidia.yaml"))
+        );
+    }
+}
