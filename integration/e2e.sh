@@ -388,6 +388,76 @@ case_passthrough() {
     if docker inspect lg-pass >/dev/null 2>&1; then fail passthrough-gone "lg-pass still exists"; else pass passthrough-gone; fi
 }
 
+# NVIDIA's CDI spec (shaped like `nvidia-ctk cdi generate`): the common driver files and each
+# owned GPU's files are mounted read-only, never another GPU's or the "all" device's; the
+# spec's hook runs with the explicit env labgpu gives it, not the image's.
+write_cdi_fixture() {
+    local d="$LG_TMP/driver" f
+    mkdir -p "$d" "$LG_TMP/cdi" "$LG_TMP/cdi-hook"
+    echo "fake libcuda" >"$d/libcuda.so.1"
+    for f in gpu0 gpu1 gpu2 gpu3 all; do echo "$f" >"$d/$f"; done
+    printf '#!/bin/sh\nenv >"%s/cdi-hook/$$.env"\ncat >/dev/null\nexit 0\n' "$LG_TMP" >"$d/nvidia-cdi-hook"
+    chmod 755 "$d/nvidia-cdi-hook"
+    {
+        printf 'cdiVersion: 0.5.0\nkind: nvidia.com/gpu\ndevices:\n'
+        for f in 0 1 2 3; do
+            printf -- '- name: "%s"\n  containerEdits:\n    deviceNodes:\n    - path: /dev/nvidia%s\n' "$f" "$f"
+            printf '    mounts:\n    - hostPath: %s/gpu%s\n      containerPath: /usr/share/cdi/gpu%s\n      options: [ro, nosuid, nodev, bind]\n' "$d" "$f" "$f"
+        done
+        printf -- '- name: all\n  containerEdits:\n    deviceNodes:\n'
+        for f in 0 1 2 3; do printf '    - path: /dev/nvidia%s\n' "$f"; done
+        printf '    mounts:\n    - hostPath: %s/all\n      containerPath: /usr/share/cdi/all\n      options: [ro, bind]\n' "$d"
+        printf 'containerEdits:\n  env:\n  - NVIDIA_VISIBLE_DEVICES=void\n  - CDI_FIXTURE=1\n'
+        printf '  deviceNodes:\n  - path: /dev/nvidiactl\n'
+        printf '  hooks:\n  - hookName: createContainer\n    path: %s/nvidia-cdi-hook\n    args: [nvidia-cdi-hook, update-ldcache]\n' "$d"
+        printf '  mounts:\n  - hostPath: %s/libcuda.so.1\n    containerPath: /usr/lib/x86_64-linux-gnu/libcuda.so.1\n    options: [ro, nosuid, nodev, bind]\n' "$d"
+    } >"$LG_TMP/cdi/nvidia.yaml"
+    lg_policy_text | sed "/^\[gpus\]/a cdi_spec = \"$LG_TMP/cdi/nvidia.yaml\"" >"$LG_TMP/policy.toml"
+}
+
+CDI_LS='cat /usr/lib/x86_64-linux-gnu/libcuda.so.1 2>&1; ls /usr/share/cdi 2>&1; echo "env=$CDI_FIXTURE"; grep libcuda /proc/self/mounts; true'
+
+# The /usr/share/cdi entries in $RUN_OUT, space-joined.
+cdi_files() { printf '%s\n' "$RUN_OUT" | grep -E '^(gpu[0-9]|all)$' | tr '\n' ' ' | sed 's/ $//'; }
+
+case_cdi() {
+    write_cdi_fixture
+    rm -f "$LG_TMP"/cdi-hook/*
+    if expect_run_ok cdi-alice "${A[@]}" -e LABGPU_CANARY=leak "$I" sh -c "$CDI_LS"; then
+        expect_eq cdi-alice-lib "fake libcuda" "$(printf '%s\n' "$RUN_OUT" | head -n 1)"
+        expect_eq cdi-alice-devices "gpu0 gpu1" "$(cdi_files)" "$RUN_OUT"
+        expect_eq cdi-alice-env "env=1" "$(printf '%s\n' "$RUN_OUT" | grep '^env=')"
+        local m envs
+        m="$(printf '%s\n' "$RUN_OUT" | grep ' /usr/lib/x86_64-linux-gnu/libcuda.so.1 ')"
+        if [[ $m == *" ro,"*nosuid*nodev* ]]; then pass cdi-alice-mount-options; else fail cdi-alice-mount-options "$m"; fi
+        envs="$(cat "$LG_TMP"/cdi-hook/*.env 2>/dev/null)"
+        if [[ -z $envs ]]; then
+            fail cdi-hook-env "the CDI hook did not run"
+        elif [[ $envs == *LABGPU_CANARY* || $envs == *CDI_FIXTURE* ]]; then
+            fail cdi-hook-env "the hook saw the container's env: $envs"
+        elif [[ $envs != *"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"* ]]; then
+            fail cdi-hook-env "no explicit PATH in the hook's env: $envs"
+        else
+            pass cdi-hook-env
+        fi
+    fi
+    if expect_run_ok cdi-bob "${B[@]}" "$I" sh -c "$CDI_LS"; then
+        expect_eq cdi-bob-devices "gpu2" "$(cdi_files)" "$RUN_OUT"
+    fi
+    if expect_run_ok cdi-carol "${C[@]}" "$I" sh -c "$CDI_LS"; then
+        if [[ $RUN_OUT == *"fake libcuda"* || -n $(cdi_files) ]]; then
+            fail cdi-carol "carol (no GPU) got driver files: $RUN_OUT"
+        else
+            pass cdi-carol
+        fi
+    fi
+    # A spec any user could write would let them run hooks as root: refused.
+    chmod 666 "$LG_TMP/cdi/nvidia.yaml"
+    expect_refused cdi-untrusted-spec "can be written by users other than root" "${A[@]}" "$I" true
+    chmod 644 "$LG_TMP/cdi/nvidia.yaml"
+    lg_write_policy
+}
+
 case_concurrency() {
     local dir="$LG_TMP/conc" i u pids=() users=(alice bob carol)
     mkdir -p "$dir"
@@ -426,7 +496,7 @@ case_log() {
 
 # ---------------------------------------------------------------------------------------------
 
-ALL_CASES="devices device_flags caps refusals mounts namespaces exec passthrough concurrency log"
+ALL_CASES="devices device_flags caps refusals mounts namespaces exec passthrough cdi concurrency log"
 START=$SECONDS
 setup_all
 lg_say "suite starts ($((SECONDS - START))s setup); runtime $RT"
