@@ -56,6 +56,14 @@ show "$RUN --label labgpu.user=alice --device $LG_TMP/dev/nvidia2:/dev/nvidia2 $
 say "--privileged is refused, with labgpu's reason in docker's error"
 show "$RUN --label labgpu.user=alice --privileged $IMG true"
 
+say "labgpu verify audits what runs, from runc's state, /proc and the devices cgroup:"
+say "alice's and bob's containers are clean; one started with --runtime runc and bob's GPU is not"
+docker run -d --name demo-alice --runtime labgpu --label labgpu.user=alice $IMG sleep 600 >/dev/null
+docker run -d --name demo-bob --runtime labgpu --label labgpu.user=bob $IMG sleep 600 >/dev/null
+docker run -d --name demo-bypass --runtime runc --device "$LG_TMP/dev/nvidia2:/dev/nvidia2" $IMG sleep 600 >/dev/null
+show "$LG_BIN verify --policy $LG_TMP/policy.toml --root $LG_TMP/exec/runtime-runc/moby"
+docker rm -f demo-alice demo-bob demo-bypass >/dev/null
+
 say "labgpu's decision log"
 show "tail -n 3 $LG_TMP/labgpu.log"
 echo
