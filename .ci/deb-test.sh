@@ -216,6 +216,18 @@ check "one backup, identical to the old file" \
   sh -c "[ $(backups "$cfg") = 1 ] && cmp -s '$tmp/seed.json' $(dirname "$cfg")/daemon.json.labgpu-backup-*"
 check "no Docker reload without a booted systemd" test ! -s "$tmp/systemd.log"
 
+# --- 1b. the installed binary as Docker's runtime -----------------------------------------
+step "e2e through /usr/bin/labgpu (private dockerd, the device cases)"
+if command -v dockerd >/dev/null; then
+  LABGPU_E2E_BIN=/usr/bin/labgpu LABGPU_E2E_SKIP_BUILD=1 LABGPU_E2E_ONLY=devices \
+    timeout 300 bash integration/e2e.sh >"$tmp/e2e.log" 2>&1
+  e2e_rc=$?
+  indent <"$tmp/e2e.log"
+  check "alice, bob and carol see only their GPUs through the installed labgpu" test "$e2e_rc" -eq 0
+else
+  skip "dockerd not installed (apt-get install docker.io): the e2e container is not run"
+fi
+
 # --- 2. reinstall: idempotent, conffile edits kept -----------------------------------------
 step "reinstall the same .deb"
 echo "# local edit" >>/etc/labgpu/policy.toml

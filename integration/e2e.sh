@@ -458,6 +458,54 @@ case_cdi() {
     lg_write_policy
 }
 
+# labgpu verify against what dockerd runs: clean, then a --runtime runc bypass, then drift.
+VERIFY_ROOT() { printf '%s' "$LG_TMP/exec/runtime-runc/moby"; }
+
+# run_verify: sets VERIFY_OUT and VERIFY_RC.
+run_verify() {
+    VERIFY_RC=0
+    VERIFY_OUT="$("$LG_BIN" verify --policy "$LG_TMP/policy.toml" --root "$(VERIFY_ROOT)" 2>&1)" || VERIFY_RC=$?
+}
+
+case_verify() {
+    if [[ $RT != labgpu ]]; then
+        printf 'skip verify (runtime %s)\n' "$RT"
+        return
+    fi
+    docker run -d --name lg-v-alice --runtime "$RT" "${A[@]}" "$I" sleep 600 >/dev/null
+    docker run -d --name lg-v-bob --runtime "$RT" "${B[@]}" "$I" sleep 600 >/dev/null
+    run_verify
+    if [[ $VERIFY_RC == 0 && $VERIFY_OUT == *"2 containers: 2 ok, 0 violations"* ]]; then
+        pass verify-clean
+    else
+        fail verify-clean "exit $VERIFY_RC
+$VERIFY_OUT"
+    fi
+
+    docker run -d --name lg-v-bypass --runtime runc --device "$LG_TMP/dev/nvidia2:/dev/nvidia2" \
+        "$I" sleep 600 >/dev/null
+    run_verify
+    if [[ $VERIFY_RC == 1 && $VERIFY_OUT == *"not created through labgpu and can reach GPU 2"* ]]; then
+        pass verify-bypass
+    else
+        fail verify-bypass "exit $VERIFY_RC
+$VERIFY_OUT"
+    fi
+    docker rm -f lg-v-bypass >/dev/null
+
+    # The admin takes GPU 1 from alice while her container runs.
+    lg_policy_text | sed 's/^gpus = \[0, 1\]$/gpus = [0]/' >"$LG_TMP/policy.toml"
+    run_verify
+    if [[ $VERIFY_RC == 1 && $VERIFY_OUT == *"holds GPU 1, which the policy no longer grants its owner"* ]]; then
+        pass verify-drift
+    else
+        fail verify-drift "exit $VERIFY_RC
+$VERIFY_OUT"
+    fi
+    lg_write_policy
+    docker rm -f lg-v-alice lg-v-bob >/dev/null
+}
+
 case_concurrency() {
     local dir="$LG_TMP/conc" i u pids=() users=(alice bob carol)
     mkdir -p "$dir"
@@ -496,7 +544,7 @@ case_log() {
 
 # ---------------------------------------------------------------------------------------------
 
-ALL_CASES="devices device_flags caps refusals mounts namespaces exec passthrough cdi concurrency log"
+ALL_CASES="devices device_flags caps refusals mounts namespaces exec passthrough cdi verify concurrency log"
 START=$SECONDS
 setup_all
 lg_say "suite starts ($((SECONDS - START))s setup); runtime $RT"

@@ -9,13 +9,14 @@
 #
 # Knobs (environment):
 #   LABGPU_E2E_SKIP_BUILD=1  use the existing target/release/labgpu instead of `cargo build`
+#   LABGPU_E2E_BIN=/usr/bin/labgpu  run this labgpu binary (the installed one); implies no build
 #   LABGPU_E2E_KEEP=1        keep $LG_TMP (dockerd.log, labgpu.log, ...) after the run
 #   LABGPU_E2E_OWN_CONTAINERD=1  start a private containerd even if no system one is running
 #   LABGPU_E2E_TIMEOUT=60    seconds each docker command may take
 #   LABGPU_E2E_RUNTIME=runc  run the e2e cases under another runtime (to test the harness)
 
 LG_REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-LG_BIN="$LG_REPO/target/release/labgpu"
+LG_BIN="${LABGPU_E2E_BIN:-$LG_REPO/target/release/labgpu}"
 LG_IMAGE="labgpu-test:latest"
 LG_RUNTIME="${LABGPU_E2E_RUNTIME:-labgpu}"
 LG_TIMEOUT="${LABGPU_E2E_TIMEOUT:-60}"
