@@ -258,7 +258,7 @@ fn add(out: &mut Edits, edits: &EditsFile, path: &Path) -> Result<(), CdiError> 
             return Err(invalid(
                 "mount source",
                 m.host_path.display().to_string(),
-                "does not exist",
+                "does not exist; regenerate the spec with nvidia-ctk cdi generate",
             ));
         }
         if !out.mounts.contains(m) {
@@ -273,8 +273,22 @@ fn add(out: &mut Edits, edits: &EditsFile, path: &Path) -> Result<(), CdiError> 
         if !h.path.is_absolute() {
             return Err(invalid("hook", value, "is not an absolute path"));
         }
-        if !h.path.is_file() {
-            return Err(invalid("hook", value, "does not exist"));
+        match std::fs::metadata(&h.path) {
+            Ok(m) if m.is_file() && m.uid() == 0 && m.mode() & 0o022 == 0 => {}
+            Ok(m) if m.is_file() => {
+                return Err(invalid(
+                    "hook",
+                    value,
+                    "can be written by users other than root, and hooks run as root",
+                ))
+            }
+            _ => {
+                return Err(invalid(
+                    "hook",
+                    value,
+                    "does not exist; regenerate the spec with nvidia-ctk cdi generate",
+                ))
+            }
         }
         let mut hook = h.clone();
         if !hook.env.iter().any(|e| e.starts_with("PATH=")) {
@@ -461,6 +475,15 @@ containerEdits:
         let e = edits_for(&setting, &[&g0]).unwrap_err().to_string();
         assert!(e.contains("can be written by users other than root"), "{e}");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+
+        let hook = dir.path().join("nvidia-cdi-hook");
+        std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = edits_for(&setting, &[&g0]).unwrap_err().to_string();
+        assert!(
+            e.contains("nvidia-cdi-hook can be written by users other than root"),
+            "{e}"
+        );
+        std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
 
         std::fs::remove_file(dir.path().join("libcuda.so.1")).unwrap();
         let e = edits_for(&setting, &[&g0]).unwrap_err().to_string();
