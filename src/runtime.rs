@@ -249,16 +249,7 @@ pub fn stamped_owner(root: &Path, id: &str) -> Result<Option<String>, RuntimeErr
     };
     let bytes = std::fs::read(&path).map_err(|e| state_err(e.to_string()))?;
     let state: Value = serde_json::from_slice(&bytes).map_err(|e| state_err(e.to_string()))?;
-    let prefix = format!("{}=", stamp::OWNER);
-    Ok(state
-        .pointer("/config/labels")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .find_map(|l| l.strip_prefix(&prefix))
-        .filter(|o| !o.is_empty())
-        .map(str::to_string))
+    Ok(stamp::owner_in_state(&state))
 }
 
 /// update: refuse device changes. With `--resources -` the JSON is read from stdin and

@@ -139,16 +139,7 @@ fn namespace_holder(root: &Path, proc_name: &str, path: &Path) -> Option<(String
             continue;
         };
         if ns.dev() == target.dev() && ns.ino() == target.ino() {
-            let prefix = format!("{}=", crate::edits::stamp::OWNER);
-            let owner = state
-                .pointer("/config/labels")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-                .find_map(|l| l.strip_prefix(&prefix))
-                .filter(|o| !o.is_empty())
-                .map(str::to_string);
+            let owner = crate::edits::stamp::owner_in_state(&state);
             return Some((entry.file_name().to_string_lossy().into_owned(), owner));
         }
     }

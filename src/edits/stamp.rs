@@ -18,3 +18,18 @@ pub fn apply(spec: &mut Value, d: &Decision) {
     ann[GPUS] = json!(gpus.join(","));
     ann[POLICY_SHA256] = json!(d.policy_sha256);
 }
+
+/// The owner stamped into a runc `state.json` (runc keeps annotations as `key=value` labels);
+/// `None` when unstamped or stamped with no owner.
+pub fn owner_in_state(state: &Value) -> Option<String> {
+    let prefix = format!("{OWNER}=");
+    state
+        .pointer("/config/labels")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .find_map(|l| l.strip_prefix(&prefix))
+        .filter(|o| !o.is_empty())
+        .map(str::to_string)
+}
