@@ -40,6 +40,15 @@ pub fn main(argv: Vec<OsString>) -> i32 {
         Command_::Policy {
             command: PolicyCommand::Check { file },
         } => policy_check(&file.unwrap_or_else(policy_path)),
+        Command_::Proxy {
+            listen,
+            upstream,
+            policy,
+        } => crate::proxy::run(crate::proxy::Options {
+            listen,
+            upstream,
+            policy: policy.unwrap_or_else(policy_path),
+        }),
         Command_::Setup {
             command:
                 SetupCommand::Docker {
