@@ -157,7 +157,7 @@ backups() { find "$(dirname "$1")" -maxdepth 1 -name "$(basename "$1").labgpu-ba
 mode() { stat -c %a "$1"; }
 man_clean() { [ -z "$(man --warnings -l "$1" 2>&1 >/dev/null)" ]; }
 
-man_pages=(labgpu labgpu-verify labgpu-policy labgpu-policy-check labgpu-setup labgpu-setup-docker)
+man_pages=(labgpu labgpu-verify labgpu-policy labgpu-policy-check labgpu-proxy labgpu-setup labgpu-setup-docker)
 bash_comp=/usr/share/bash-completion/completions/labgpu
 zsh_comp=/usr/share/zsh/vendor-completions/_labgpu
 fish_comp=/usr/share/fish/vendor_completions.d/labgpu.fish
@@ -203,6 +203,12 @@ check "man labgpu finds the page" sh -c "man -w labgpu | grep -q /usr/share/man/
 check "bash completion installed, valid bash" bash -n "$bash_comp"
 check "zsh completion installed (#compdef labgpu)" sh -c "head -n1 '$zsh_comp' | grep -q '^#compdef labgpu'"
 check "fish completion installed" grep -q 'complete -c labgpu' "$fish_comp"
+check "labgpu-proxy.service installed, not enabled" \
+  sh -c "test -f /lib/systemd/system/labgpu-proxy.service && ! test -e /etc/systemd/system/multi-user.target.wants/labgpu-proxy.service"
+if command -v systemd-analyze >/dev/null; then
+  check "labgpu-proxy.service passes systemd-analyze verify" \
+    systemd-analyze verify --man=no /lib/systemd/system/labgpu-proxy.service
+fi
 check "README, copyright and changelog in /usr/share/doc/labgpu" \
   test -f /usr/share/doc/labgpu/README.md -a -f /usr/share/doc/labgpu/copyright -a -f /usr/share/doc/labgpu/changelog.Debian.gz
 check "postinst registered runtimes.labgpu.path = /usr/bin/labgpu" \
