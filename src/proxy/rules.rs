@@ -17,7 +17,7 @@ pub enum RuleError {
     BadPath(String),
     #[error("{method} {path} is not allowed through the labgpu proxy")]
     NotAllowed { method: String, path: String },
-    #[error("{what} is for administrators only (root on the host); {why}")]
+    #[error("{what}: only the administrator (root on the host) may use this; {why}")]
     AdminOnly { what: String, why: &'static str },
     #[error("request body is not valid JSON: {0}")]
     BadJson(String),
@@ -46,8 +46,12 @@ pub enum RuleError {
         "{field} = {value:?} is not allowed: only the administrator places containers in cgroups"
     )]
     CgroupParent { field: &'static str, value: String },
-    #[error("security option {0:?} is not allowed (allow_unconfined in the policy)")]
-    Unconfined(String),
+    #[error("security option {opt:?} is not allowed for {user} (allow_unconfined in {section})")]
+    Unconfined {
+        opt: String,
+        user: String,
+        section: String,
+    },
     #[error("bind mount of host path {path} is not allowed for {user} (bind_allow or mounts in {section})")]
     BindNotAllowed {
         path: PathBuf,
@@ -534,7 +538,11 @@ pub fn rewrite_create(
         let (k, v) = s.split_once(['=', ':']).unwrap_or((s, ""));
         let unconfined = matches!(k, "seccomp" | "apparmor" | "systempaths") && v == "unconfined";
         if unconfined && !ctx.allow_unconfined {
-            return Err(RuleError::Unconfined(s.to_string()));
+            return Err(RuleError::Unconfined {
+                opt: s.to_string(),
+                user: ctx.name.clone(),
+                section: ctx.section(),
+            });
         }
     }
     check_binds(hc, ctx, resolve)?;
@@ -1051,11 +1059,11 @@ mod tests {
         ));
         assert!(matches!(
             refused(json!({"SecurityOpt": ["seccomp=unconfined"]})),
-            RuleError::Unconfined(_)
+            RuleError::Unconfined { .. }
         ));
         assert!(matches!(
             refused(json!({"SecurityOpt": ["apparmor:unconfined"]})),
-            RuleError::Unconfined(_)
+            RuleError::Unconfined { .. }
         ));
         let e = refused(json!({"Binds": ["/etc:/host-etc:ro"]}));
         assert_eq!(
