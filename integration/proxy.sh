@@ -159,6 +159,7 @@ case_isolation() {
     expect_fail iso-net-join "$pattern" dk bob run --rm --network container:pa1 "$I" true
     expect_fail iso-pid-join "$pattern" dk bob run --rm --pid container:pa1 "$I" true
     expect_fail iso-volumes-from "$pattern" dk bob run --rm --volumes-from pa1 "$I" true
+    expect_fail iso-link "$pattern" dk bob run --rm --link pa1:a "$I" true
     # By full id too, and through an exec id of alice's.
     local id exec_id
     id="$(real inspect -f '{{.Id}}' pa1)"
@@ -237,6 +238,15 @@ case_refusals() {
         pass ref-update-devices
     else
         fail ref-update-devices "$out"
+    fi
+    # Before API 1.24 a start request could replace the container's host config.
+    out="$(as alice curl -sS --unix-socket "$PSOCK" -X POST -H 'Content-Type: application/json' \
+        -d '{"Privileged":true,"Runtime":"runc","Binds":["/:/host"]}' -w '\n%{http_code}\n' \
+        http://docker/v1.23/containers/pa1/start 2>&1)"
+    if [[ $out == *"API version 1.23 is too old"* && $out == *$'\n400' ]]; then
+        pass ref-old-api-start
+    else
+        fail ref-old-api-start "$out"
     fi
     expect_ok ref-update-memory dk alice update --memory 256m --memory-swap 512m pa1 && pass ref-update-memory
     expect_fail ref-plugins "only the administrator" dk alice plugin ls

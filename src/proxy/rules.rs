@@ -15,6 +15,8 @@ use crate::paths::is_under;
 pub enum RuleError {
     #[error("request path {0:?} is not a Docker API path this proxy accepts")]
     BadPath(String),
+    #[error("API version {0} is too old for the labgpu proxy (1.24 or newer)")]
+    OldApi(String),
     #[error("{method} {path} is not allowed through the labgpu proxy")]
     NotAllowed { method: String, path: String },
     #[error("{what}: only the administrator (root on the host) may use this; {why}")]
@@ -75,6 +77,7 @@ impl RuleError {
     pub fn status(&self) -> u16 {
         match self {
             RuleError::BadPath(_)
+            | RuleError::OldApi(_)
             | RuleError::BadJson(_)
             | RuleError::BadField { .. }
             | RuleError::DuplicateKey { .. }
@@ -113,19 +116,36 @@ pub enum Route {
 
 /// The path without its `/v1.41` version prefix.
 pub fn strip_version(path: &str) -> &str {
-    let Some(rest) = path.strip_prefix("/v") else {
-        return path;
-    };
+    match split_version(path) {
+        Some((_, rest)) => rest,
+        None => path,
+    }
+}
+
+fn split_version(path: &str) -> Option<(&str, &str)> {
+    let rest = path.strip_prefix("/v")?;
     let end = rest.find('/').unwrap_or(rest.len());
     let version = &rest[..end];
     let is_version = !version.is_empty()
         && version.chars().all(|c| c.is_ascii_digit() || c == '.')
         && version.starts_with(|c: char| c.is_ascii_digit());
-    if is_version {
-        &rest[end..]
-    } else {
-        path
+    is_version.then(|| (version, &rest[end..]))
+}
+
+/// Before API 1.24, `POST /containers/{id}/start` took a body whose host config replaced
+/// the container's (runtime, privileged, binds and all), after every check here was done at
+/// create. Users get the API as Docker CLIs since 1.12 (2016) speak it.
+fn check_version(path: &str) -> Result<(), RuleError> {
+    let Some((version, _)) = split_version(path) else {
+        return Ok(());
+    };
+    let mut parts = version.split('.').map(|p| p.parse::<u64>().unwrap_or(0));
+    let major = parts.next().unwrap_or(0);
+    let minor = parts.next().unwrap_or(0);
+    if (major, minor) < (1, 24) {
+        return Err(RuleError::OldApi(version.to_string()));
     }
+    Ok(())
 }
 
 /// Docker's router matches decoded paths; refusing anything that could decode or clean to a
@@ -148,6 +168,7 @@ fn check_path_shape(path: &str) -> Result<Vec<&str>, RuleError> {
 
 /// Classifies a non-admin request. `path` is the request path with its version prefix.
 pub fn classify(method: &Method, path: &str) -> Result<Route, RuleError> {
+    check_version(path)?;
     let path = strip_version(path);
     let segs = check_path_shape(path)?;
     let not_allowed = || RuleError::NotAllowed {
@@ -396,7 +417,9 @@ pub fn valid_container_ref(s: &str) -> bool {
 }
 
 const CONFIG_FIELDS: [&str; 2] = ["Labels", "HostConfig"];
-const HOST_CONFIG_FIELDS: [&str; 16] = [
+const HOST_CONFIG_FIELDS: [&str; 18] = [
+    "Links",
+    "CgroupnsMode",
     "Privileged",
     "PidMode",
     "IpcMode",
@@ -424,7 +447,8 @@ pub struct ContainerRef {
 }
 
 /// The containers a create body joins or copies from (`--pid/--ipc/--network container:X`,
-/// `--volumes-from X`, a cgroup shared with X). Run before `rewrite_create`.
+/// `--volumes-from X`, `--link X` (which copies X's environment), a cgroup shared with X).
+/// Run before `rewrite_create`.
 pub fn create_container_refs(body: &mut Value) -> Result<Vec<ContainerRef>, RuleError> {
     let mut refs = Vec::new();
     let top = as_object_mut(body, "body")?.ok_or(RuleError::BadField {
@@ -456,6 +480,17 @@ pub fn create_container_refs(body: &mut Value) -> Result<Vec<ContainerRef>, Rule
         let name = s.split_once(':').map_or(s, |(n, _)| n);
         refs.push(ContainerRef {
             field: "VolumesFrom",
+            name: name.to_string(),
+        });
+    }
+    for v in array_of(hc, "Links", "Links")? {
+        let s = v.as_str().ok_or(RuleError::BadField {
+            field: "Links".into(),
+            expected: "a list of strings",
+        })?;
+        let name = s.split_once(':').map_or(s, |(n, _)| n);
+        refs.push(ContainerRef {
+            field: "Links",
             name: name.to_string(),
         });
     }
@@ -504,6 +539,8 @@ pub fn rewrite_create(
         *hc = Value::Object(Map::new());
     }
     let hc = as_object_mut(hc, "HostConfig")?.expect("not null");
+    // With a "HostConfig" present, dockerd ignores the deprecated host config fields at the
+    // top level (all but a few resource limits), so only this object needs checking.
 
     if hc.get("Privileged").and_then(Value::as_bool) == Some(true) && !ctx.allow_privileged {
         return Err(RuleError::Privileged {
@@ -518,7 +555,13 @@ pub fn rewrite_create(
         key,
         section: ctx.section(),
     };
-    for field in ["PidMode", "IpcMode", "UTSMode", "UsernsMode"] {
+    for field in [
+        "PidMode",
+        "IpcMode",
+        "UTSMode",
+        "UsernsMode",
+        "CgroupnsMode",
+    ] {
         if str_of(hc, field, field)? == "host" && !ctx.allow_host_namespaces {
             return Err(host_ns(field, "allow_host_namespaces"));
         }
@@ -552,7 +595,8 @@ pub fn rewrite_create(
         let Some(id) = owned.get(&r.name) else {
             return Err(RuleError::BadContainerRef(r.name.clone()));
         };
-        if r.field == "VolumesFrom" {
+        // Links name their target by name (the alias defaults to it); checked, not rewritten.
+        if r.field == "VolumesFrom" || r.field == "Links" {
             continue;
         }
         hc.insert(r.field.into(), Value::String(format!("container:{id}")));
@@ -936,6 +980,35 @@ mod tests {
     }
 
     #[test]
+    fn old_api_versions_are_refused() {
+        for p in [
+            "/v1.23/containers/x/start",
+            "/v1.12/containers/create",
+            "/v1/info",
+        ] {
+            assert!(
+                matches!(classify(&Method::POST, p), Err(RuleError::OldApi(_))),
+                "{p}"
+            );
+        }
+        for p in [
+            "/v1.24/containers/x/start",
+            "/v1.41/containers/x/start",
+            "/containers/x/start",
+        ] {
+            assert!(classify(&Method::POST, p).is_ok(), "{p}");
+        }
+    }
+
+    #[test]
+    fn top_level_host_config_fields_are_shadowed() {
+        // No "HostConfig" key: dockerd would read Privileged/Runtime from the top level.
+        let body = rewrite(json!({"Image": "x", "Privileged": true, "Runtime": "runc"})).unwrap();
+        assert_eq!(body["HostConfig"]["Runtime"], "labgpu");
+        assert!(body["HostConfig"].is_object());
+    }
+
+    #[test]
     fn paths_that_decode_or_clean_differently_are_refused() {
         for p in [
             "/v1.41/containers%2Fcreate",
@@ -1043,7 +1116,13 @@ mod tests {
             e.to_string(),
             "privileged containers are not allowed for alice (allow_privileged in [defaults] or [users.alice])"
         );
-        for field in ["PidMode", "IpcMode", "UTSMode", "UsernsMode"] {
+        for field in [
+            "PidMode",
+            "IpcMode",
+            "UTSMode",
+            "UsernsMode",
+            "CgroupnsMode",
+        ] {
             let e = refused(json!({ field: "host" }));
             assert!(
                 matches!(e, RuleError::HostNamespace { field: f, .. } if f == field),
@@ -1130,6 +1209,24 @@ mod tests {
         assert_eq!(hc["NetworkMode"], "container:aaa");
         assert_eq!(hc["PidMode"], "container:aaa");
         assert_eq!(hc["VolumesFrom"], json!(["bbb:ro", "aaa"]));
+
+        let mut links = json!({"HostConfig": {"Links": ["/db:/web/db", "cache"]}});
+        let names: Vec<String> = create_container_refs(&mut links)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
+        assert_eq!(names, ["/db", "cache"]);
+        assert!(rewrite_with(&mut links.clone(), &BTreeMap::new()).is_err());
+        let owned: BTreeMap<String, String> = [("/db", "d"), ("cache", "c")]
+            .into_iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        rewrite_with(&mut links, &owned).unwrap();
+        assert_eq!(
+            links["HostConfig"]["Links"],
+            json!(["/db:/web/db", "cache"])
+        );
 
         let mut bad = json!({"HostConfig": {"IpcMode": "container:../x"}});
         assert!(matches!(
