@@ -375,7 +375,8 @@ case_cleanup() {
         sleep 0.1
     done
     if ((n <= PROXY_FDS0)); then pass "proxy-fds-settle ($PROXY_FDS0 at start, $n at the end)"; else
-        fail proxy-fds-settle "$PROXY_FDS0 at start, $n at the end: $(ls -l "/proc/$PROXY_PID/fd")"
+        fail proxy-fds-settle "$PROXY_FDS0 at start, $n at the end: $(ls -l "/proc/$PROXY_PID/fd")
+$(ss -xp 2>/dev/null | grep "pid=$PROXY_PID,")"
     fi
 }
 

@@ -185,9 +185,12 @@ async fn connection(state: Arc<State>, stream: UnixStream) {
         let caller = caller.clone();
         async move { Ok::<_, Infallible>(handle(state, caller, req).await) }
     });
+    // half_close stays off: a client that goes away mid-request (`docker run -d` leaves its
+    // `wait` behind) must end the request, and with it the upstream connection. Half-closes
+    // that matter, stdin EOF on attach and exec, happen after the upgrade, where
+    // copy_bidirectional carries them.
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .half_close(true)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     if let Err(e) = conn.await {
