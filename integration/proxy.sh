@@ -316,6 +316,19 @@ case_build() {
     fi
 }
 
+case_buildkit() {
+    # BuildKit through /build?version=2 and the /session upgrade (h2c), as Docker 20.10's
+    # CLI does with DOCKER_BUILDKIT=1. --network none: the private dockerd has no bridge.
+    local ctx="$LG_TMP/build-bk"
+    mkdir -p "$ctx"
+    printf 'FROM %s\nRUN echo bk > /bk\n' "$I" >"$ctx/Dockerfile"
+    chown -R alice "$ctx"
+    if expect_ok build-buildkit as alice env DOCKER_BUILDKIT=1 "$LG_DOCKER_CLI" build --progress plain --network none \
+        -t proxy-bk "$ctx"; then
+        pass build-buildkit
+    fi
+}
+
 case_keepalive() {
     local out
     out="$(as alice curl -sv --unix-socket "$PSOCK" http://docker/_ping http://docker/v1.41/version 2>&1)"
@@ -382,7 +395,7 @@ $(ss -xp 2>/dev/null | grep "pid=$PROXY_PID,")"
 
 # ---------------------------------------------------------------------------------------------
 
-ALL_CASES="owner isolation refusals streams build keepalive load cleanup"
+ALL_CASES="owner isolation refusals streams build buildkit keepalive load cleanup"
 START=$SECONDS
 START_TS="$(date +%s)"
 setup_all
