@@ -196,6 +196,18 @@ case_isolation() {
     else
         fail iso-root-other-pidns "$out"
     fi
+    # Prune is filtered too: bob's prune leaves alice's stopped pa2 alone, also when the
+    # filters come in a form body (which dockerd would prefer to the query string).
+    expect_ok iso-prune-bob dk bob container prune -f && pass iso-prune-bob
+    out="$(as bob curl -sS --unix-socket "$PSOCK" -X POST -w '\n%{http_code}\n' \
+        -H 'Content-Type: application/x-www-form-urlencoded' --data 'filters={}' \
+        http://docker/v1.41/containers/prune 2>&1)"
+    if [[ $out == *"is not accepted"* && $out == *$'\n400' ]]; then pass iso-prune-form-body; else
+        fail iso-prune-form-body "$out"
+    fi
+    if real inspect pa2 >/dev/null 2>&1; then pass iso-prune-spared-alice; else
+        fail iso-prune-spared-alice "bob's prune removed alice's pa2"
+    fi
     # Own containers work: inspect, exec, cp, logs, rename back and forth.
     expect_ok iso-own-exec dk alice exec pa1 echo own-exec && expect_eq iso-own-exec own-exec "$OUT"
     if expect_ok iso-own-cp-to dk alice cp /etc/hostname pa1:/tmp/h &&

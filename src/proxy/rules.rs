@@ -17,6 +17,10 @@ pub enum RuleError {
     BadPath(String),
     #[error("API version {0} is too old for the labgpu proxy (1.24 or newer)")]
     OldApi(String),
+    #[error(
+        "Content-Type {0:?} is not accepted: dockerd would read query parameters from the body"
+    )]
+    FormBody(String),
     #[error("{method} {path} is not allowed through the labgpu proxy")]
     NotAllowed { method: String, path: String },
     #[error("{what}: only the administrator (root on the host) may use this; {why}")]
@@ -78,6 +82,7 @@ impl RuleError {
         match self {
             RuleError::BadPath(_)
             | RuleError::OldApi(_)
+            | RuleError::FormBody(_)
             | RuleError::BadJson(_)
             | RuleError::BadField { .. }
             | RuleError::DuplicateKey { .. }
@@ -220,6 +225,25 @@ pub fn classify(method: &Method, path: &str) -> Result<Route, RuleError> {
         )),
         _ => Err(not_allowed()),
     }
+}
+
+/// dockerd reads parameters with Go's `r.Form`/`r.FormValue`, which take a form-encoded or
+/// multipart body's fields before the query string's: `filters` in the body of a prune, or
+/// `networkmode` in the body of a build, would override what the proxy merged or checked in
+/// the query. Docker clients never send such bodies.
+pub fn check_content_types<'a>(values: impl IntoIterator<Item = &'a str>) -> Result<(), RuleError> {
+    for v in values {
+        let media = v
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase();
+        if media == "application/x-www-form-urlencoded" || media.starts_with("multipart/") {
+            return Err(RuleError::FormBody(v.to_string()));
+        }
+    }
+    Ok(())
 }
 
 /// What a request's rewrites need to know about the caller.
@@ -977,6 +1001,25 @@ mod tests {
             c(Method::GET, "/v1.41/nonsense"),
             Err(RuleError::NotAllowed { .. })
         ));
+    }
+
+    #[test]
+    fn form_bodies_are_refused() {
+        check_content_types(["application/json", "application/x-tar"]).unwrap();
+        check_content_types([]).unwrap();
+        for bad in [
+            "application/x-www-form-urlencoded",
+            "Application/X-WWW-Form-Urlencoded; charset=utf-8",
+            "multipart/form-data; boundary=x",
+        ] {
+            assert!(
+                matches!(
+                    check_content_types(["application/json", bad]),
+                    Err(RuleError::FormBody(_))
+                ),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

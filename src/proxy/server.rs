@@ -241,6 +241,12 @@ async fn route(
     let policy = Policy::load(&state.policy)?;
     let name = identity::policy_user(&policy, caller)?.to_string();
     let ctx = user_ctx(&policy, &name);
+    rules::check_content_types(
+        req.headers()
+            .get_all(CONTENT_TYPE)
+            .iter()
+            .map(|v| v.to_str().unwrap_or("invalid")),
+    )?;
     let full_path = req.uri().path().to_string();
     let prefix = &full_path[..full_path.len() - rules::strip_version(&full_path).len()];
     let query = req.uri().query().map(str::to_string);
