@@ -499,3 +499,79 @@ async fn exec_container(state: &State, exec_id: &str) -> Result<String, ProxyErr
         .map(str::to_string)
         .ok_or_else(|| upstream_error(status, format!("inspect of exec {exec_id:?}"), &v))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+    use std::path::Path;
+
+    fn opts(dir: &Path, policy: &str) -> Options {
+        let p = dir.join("policy.toml");
+        std::fs::write(&p, policy).unwrap();
+        Options {
+            listen: dir.join("run/labgpu/docker.sock"),
+            upstream: dir.join("docker.sock"),
+            policy: p,
+        }
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn socket_gets_policy_mode_and_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let gid = nix::unistd::getgid().as_raw();
+        let o = opts(
+            dir.path(),
+            &format!("version = 1\n[proxy]\nsocket_group = \"{gid}\"\nsocket_mode = \"0640\"\n"),
+        );
+        rt().block_on(async {
+            let _l = listen(&o).unwrap();
+            let m = std::fs::metadata(&o.listen).unwrap();
+            assert_eq!(m.mode() & 0o777, 0o640);
+            assert_eq!(m.gid(), gid);
+            let parent = std::fs::metadata(o.listen.parent().unwrap()).unwrap();
+            assert_eq!(parent.mode() & 0o777, 0o755);
+        });
+    }
+
+    #[test]
+    fn stale_socket_is_replaced_live_one_and_files_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = opts(dir.path(), "version = 1\n");
+        rt().block_on(async {
+            let live = listen(&o).unwrap();
+            let err = listen(&o).unwrap_err().to_string();
+            assert!(err.contains("already listening"), "{err}");
+            drop(live);
+            // The file of a dead listener is still there: a restart replaces it.
+            assert!(o.listen.exists());
+            let _l = listen(&o).unwrap();
+            assert_eq!(std::fs::metadata(&o.listen).unwrap().mode() & 0o777, 0o666);
+        });
+        std::fs::remove_file(&o.listen).unwrap();
+        std::fs::write(&o.listen, "not a socket").unwrap();
+        let err = rt().block_on(async { listen(&o).unwrap_err().to_string() });
+        assert!(err.contains("is not a socket"), "{err}");
+    }
+
+    #[test]
+    fn unknown_group_and_broken_policy_stop_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = opts(
+            dir.path(),
+            "version = 1\n[proxy]\nsocket_group = \"no-such-group-xyz\"\n",
+        );
+        let err = rt().block_on(async { format!("{:#}", listen(&o).unwrap_err()) });
+        assert!(err.contains("no-such-group-xyz"), "{err}");
+        let o = opts(dir.path(), "version = 1\n[proxy]\nsocket_mode = \"0999\"\n");
+        let err = rt().block_on(async { format!("{:#}", listen(&o).unwrap_err()) });
+        assert!(err.contains("line 3"), "{err}");
+    }
+}
