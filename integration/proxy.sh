@@ -260,6 +260,10 @@ case_refusals() {
     else
         fail ref-old-api-start "$out"
     fi
+    out="$(api alice POST '/v1.41/build?remote=git%40example.com%3Aa%2Fb.git' 2>&1)"
+    if [[ $out == *"root's) ssh credentials"* && $out == *$'\n403' ]]; then pass ref-build-ssh-remote; else
+        fail ref-build-ssh-remote "$out"
+    fi
     expect_ok ref-update-memory dk alice update --memory 256m --memory-swap 512m pa1 && pass ref-update-memory
     expect_fail ref-plugins "only the administrator" dk alice plugin ls
     expect_fail ref-swarm "only the administrator" dk alice swarm init

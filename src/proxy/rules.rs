@@ -72,6 +72,8 @@ pub enum RuleError {
     },
     #[error("{field} cannot be changed on a running container through the labgpu proxy")]
     UpdateRefused { field: String },
+    #[error("build context {0:?} would be fetched with the Docker daemon's (root's) ssh credentials; clone it yourself and build from the directory")]
+    BuildRemote(String),
     #[error("container name {0:?} is not a valid container name or id")]
     BadContainerRef(String),
 }
@@ -826,6 +828,17 @@ pub fn check_build(query: Option<&str>, ctx: &UserCtx) -> Result<(), RuleError> 
                     section: ctx.section(),
                 })
             }
+            // dockerd clones git contexts as root: over ssh that is root's keys.
+            // "client-session" is BuildKit reading the context from the caller's session.
+            "remote"
+                if !v.is_empty()
+                    && v != "client-session"
+                    && !["http://", "https://", "git://", "github.com/"]
+                        .iter()
+                        .any(|p| v.starts_with(p)) =>
+            {
+                return Err(RuleError::BuildRemote(v))
+            }
             "networkmode" if v.starts_with("container:") => {
                 return Err(RuleError::NotAllowed {
                     method: "POST".into(),
@@ -1308,6 +1321,18 @@ mod tests {
         assert!(check_build(Some("cgroupparent=%2Fsystem.slice"), &ctx()).is_err());
         assert!(check_build(Some("networkmode=host"), &ctx()).is_err());
         assert!(check_build(Some("networkmode=container%3Aabc"), &ctx()).is_err());
+        check_build(Some("remote=https%3A%2F%2Fgithub.com%2Fa%2Fb.git"), &ctx()).unwrap();
+        check_build(Some("remote=github.com%2Fa%2Fb"), &ctx()).unwrap();
+        check_build(Some("remote=client-session&version=2"), &ctx()).unwrap();
+        for bad in ["git%40github.com%3Aa%2Fb.git", "ssh%3A%2F%2Fhost%2Frepo"] {
+            assert!(
+                matches!(
+                    check_build(Some(&format!("remote={bad}")), &ctx()),
+                    Err(RuleError::BuildRemote(_))
+                ),
+                "{bad}"
+            );
+        }
     }
 
     #[test]
