@@ -112,13 +112,20 @@ fi
 
 # --- helpers for the install phases --------------------------------------------------------
 # Stand-ins for systemd's tools: they log their calls; `systemctl is-active` answers with the
-# status in $tmp/docker-active (0 active, 3 inactive).
+# status in $tmp/proxy-active for labgpu-proxy.service and in $tmp/docker-active for anything
+# else (0 active, 3 inactive).
 mkdir -p "$tmp/fakebin"
 echo 3 >"$tmp/docker-active"
+echo 3 >"$tmp/proxy-active"
 cat >"$tmp/fakebin/systemctl" <<EOF
 #!/bin/sh
 echo "systemctl \$*" >>"$tmp/systemd.log"
-[ "\$1" = is-active ] && exit "\$(cat "$tmp/docker-active")"
+if [ "\$1" = is-active ]; then
+  case "\$*" in
+    *labgpu-proxy.service*) exit "\$(cat "$tmp/proxy-active")" ;;
+    *) exit "\$(cat "$tmp/docker-active")" ;;
+  esac
+fi
 exit 0
 EOF
 cat >"$tmp/fakebin/deb-systemd-invoke" <<EOF
@@ -311,8 +318,17 @@ if unshare --mount --propagation private sh -c 'mount -t tmpfs t /run' 2>/dev/nu
   echo 3 >"$tmp/docker-active"
   check "install (Docker inactive) succeeds" dpkg_cfg_systemd "$cfg" -i "$deb"
   check "no reload of an inactive Docker" test "$(reloads)" = 2
-  check "Docker never restarted" sh -c "! grep -q restart '$tmp/systemd.log'"
-  check "purge succeeds" dpkg_cfg_systemd "$cfg" --purge labgpu
+  check "Docker never restarted" sh -c "! grep -q 'restart docker' '$tmp/systemd.log'"
+  check "an inactive labgpu-proxy is neither started nor restarted" \
+    sh -c "! grep -q 'invoke .* labgpu-proxy' '$tmp/systemd.log'"
+  echo 0 >"$tmp/proxy-active"
+  check "reinstall (labgpu-proxy running) succeeds" dpkg_cfg_systemd "$cfg" -i "$deb"
+  check "postinst restarted labgpu-proxy onto the new binary" \
+    grep -q '^deb-systemd-invoke restart labgpu-proxy.service$' "$tmp/systemd.log"
+  check "purge (labgpu-proxy running) succeeds" dpkg_cfg_systemd "$cfg" --purge labgpu
+  check "prerm stopped labgpu-proxy before the binary went" \
+    grep -q '^deb-systemd-invoke stop labgpu-proxy.service$' "$tmp/systemd.log"
+  echo 3 >"$tmp/proxy-active"
 else
   skip "unshare --mount is not permitted here: reload checks not run"
 fi
