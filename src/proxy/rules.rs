@@ -214,7 +214,7 @@ pub fn classify(method: &Method, path: &str) -> Result<Route, RuleError> {
         ["session"] if post => Ok(Route::Forward),
         ["grpc"] => Err(admin(
             "the BuildKit gRPC API (/grpc)",
-            "its build options cannot be checked here; use `docker build` (DOCKER_BUILDKIT=0 or the classic API)",
+            "its build requests cannot be checked here; build with `DOCKER_BUILDKIT=0 docker build`",
         )),
         ["plugins", ..] => Err(admin(
             "plugins",
