@@ -45,20 +45,35 @@ impl Caller {
 /// is a container that mounted the socket; an unknown pid namespace (the process already
 /// exited, or no pid) is not trusted either.
 pub fn identify(uid: u32, pid: Option<i32>, proc_root: &Path) -> Caller {
-    if uid == 0 {
-        let own = pid_ns(&proc_root.join("self"));
-        let peer = pid
-            .filter(|p| *p > 0)
-            .and_then(|p| pid_ns(&proc_root.join(p.to_string())));
-        if is_host_root(uid, peer.as_deref(), own.as_deref()) {
-            return Caller::Admin;
-        }
+    if is_admin(uid, pid, proc_root) {
+        return Caller::Admin;
     }
-    let passwd = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+    Caller::Uid {
+        uid,
+        passwd: passwd_name(uid),
+    }
+}
+
+/// Root in our pid namespace. Cheap (two readlinks), so it runs as soon as the connection is
+/// accepted, before the peer's pid could be reused.
+pub fn is_admin(uid: u32, pid: Option<i32>, proc_root: &Path) -> bool {
+    if uid != 0 {
+        return false;
+    }
+    let own = pid_ns(&proc_root.join("self"));
+    let peer = pid
+        .filter(|p| *p > 0)
+        .and_then(|p| pid_ns(&proc_root.join(p.to_string())));
+    is_host_root(uid, peer.as_deref(), own.as_deref())
+}
+
+/// The uid's passwd name. May block (NSS can be LDAP or SSSD): callers in async code run it
+/// on the blocking pool.
+pub fn passwd_name(uid: u32) -> Option<String> {
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
         .ok()
         .flatten()
-        .map(|u| u.name);
-    Caller::Uid { uid, passwd }
+        .map(|u| u.name)
 }
 
 fn pid_ns(proc_pid: &Path) -> Option<String> {

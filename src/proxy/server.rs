@@ -172,12 +172,22 @@ fn listen(opts: &Options) -> anyhow::Result<UnixListener> {
 }
 
 async fn connection(state: Arc<State>, stream: UnixStream) {
-    let caller = match stream.peer_cred() {
-        Ok(cred) => identity::identify(cred.uid(), cred.pid(), &state.proc_root),
+    let cred = match stream.peer_cred() {
+        Ok(cred) => cred,
         Err(e) => {
             warn!(error = %e, "SO_PEERCRED failed; closing the connection");
             return;
         }
+    };
+    let caller = if identity::is_admin(cred.uid(), cred.pid(), &state.proc_root) {
+        Caller::Admin
+    } else {
+        let uid = cred.uid();
+        let passwd = tokio::task::spawn_blocking(move || identity::passwd_name(uid))
+            .await
+            .ok()
+            .flatten();
+        Caller::Uid { uid, passwd }
     };
     let caller = Arc::new(caller);
     let service = service_fn(move |req| {
