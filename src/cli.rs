@@ -147,6 +147,14 @@ fn policy_check(path: &Path) -> anyhow::Result<i32> {
             }
         }
     }
+    if let Some(g) = &policy.proxy.socket_group {
+        let known =
+            g.parse::<u32>().is_ok() || matches!(nix::unistd::Group::from_name(g), Ok(Some(_)));
+        if !known {
+            println!("error: [proxy] socket_group {g:?} is not a group on this host");
+            errors += 1;
+        }
+    }
     for gpu in inventory.gpus() {
         let owners: Vec<&str> = policy
             .users
