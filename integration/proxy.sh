@@ -345,6 +345,23 @@ case_buildkit() {
     fi
 }
 
+case_policy() {
+    # Read per request: a user taken out of the policy is refused on the next request, and a
+    # broken policy stops users (503) but not the administrator.
+    lg_policy_text | sed '/^\[users.carol\]/,$d' >"$LG_TMP/policy.toml.new"
+    mv "$LG_TMP/policy.toml.new" "$LG_TMP/policy.toml"
+    expect_fail policy-user-removed "uid $(id -u carol) (carol) is not a user in" dk carol ps
+    lg_write_policy
+    expect_ok policy-user-back dk carol ps && pass policy-user-back
+    echo 'version = 1 [broken' >>"$LG_TMP/policy.toml"
+    expect_fail policy-broken "the proxy cannot use its policy" dk alice ps
+    local names
+    names="$(DOCKER_HOST="unix://$PSOCK" lg_docker ps -a --format '{{.Names}}' 2>&1 | grep -c .)"
+    if [[ $names -ge 3 ]]; then pass policy-broken-admin-passes; else fail policy-broken-admin-passes "$names"; fi
+    lg_write_policy
+    expect_ok policy-fixed dk alice ps && pass policy-fixed
+}
+
 case_keepalive() {
     local out
     out="$(as alice curl -sv --unix-socket "$PSOCK" http://docker/_ping http://docker/v1.41/version 2>&1)"
@@ -411,7 +428,7 @@ $(ss -xp 2>/dev/null | grep "pid=$PROXY_PID,")"
 
 # ---------------------------------------------------------------------------------------------
 
-ALL_CASES="owner isolation refusals streams build buildkit keepalive load cleanup"
+ALL_CASES="owner isolation refusals streams build buildkit policy keepalive load cleanup"
 START=$SECONDS
 START_TS="$(date +%s)"
 setup_all
