@@ -432,8 +432,15 @@ ALL_CASES="owner isolation refusals streams build buildkit policy keepalive load
 START=$SECONDS
 START_TS="$(date +%s)"
 setup_all
-command -v curl >/dev/null && command -v script >/dev/null && command -v runuser >/dev/null ||
-    lg_die "proxy.sh needs curl, script (bsdutils) and runuser (util-linux)"
+# What this suite needs beyond lib.sh's packages (.ci/run installs them up front as well).
+if ! command -v curl >/dev/null || ! command -v script >/dev/null || ! command -v runuser >/dev/null ||
+    ! command -v unshare >/dev/null; then
+    lg_say "installing curl bsdutils util-linux"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        curl bsdutils util-linux >/dev/null
+    command -v curl >/dev/null && command -v script >/dev/null && command -v runuser >/dev/null ||
+        lg_die "proxy.sh needs curl, script (bsdutils), runuser and unshare (util-linux)"
+fi
 trap proxy_teardown EXIT
 start_proxy
 lg_say "suite starts ($((SECONDS - START))s setup); proxy pid $PROXY_PID on $PSOCK"
