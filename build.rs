@@ -42,6 +42,9 @@ The decision log: one line per create, exec and refusal.
 .TP
 .I /etc/docker/daemon.json
 Where \fBlabgpu setup docker\fR registers the runtime.
+.TP
+.I /run/labgpu/docker.sock
+Where \fBlabgpu proxy\fR (the labgpu\-proxy service) serves the Docker API to lab users.
 .SH ENVIRONMENT
 .TP
 .B LABGPU_POLICY

@@ -115,13 +115,20 @@ fi
 
 # --- helpers for the install phases --------------------------------------------------------
 # Stand-ins for systemd's tools: they log their calls; `systemctl is-active` answers with the
-# status in $tmp/docker-active (0 active, 3 inactive).
+# status in $tmp/proxy-active for labgpu-proxy.service and in $tmp/docker-active for anything
+# else (0 active, 3 inactive).
 mkdir -p "$tmp/fakebin"
 echo 3 >"$tmp/docker-active"
+echo 3 >"$tmp/proxy-active"
 cat >"$tmp/fakebin/systemctl" <<EOF
 #!/bin/sh
 echo "systemctl \$*" >>"$tmp/systemd.log"
-[ "\$1" = is-active ] && exit "\$(cat "$tmp/docker-active")"
+if [ "\$1" = is-active ]; then
+  case "\$*" in
+    *labgpu-proxy.service*) exit "\$(cat "$tmp/proxy-active")" ;;
+    *) exit "\$(cat "$tmp/docker-active")" ;;
+  esac
+fi
 exit 0
 EOF
 cat >"$tmp/fakebin/deb-systemd-invoke" <<EOF
@@ -160,7 +167,7 @@ backups() { find "$(dirname "$1")" -maxdepth 1 -name "$(basename "$1").labgpu-ba
 mode() { stat -c %a "$1"; }
 man_clean() { [ -z "$(man --warnings -l "$1" 2>&1 >/dev/null)" ]; }
 
-man_pages=(labgpu labgpu-verify labgpu-gpus labgpu-policy labgpu-policy-check labgpu-setup labgpu-setup-docker)
+man_pages=(labgpu labgpu-verify labgpu-gpus labgpu-policy labgpu-policy-check labgpu-proxy labgpu-setup labgpu-setup-docker)
 bash_comp=/usr/share/bash-completion/completions/labgpu
 zsh_comp=/usr/share/zsh/vendor-completions/_labgpu
 fish_comp=/usr/share/fish/vendor_completions.d/labgpu.fish
@@ -206,6 +213,12 @@ check "man labgpu finds the page" sh -c "man -w labgpu | grep -q /usr/share/man/
 check "bash completion installed, valid bash" bash -n "$bash_comp"
 check "zsh completion installed (#compdef labgpu)" sh -c "head -n1 '$zsh_comp' | grep -q '^#compdef labgpu'"
 check "fish completion installed" grep -q 'complete -c labgpu' "$fish_comp"
+check "labgpu-proxy.service installed, not enabled" \
+  sh -c "test -f /lib/systemd/system/labgpu-proxy.service && ! test -e /etc/systemd/system/multi-user.target.wants/labgpu-proxy.service"
+if command -v systemd-analyze >/dev/null; then
+  check "labgpu-proxy.service passes systemd-analyze verify" \
+    systemd-analyze verify --man=no /lib/systemd/system/labgpu-proxy.service
+fi
 check "README, copyright and changelog in /usr/share/doc/labgpu" \
   test -f /usr/share/doc/labgpu/README.md -a -f /usr/share/doc/labgpu/copyright -a -f /usr/share/doc/labgpu/changelog.Debian.gz
 check "postinst registered runtimes.labgpu.path = /usr/bin/labgpu" \
@@ -320,8 +333,17 @@ if unshare --mount --propagation private sh -c 'mount -t tmpfs t /run' 2>/dev/nu
   echo 3 >"$tmp/docker-active"
   check "install (Docker inactive) succeeds" dpkg_cfg_systemd "$cfg" -i "$deb"
   check "no reload of an inactive Docker" test "$(reloads)" = 2
-  check "Docker never restarted" sh -c "! grep -q restart '$tmp/systemd.log'"
-  check "purge succeeds" dpkg_cfg_systemd "$cfg" --purge labgpu
+  check "Docker never restarted" sh -c "! grep -q 'restart docker' '$tmp/systemd.log'"
+  check "an inactive labgpu-proxy is neither started nor restarted" \
+    sh -c "! grep -q 'invoke .* labgpu-proxy' '$tmp/systemd.log'"
+  echo 0 >"$tmp/proxy-active"
+  check "reinstall (labgpu-proxy running) succeeds" dpkg_cfg_systemd "$cfg" -i "$deb"
+  check "postinst restarted labgpu-proxy onto the new binary" \
+    grep -q '^deb-systemd-invoke restart labgpu-proxy.service$' "$tmp/systemd.log"
+  check "purge (labgpu-proxy running) succeeds" dpkg_cfg_systemd "$cfg" --purge labgpu
+  check "prerm stopped labgpu-proxy before the binary went" \
+    grep -q '^deb-systemd-invoke stop labgpu-proxy.service$' "$tmp/systemd.log"
+  echo 3 >"$tmp/proxy-active"
 else
   skip "unshare --mount is not permitted here: reload checks not run"
 fi

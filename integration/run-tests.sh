@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The test command: formatting, clippy, the Rust tests, then the real-Docker e2e suite.
+# The test command: formatting, clippy, the Rust tests, then the real-Docker e2e and proxy suites.
 # Every step runs even if an earlier one failed; exits non-zero if any failed.
 #
 #   bash integration/run-tests.sh     (as root, for the e2e suite)
@@ -35,6 +35,7 @@ else
 fi
 step cargo-test cargo test --release
 step e2e timeout 600 bash "$LG_REPO/integration/e2e.sh"
+step proxy timeout 600 bash "$LG_REPO/integration/proxy.sh"
 
 echo
 if ((${#failed[@]})); then

@@ -41,6 +41,15 @@ pub fn main(argv: Vec<OsString>) -> i32 {
         Command_::Policy {
             command: PolicyCommand::Check { file },
         } => policy_check(&file.unwrap_or_else(policy_path)),
+        Command_::Proxy {
+            listen,
+            upstream,
+            policy,
+        } => crate::proxy::run(crate::proxy::Options {
+            listen,
+            upstream,
+            policy: policy.unwrap_or_else(policy_path),
+        }),
         Command_::Setup {
             command:
                 SetupCommand::Docker {
@@ -231,6 +240,14 @@ fn policy_check(path: &Path) -> anyhow::Result<i32> {
                 println!("error: {e}");
                 errors += 1;
             }
+        }
+    }
+    if let Some(g) = &policy.proxy.socket_group {
+        let known =
+            g.parse::<u32>().is_ok() || matches!(nix::unistd::Group::from_name(g), Ok(Some(_)));
+        if !known {
+            println!("error: [proxy] socket_group {g:?} is not a group on this host");
+            errors += 1;
         }
     }
     for gpu in inventory.gpus() {

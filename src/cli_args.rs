@@ -7,6 +7,11 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+/// Where `labgpu proxy` listens by default.
+pub const DEFAULT_PROXY_SOCKET: &str = "/run/labgpu/docker.sock";
+/// The Docker socket `labgpu proxy` forwards to by default.
+pub const DEFAULT_DOCKER_SOCKET: &str = "/var/run/docker.sock";
+
 /// Where Docker reads its daemon configuration.
 pub const DEFAULT_DOCKER_CONFIG: &str = "/etc/docker/daemon.json";
 
@@ -58,6 +63,23 @@ pub enum Command_ {
     Policy {
         #[command(subcommand)]
         command: PolicyCommand,
+    },
+    /// Serve the Docker API to lab users on a socket that knows who is calling.
+    ///
+    /// Each connection's uid (SO_PEERCRED) is mapped to a policy user; their containers are
+    /// created with their owner label and the labgpu runtime, and they see and touch only
+    /// their own containers. Root in the host's pid namespace passes through unfiltered.
+    /// Socket group and mode come from the policy's [proxy] section. Runs until SIGTERM.
+    Proxy {
+        /// Socket to listen on (created; a stale socket there is replaced).
+        #[arg(long, value_name = "SOCKET", default_value = DEFAULT_PROXY_SOCKET)]
+        listen: PathBuf,
+        /// Docker's own socket.
+        #[arg(long, value_name = "SOCKET", default_value = DEFAULT_DOCKER_SOCKET)]
+        upstream: PathBuf,
+        /// Policy file (default: $LABGPU_POLICY or /etc/labgpu/policy.toml), read per request.
+        #[arg(long, value_name = "FILE")]
+        policy: Option<PathBuf>,
     },
     /// Register labgpu as a runtime with a container engine.
     Setup {

@@ -2,7 +2,8 @@
 //!
 //! Flow: `argv` decides the face; the runtime face (`runtime`) loads the `policy`, finds the
 //! `owner`, scans the `gpu` inventory, `decide`s, applies the `edits` to the `spec`, and execs
-//! runc; refusals go out through `refusal`. The admin CLI lives in `cli`.
+//! runc; refusals go out through `refusal`. The admin CLI lives in `cli`;
+//! `proxy` is the identity-aware Docker socket in front of it all.
 
 pub mod argv;
 pub mod cdi;
@@ -15,6 +16,7 @@ pub mod log;
 pub mod owner;
 pub mod paths;
 pub mod policy;
+pub mod proxy;
 pub mod refusal;
 pub mod runtime;
 pub mod setup;

@@ -22,3 +22,12 @@ pub fn init(path: Option<&Path>) {
         .with_target(false)
         .try_init();
 }
+
+/// Logs to stderr, for long-running services whose stderr is the journal (`labgpu proxy`).
+pub fn init_stderr() {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_target(false)
+        .try_init();
+}

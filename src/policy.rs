@@ -48,6 +48,8 @@ pub struct Policy {
     #[serde(default)]
     pub defaults: Defaults,
     #[serde(default)]
+    pub proxy: ProxySection,
+    #[serde(default)]
     pub users: BTreeMap<String, UserPolicy>,
     /// sha256 of the file's bytes, stamped on every container so drift can be detected.
     #[serde(skip)]
@@ -90,6 +92,62 @@ pub enum Unlabeled {
     #[default]
     Deny,
     NoGpu,
+}
+
+/// `labgpu proxy`'s socket. Identity comes from SO_PEERCRED, not from who may open the
+/// socket, so world-connectable (0666) is the default; a group narrows who can even try.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxySection {
+    /// Group owning the socket (name or number); the socket stays root's group when unset.
+    pub socket_group: Option<String>,
+    /// Permission bits of the socket, an octal string such as "0660".
+    pub socket_mode: Option<SocketMode>,
+    /// The runtime forced on every container users create (Docker's name for labgpu).
+    #[serde(default = "default_proxy_runtime")]
+    pub runtime: String,
+}
+
+impl Default for ProxySection {
+    fn default() -> Self {
+        ProxySection {
+            socket_group: None,
+            socket_mode: None,
+            runtime: default_proxy_runtime(),
+        }
+    }
+}
+
+fn default_proxy_runtime() -> String {
+    "labgpu".to_string()
+}
+
+impl ProxySection {
+    /// The configured mode, else 0660 with a group and 0666 without.
+    pub fn mode(&self) -> u32 {
+        match (&self.socket_mode, &self.socket_group) {
+            (Some(m), _) => m.0,
+            (None, Some(_)) => 0o660,
+            (None, None) => 0o666,
+        }
+    }
+}
+
+/// Socket permission bits; setuid/setgid/sticky bits are meaningless on a socket and refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketMode(pub u32);
+
+impl<'de> Deserialize<'de> for SocketMode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let digits = s.strip_prefix("0o").unwrap_or(&s);
+        match u32::from_str_radix(digits, 8) {
+            Ok(m) if m <= 0o777 && !digits.is_empty() => Ok(SocketMode(m)),
+            _ => Err(serde::de::Error::custom(format!(
+                "socket_mode {s:?} must be octal permission bits such as \"0660\""
+            ))),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -420,6 +478,19 @@ impl Policy {
         if policy.runtime.owner_label.is_empty() {
             return Err(invalid("[runtime] owner_label must not be empty".into()));
         }
+        if let Some(g) = &policy.proxy.socket_group {
+            if !valid_user_name(g) {
+                return Err(invalid(format!(
+                    "[proxy] socket_group {g:?} is not a valid group name"
+                )));
+            }
+        }
+        if policy.proxy.runtime.is_empty() || policy.proxy.runtime == "runc" {
+            return Err(invalid(format!(
+                "[proxy] runtime = {:?} must name the labgpu runtime as registered with Docker",
+                policy.proxy.runtime
+            )));
+        }
         for (name, user) in &policy.users {
             if !valid_user_name(name) {
                 return Err(invalid(format!("[users.{name}] is not a valid user name")));
@@ -446,6 +517,17 @@ impl Policy {
 
     pub fn user(&self, name: &str) -> Option<&UserPolicy> {
         self.users.get(name)
+    }
+
+    /// The policy user for a host uid: the user whose `uid` is set to it, else the user named
+    /// like the uid's passwd entry, unless that user pins a different `uid`.
+    pub fn user_for_uid(&self, uid: u32, passwd_name: Option<&str>) -> Option<&str> {
+        if let Some((name, _)) = self.users.iter().find(|(_, u)| u.uid == Some(uid)) {
+            return Some(name);
+        }
+        let name = passwd_name?;
+        let (name, user) = self.users.get_key_value(name)?;
+        user.uid.is_none().then_some(name.as_str())
     }
 }
 
@@ -562,6 +644,41 @@ mod tests {
             std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/policy.toml"))
                 .unwrap();
         parse(&text).unwrap();
+    }
+
+    #[test]
+    fn proxy_section_modes_and_groups() {
+        let p = parse("version = 1\n").unwrap();
+        assert_eq!(p.proxy.mode(), 0o666);
+        assert_eq!(p.proxy.runtime, "labgpu");
+        assert!(parse("version = 1\n[proxy]\nruntime = \"runc\"\n").is_err());
+        assert!(p.proxy.socket_group.is_none());
+        let p = parse("version = 1\n[proxy]\nsocket_group = \"docker-users\"\n").unwrap();
+        assert_eq!(p.proxy.mode(), 0o660);
+        let p = parse("version = 1\n[proxy]\nsocket_group = \"lab\"\nsocket_mode = \"0600\"\n")
+            .unwrap();
+        assert_eq!(p.proxy.mode(), 0o600);
+        for bad in ["\"0999\"", "\"4777\"", "\"\"", "660"] {
+            let err = parse(&format!("version = 1\n[proxy]\nsocket_mode = {bad}\n")).unwrap_err();
+            assert!(err.to_string().contains("line 3"), "{bad}: {err}");
+        }
+        assert!(parse("version = 1\n[proxy]\nsocket_group = \"a b\"\n").is_err());
+        assert!(parse("version = 1\n[proxy]\nlisten = \"/x\"\n").is_err());
+    }
+
+    #[test]
+    fn uid_maps_to_policy_user() {
+        let p = parse(
+            "version = 1\n[users.alice]\n[users.bob]\nuid = 2000\ngid = 2000\n[users.carol]\n",
+        )
+        .unwrap();
+        assert_eq!(p.user_for_uid(1001, Some("alice")), Some("alice"));
+        assert_eq!(p.user_for_uid(2000, Some("whoever")), Some("bob"));
+        assert_eq!(p.user_for_uid(2000, None), Some("bob"));
+        // bob pins uid 2000: the host account named bob with another uid is not him.
+        assert_eq!(p.user_for_uid(1002, Some("bob")), None);
+        assert_eq!(p.user_for_uid(1003, Some("mallory")), None);
+        assert_eq!(p.user_for_uid(1004, None), None);
     }
 
     #[test]
