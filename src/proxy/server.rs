@@ -6,13 +6,15 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
-use hyper::body::Incoming;
+use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, HOST, TRANSFER_ENCODING, UPGRADE};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode, Uri};
@@ -211,13 +213,73 @@ async fn connection(state: Arc<State>, stream: UnixStream) {
 async fn handle(state: Arc<State>, caller: Arc<Caller>, req: Request<Incoming>) -> Response<Body> {
     let method = req.method().clone();
     let uri = req.uri().clone();
-    let req = req.map(|b| b.map_err(box_err).boxed());
+    let (parts, body) = req.into_parts();
+    let slot = Arc::new(Mutex::new(Some(body)));
+    let req = Request::from_parts(parts, SharedBody(slot.clone()).map_err(box_err).boxed());
     match route(&state, &caller, req).await {
         Ok(resp) => resp,
         Err(e) => {
             warn!(caller = %caller.describe(), %method, %uri, "refused: {e}");
+            let unread = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(body) = unread {
+                drain(body).await;
+            }
             error_response(&e)
         }
+    }
+}
+
+/// How much of a refused request's unread body is read and dropped before answering, and for
+/// how long (Go's net/http, which dockerd uses, reads up to 256 KiB the same way).
+const MAX_DRAIN: usize = 1 << 20;
+const DRAIN_TIME: Duration = Duration::from_secs(2);
+
+/// A client still sending a body (`docker cp`'s archive) when it is refused would get a
+/// broken pipe instead of the refusal if the connection closed under it.
+async fn drain(mut body: Incoming) {
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        let mut left = MAX_DRAIN;
+        while let Some(Ok(frame)) = body.frame().await {
+            let n = frame.data_ref().map_or(0, Bytes::len);
+            if n >= left {
+                break;
+            }
+            left -= n;
+        }
+    })
+    .await;
+}
+
+/// The request body, with `handle` keeping a way back to it: what the route did not read is
+/// still in the slot when the request is refused.
+struct SharedBody(Arc<Mutex<Option<Incoming>>>);
+
+impl SharedBody {
+    fn with<T>(&self, f: impl FnOnce(Option<&mut Incoming>) -> T) -> T {
+        f(self.0.lock().unwrap_or_else(|p| p.into_inner()).as_mut())
+    }
+}
+
+impl hyper::body::Body for SharedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        self.with(|b| match b {
+            Some(b) => Pin::new(b).poll_frame(cx),
+            None => Poll::Ready(None),
+        })
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.with(|b| b.is_none_or(|b| b.is_end_stream()))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.with(|b| b.map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint()))
     }
 }
 
