@@ -6,7 +6,7 @@
 //!   timings policy  --users 8 --dev DIR --out FILE
 //!   timings create  --labgpu BIN --tmp DIR --runs 60 --results FILE
 //!   timings verify  --labgpu BIN --tmp DIR --counts 10,50,200 --results FILE
-//!   timings docker  --runs 30 --image IMG --results FILE      (DOCKER_HOST: the private dockerd)
+//!   timings docker  --runs 50 --image IMG --results FILE      (DOCKER_HOST: the private dockerd)
 //!   timings summary --results FILE --criterion target/criterion
 //!
 //! `--results` collects `key value` lines that `summary` turns into the table of targets.
