@@ -4,7 +4,7 @@
 //! `cargo bench` alone does nothing here (a subcommand is needed).
 //!
 //!   timings policy  --users 8 --dev DIR --out FILE
-//!   timings create  --labgpu BIN --tmp DIR --runs 60 --results FILE
+//!   timings create  --labgpu BIN --tmp DIR --runs 100 --results FILE
 //!   timings verify  --labgpu BIN --tmp DIR --counts 10,50,200 --results FILE
 //!   timings docker  --runs 50 --image IMG --results FILE      (DOCKER_HOST: the private dockerd)
 //!   timings summary --results FILE --criterion target/criterion
@@ -124,19 +124,32 @@ impl Results {
 
 /// Prints and records the comparison of `base` (runc) and `ours` (labgpu) under `key`.
 fn compare(res: &mut Results, key: &str, what: &str, base: &[Duration], ours: &[Duration]) {
+    compare_named(res, key, what, ["runc", "labgpu"], base, ours)
+}
+
+/// `compare` with other names for the two sides (`ours` minus `base` is reported).
+fn compare_named(
+    res: &mut Results,
+    key: &str,
+    what: &str,
+    names: [&str; 2],
+    base: &[Duration],
+    ours: &[Duration],
+) {
+    let [bn, on] = names;
     let (b50, b95) = stats(base);
     let (o50, o95) = stats(ours);
     let paired = median_f(base.iter().zip(ours).map(|(b, o)| ms(o) - ms(b)).collect());
     println!(
-        "{what:<28} runc   median {b50:9.2} ms  p95 {b95:9.2} ms   (n={})",
+        "{what:<28} {bn:<9} median {b50:9.2} ms  p95 {b95:9.2} ms   (n={})",
         base.len()
     );
     println!(
-        "{what:<28} labgpu median {o50:9.2} ms  p95 {o95:9.2} ms   (n={})",
+        "{what:<28} {on:<9} median {o50:9.2} ms  p95 {o95:9.2} ms   (n={})",
         ours.len()
     );
     println!(
-        "{what:<28} labgpu - runc: median {:+.2} ms, p95 {:+.2} ms, median of paired differences {paired:+.2} ms; ratio of medians {:.3}",
+        "{what:<28} {on} - {bn}: median {:+.2} ms, p95 {:+.2} ms, median of paired differences {paired:+.2} ms; ratio of medians {:.3}",
         o50 - b50,
         o95 - b95,
         o50 / b50
@@ -206,7 +219,7 @@ fn timed(prog: &Path, policy: &Path, args: &[&std::ffi::OsStr], errfile: &Path) 
 fn create(o: &Opts) {
     let runc = runc_path().expect("runc is not installed");
     let labgpu = o.path("labgpu");
-    let runs = o.num("runs", 60);
+    let runs = o.num("runs", 100);
     let dir = o.path("tmp").join("create");
     let dev = fake_gpus(&dir);
     let policy = write_policy(&dir, 8, &dev, Some(&runc));
@@ -221,9 +234,9 @@ fn create(o: &Opts) {
         root: root.clone(),
         ids: Vec::new(),
     };
-    // One create + delete -f through `prog`, from the same original config.json.
-    let mut once = |prog: &Path, id: &str| -> (Duration, Duration) {
-        std::fs::write(&config, &original).unwrap();
+    // One create + delete -f through `prog`, starting from `spec` as config.json.
+    let mut once = |prog: &Path, spec: &[u8], id: &str| -> (Duration, Duration) {
+        std::fs::write(&config, spec).unwrap();
         let r = root.as_os_str();
         let c = timed(
             prog,
@@ -254,30 +267,110 @@ fn create(o: &Opts) {
         live.ids.pop();
         (c, d)
     };
+    // The spec labgpu hands runc. A third arm runs bare runc on it, which splits labgpu's
+    // overhead into its own process and what runc does more for the policy's spec (the
+    // owner's GPU and control nodes to mknod, device cgroup rules).
+    once(&labgpu, &original, "bench-rewrite");
+    let rewritten = std::fs::read(&config).unwrap();
     for i in 0..3 {
-        once(&runc, &format!("bench-warm-r{i}"));
-        once(&labgpu, &format!("bench-warm-l{i}"));
+        once(&runc, &original, &format!("bench-warm-r{i}"));
+        once(&labgpu, &original, &format!("bench-warm-l{i}"));
+        once(&runc, &rewritten, &format!("bench-warm-w{i}"));
     }
-    let (mut rc, mut rt, mut lc, mut lt) = (vec![], vec![], vec![], vec![]);
+    // [bare runc, labgpu, bare runc on the rewritten spec]: (create, create + delete).
+    let mut arms: [(Vec<Duration>, Vec<Duration>); 3] = Default::default();
+    const ORDERS: [[usize; 3]; 6] = [
+        [0, 1, 2],
+        [1, 2, 0],
+        [2, 0, 1],
+        [2, 1, 0],
+        [0, 2, 1],
+        [1, 0, 2],
+    ];
     for i in 0..runs {
-        let labgpu_first = i % 2 == 1;
-        for side in 0..2 {
-            if (side == 0) == labgpu_first {
-                let (c, d) = once(&labgpu, &format!("bench-l{i}"));
-                lc.push(c);
-                lt.push(c + d);
-            } else {
-                let (c, d) = once(&runc, &format!("bench-r{i}"));
-                rc.push(c);
-                rt.push(c + d);
-            }
+        for arm in ORDERS[i % 6] {
+            let (c, d) = match arm {
+                0 => once(&runc, &original, &format!("bench-r{i}")),
+                1 => once(&labgpu, &original, &format!("bench-l{i}")),
+                _ => once(&runc, &rewritten, &format!("bench-w{i}")),
+            };
+            arms[arm].0.push(c);
+            arms[arm].1.push(c + d);
         }
     }
     drop(live);
+    let [(rc, rt), (lc, lt), (wc, wt)] = arms;
     let mut res = Results::open(o);
-    println!("\n== create overhead: same busybox bundle, policy of 8 users, {runs} interleaved runs each");
+    println!(
+        "\n== create overhead: same busybox bundle, policy of 8 users, {runs} interleaved runs each"
+    );
     compare(&mut res, "create", "create + delete -f", &rt, &lt);
     compare(&mut res, "create_only", "create alone", &rc, &lc);
+    println!("-- split: bare runc on the spec labgpu wrote (\"rewritten\") vs the original, and vs labgpu");
+    let names = ["original", "rewritten"];
+    compare_named(&mut res, "rewritten_spec", "bare runc", names, &rt, &wt);
+    let names = ["runc", "labgpu"];
+    let what = "same spec for runc";
+    compare_named(&mut res, "labgpu_process", what, names, &wt, &lt);
+    let what = "same spec, create alone";
+    compare_named(&mut res, "labgpu_process_create", what, names, &wc, &lc);
+    null_runc(o, &dir, &dev, &bundle, &original, &mut res);
+}
+
+/// labgpu's own latency without runc's jitter (several ms per create): `[runtime] runc` is
+/// /bin/true, compared with running /bin/true with the same argv. What is left is exactly
+/// what labgpu adds: its exec, the policy, the rewrite, its exec of "runc".
+fn null_runc(o: &Opts, dir: &Path, dev: &Path, bundle: &Path, original: &[u8], res: &mut Results) {
+    let labgpu = o.path("labgpu");
+    let truth = PathBuf::from("/bin/true");
+    let policy = write_policy(dir, 8, dev, Some(&truth));
+    let config = bundle.join("config.json");
+    let errfile = dir.join("stderr");
+    let root = dir.join("null-root");
+    let runs = o.num("null-runs", 300);
+    let create: Vec<&std::ffi::OsStr> = vec![
+        "--root".as_ref(),
+        root.as_os_str(),
+        "create".as_ref(),
+        "--bundle".as_ref(),
+        bundle.as_os_str(),
+        "bench-null".as_ref(),
+    ];
+    let delete: Vec<&std::ffi::OsStr> = vec![
+        "--root".as_ref(),
+        root.as_os_str(),
+        "delete".as_ref(),
+        "-f".as_ref(),
+        "bench-null".as_ref(),
+    ];
+    let mut t: [Vec<Duration>; 4] = Default::default();
+    for i in 0..runs + 10 {
+        let order: [(usize, &Path, &[&std::ffi::OsStr]); 4] = [
+            (0, &truth, &create),
+            (1, &labgpu, &create),
+            (2, &truth, &delete),
+            (3, &labgpu, &delete),
+        ];
+        for k in 0..4 {
+            let (slot, prog, args) = order[if i % 2 == 0 { k } else { 3 - k }];
+            std::fs::write(&config, original).unwrap();
+            let d = timed(prog, &policy, args, &errfile);
+            if i >= 10 {
+                t[slot].push(d);
+            }
+        }
+    }
+    println!("-- labgpu alone: [runtime] runc = /bin/true vs /bin/true itself, {runs} interleaved runs each");
+    let names = ["true", "labgpu"];
+    compare_named(res, "null_create", "create", names, &t[0], &t[1]);
+    compare_named(
+        res,
+        "null_delete",
+        "delete -f (passthrough)",
+        names,
+        &t[2],
+        &t[3],
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -502,6 +595,28 @@ fn summary(o: &Opts) {
         rows.push([
             "  create alone p50 / pair p95".into(),
             format!("{d:+.2} ms / {p:+.2} ms"),
+            "-".into(),
+            "info".into(),
+        ]);
+    }
+    if let (Some(c), Some(d)) = (
+        r.get("null_create.diff_p50_ms"),
+        r.get("null_delete.diff_p50_ms"),
+    ) {
+        rows.push([
+            "labgpu's own latency, p50 (runc=true)".into(),
+            format!("create {c:+.2} ms, delete {d:+.2} ms"),
+            "<= 1 ms".into(),
+            verdict(*c <= 1.0).into(),
+        ]);
+    }
+    if let (Some(p), Some(w)) = (
+        r.get("labgpu_process.diff_p50_ms"),
+        r.get("rewritten_spec.diff_p50_ms"),
+    ) {
+        rows.push([
+            "  split: labgpu process / runc's extra".into(),
+            format!("{p:+.2} ms / {w:+.2} ms"),
             "-".into(),
             "info".into(),
         ]);
