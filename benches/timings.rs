@@ -6,7 +6,7 @@
 //!   timings policy  --users 8 --dev DIR --out FILE
 //!   timings create  --labgpu BIN --tmp DIR --runs 100 --results FILE
 //!   timings verify  --labgpu BIN --tmp DIR --counts 10,50,200 --results FILE
-//!   timings docker  --runs 50 --image IMG --results FILE      (DOCKER_HOST: the private dockerd)
+//!   timings docker  --runs 100 --image IMG --results FILE      (DOCKER_HOST: the private dockerd)
 //!   timings summary --results FILE --criterion target/criterion
 //!
 //! `--results` collects `key value` lines that `summary` turns into the table of targets.
@@ -489,7 +489,7 @@ fn verify(o: &Opts) {
 // docker run --rm, --runtime runc vs --runtime labgpu
 
 fn docker(o: &Opts) {
-    let runs = o.num("runs", 30);
+    let runs = o.num("runs", 100);
     let image = o.get("image").to_string();
     let docker =
         o.0.get("docker")

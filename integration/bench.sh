@@ -11,7 +11,7 @@
 #    `--runtime runc` vs `--runtime labgpu`, interleaved.
 # 3. A table of the targets with pass/MISS.
 #
-# Knobs: LABGPU_BENCH_RUNS (create runs per arm, 100), LABGPU_BENCH_DOCKER_RUNS (50),
+# Knobs: LABGPU_BENCH_RUNS (create runs per arm, 100), LABGPU_BENCH_DOCKER_RUNS (100),
 # LABGPU_BENCH_COUNTS (10,50,200), LABGPU_BENCH_SKIP_DOCKER=1, LABGPU_E2E_SKIP_BUILD=1.
 # Everything lives in /tmp/labgpu-bench.XXXX and is removed at the end, containers included.
 set -euo pipefail
@@ -20,7 +20,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 RUNS="${LABGPU_BENCH_RUNS:-100}"
-DOCKER_RUNS="${LABGPU_BENCH_DOCKER_RUNS:-50}"
+DOCKER_RUNS="${LABGPU_BENCH_DOCKER_RUNS:-100}"
 COUNTS="${LABGPU_BENCH_COUNTS:-10,50,200}"
 
 bench_teardown() {
