@@ -27,6 +27,9 @@ LG_CONTAINERD_PID=""
 LG_DOCKER_CLI=""
 LG_RUN_DOCKER_EXISTED=1
 LG_SYS_PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# Extra NAME=value pairs for the private dockerd's and containerd's environment, which the
+# shims and so the runtimes inherit (bench.sh: LABGPU_POLICY, with labgpu registered directly).
+LG_DAEMON_ENV=()
 
 lg_say() { printf '[e2e] %s\n' "$*" >&2; }
 lg_die() {
@@ -281,7 +284,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 [debug]
   address = "$c/debug.sock"
 EOF
-    env -i PATH="$LG_SYS_PATH" HOME=/root containerd --config "$c/config.toml" \
+    env -i PATH="$LG_SYS_PATH" HOME=/root ${LG_DAEMON_ENV[@]+"${LG_DAEMON_ENV[@]}"} \
+        containerd --config "$c/config.toml" \
         >"$LG_TMP/containerd.log" 2>&1 &
     LG_CONTAINERD_PID=$!
     local i
@@ -314,7 +318,7 @@ lg_start_dockerd() {
     # A clean environment: dockerd copies its own into hooks it adds (--gpus), and nothing of
     # the caller's (DOCKER_HOST, proxies, ...) should reach containerd or the runtime.
     env -i PATH="${extra_path:+$extra_path:}$LG_SYS_PATH" HOME=/root LANG=C.UTF-8 \
-        dockerd "${args[@]}" >"$LG_TMP/dockerd.log" 2>&1 &
+        ${LG_DAEMON_ENV[@]+"${LG_DAEMON_ENV[@]}"} dockerd "${args[@]}" >"$LG_TMP/dockerd.log" 2>&1 &
     LG_DOCKERD_PID=$!
     for ((i = 0; i < 120; i++)); do
         if timeout 5 "$LG_DOCKER_CLI" info >/dev/null 2>&1; then

@@ -81,21 +81,27 @@ pub enum RuntimeError {
 
 /// Handles a runc subcommand and execs runc; returns only on failure, with the exit code.
 pub fn handle(argv: &[OsString], inv: &Invocation) -> i32 {
-    let path = policy_path();
-    let result = match inv.subcommand.as_str() {
-        "create" | "run" | "restore" => prepare_create(argv, inv, &path),
-        "exec" => prepare_exec(argv, inv, &path),
-        "update" => prepare_update(argv, inv, &path),
-        _ => find_runc(Policy::runc_hint(&path).as_deref()),
-    };
     // exec_runc returns only if execve failed, which is a refusal like any other.
-    let err = match result {
+    let err = match prepare(argv, inv) {
         Ok(runc) => exec_runc(&runc, argv),
         Err(e) => e,
     };
     tracing::error!(subcommand = %inv.subcommand, error = %err, "refused");
     refusal::report(inv, &err.to_string());
     1
+}
+
+/// Everything `handle` does before it execs runc (policy, owner, inventory, spec rewrite and
+/// atomic write for create; the process file for exec; ...): returns the runc to exec.
+/// Public so that benches/rewrite.rs can time labgpu's own share of a create.
+pub fn prepare(argv: &[OsString], inv: &Invocation) -> Result<PathBuf, RuntimeError> {
+    let path = policy_path();
+    match inv.subcommand.as_str() {
+        "create" | "run" | "restore" => prepare_create(argv, inv, &path),
+        "exec" => prepare_exec(argv, inv, &path),
+        "update" => prepare_update(argv, inv, &path),
+        _ => find_runc(Policy::runc_hint(&path).as_deref()),
+    }
 }
 
 fn exec_runc(runc: &Path, argv: &[OsString]) -> RuntimeError {

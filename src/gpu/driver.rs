@@ -9,12 +9,14 @@ use super::devfs::{self, proc_major};
 use super::{DevNode, Gpu, GpuError, Mig, Snapshot, NVIDIA_MAJOR};
 
 pub fn scan(dev_root: &Path, proc_root: &Path) -> Result<Snapshot, GpuError> {
-    let mut snap = devfs::scan(dev_root, &proc_root.join("devices"))?;
+    // The driver's directory first: without it (no driver, fake GPUs) "auto" falls back to
+    // a devfs scan, and the one done here would be wasted (/proc/devices is slow to read).
     let dir = proc_root.join("driver/nvidia/gpus");
     let entries = std::fs::read_dir(&dir).map_err(|e| GpuError::Proc {
         path: dir.clone(),
         reason: e.to_string(),
     })?;
+    let mut snap = devfs::scan(dev_root, &proc_root.join("devices"))?;
     let mut gpus = Vec::new();
     for entry in entries.flatten() {
         let info_path = entry.path().join("information");

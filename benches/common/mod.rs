@@ -1,0 +1,136 @@
+//! Fixtures shared by benches/rewrite.rs (Criterion) and benches/timings.rs (runc, docker and
+//! verify timings): policies of N users, fake GPU nodes, a busybox bundle.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::{json, Value};
+
+/// The owner of every benchmarked container: GPU 1, no extra capabilities.
+pub const OWNER: &str = "u1";
+
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+pub fn runc_path() -> Option<PathBuf> {
+    labgpu::runtime::RUNC_CANDIDATES
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+}
+
+/// design §6: nvidia0..3 (195:N), nvidiactl (195:255), nvidia-uvm(-tools) (511:0, 511:1).
+pub fn fake_gpus(dir: &Path) -> PathBuf {
+    let dev = dir.join("dev");
+    std::fs::create_dir_all(&dev).unwrap();
+    let mut nodes: Vec<(String, u64, u64)> =
+        (0..4).map(|n| (format!("nvidia{n}"), 195, n)).collect();
+    nodes.push(("nvidiactl".into(), 195, 255));
+    nodes.push(("nvidia-uvm".into(), 511, 0));
+    nodes.push(("nvidia-uvm-tools".into(), 511, 1));
+    for (name, major, minor) in nodes {
+        let path = dev.join(name);
+        if !path.exists() {
+            nix::sys::stat::mknod(
+                &path,
+                nix::sys::stat::SFlag::S_IFCHR,
+                nix::sys::stat::Mode::from_bits_truncate(0o666),
+                nix::sys::stat::makedev(major, minor),
+            )
+            .expect("mknod (run as root)");
+        }
+    }
+    dev
+}
+
+/// A policy of `users` users u0..u{N-1}: each with uid/gid, one GPU (`K % 4`), a bind_allow
+/// prefix, and every third one an extra capability. The shape of a lab policy, N times.
+pub fn policy_text(users: usize, dev_root: &Path, log: &Path, runc: Option<&Path>) -> String {
+    let mut t = String::from("version = 1\n\n[runtime]\n");
+    if let Some(r) = runc {
+        t += &format!("runc = \"{}\"\n", r.display());
+    }
+    t += &format!(
+        "owner_label = \"labgpu.user\"\nunlabeled = \"deny\"\nlog = \"{}\"\n\n[gpus]\ndev_root = \"{}\"\n\n",
+        log.display(),
+        dev_root.display()
+    );
+    t += "[defaults]\nno_new_privileges = true\nrun_as = \"image\"\nbind_allow = [\"/srv/shared\"]\n\n";
+    for k in 0..users {
+        t += &format!(
+            "[users.u{k}]\nuid = {uid}\ngid = {uid}\ngpus = [{gpu}]\nbind_allow = [\"/srv/data/u{k}\"]\n",
+            uid = 20000 + k,
+            gpu = k % 4
+        );
+        if k % 3 == 0 {
+            t += "capabilities = [\"CAP_SYS_PTRACE\"]\n";
+        }
+        t += "\n";
+    }
+    t
+}
+
+pub fn write_policy(dir: &Path, users: usize, dev_root: &Path, runc: Option<&Path>) -> PathBuf {
+    let path = dir.join(format!("policy-{users}.toml"));
+    let text = policy_text(users, dev_root, &dir.join("labgpu.log"), runc);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Static busybox with the few applets the benchmarks run.
+pub fn busybox_rootfs(bundle: &Path) -> PathBuf {
+    let rootfs = bundle.join("rootfs");
+    let bin = rootfs.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for d in ["proc", "dev", "tmp", "sys", "etc"] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .iter()
+        .find(|p| Path::new(p).exists())
+        .expect("busybox is not installed (apt-get install busybox-static)");
+    std::fs::copy(busybox, bin.join("busybox")).unwrap();
+    for applet in ["sh", "true", "sleep"] {
+        let link = bin.join(applet);
+        if !link.exists() {
+            std::os::unix::fs::symlink("busybox", link).unwrap();
+        }
+    }
+    rootfs
+}
+
+/// `runc spec` for `bundle`, made to look like what Docker hands the runtime: Docker's
+/// default seccomp profile (from the captured fixture), the owner annotation, `--gpus all`
+/// style env and another user's GPU by `--device` (which labgpu removes).
+pub fn bundle_spec(bundle: &Path, runc: &Path, args: &[&str]) -> Vec<u8> {
+    std::fs::create_dir_all(bundle).unwrap();
+    let _ = std::fs::remove_file(bundle.join("config.json"));
+    let ok = Command::new(runc)
+        .args(["spec", "--bundle"])
+        .arg(bundle)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "runc spec failed");
+    let mut spec: Value =
+        serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap();
+    let docker: Value = serde_json::from_slice(
+        &std::fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/docker20/plain.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    spec["linux"]["seccomp"] = docker["linux"]["seccomp"].clone();
+    spec["process"]["terminal"] = json!(false);
+    spec["process"]["args"] = json!(args);
+    spec["process"]["env"] = json!(["PATH=/bin", "NVIDIA_VISIBLE_DEVICES=all"]);
+    spec["annotations"] = json!({ "labgpu.user": OWNER });
+    spec["linux"]["devices"] = json!([{"path": "/dev/nvidia2", "type": "c", "major": 195,
+        "minor": 2, "fileMode": 438, "uid": 0, "gid": 0}]);
+    let bytes = serde_json::to_vec(&spec).unwrap();
+    std::fs::write(bundle.join("config.json"), &bytes).unwrap();
+    bytes
+}

@@ -1,0 +1,710 @@
+//! Wall-clock timings against the real runc and Docker. labgpu and bare runc alternate run by
+//! run (ABBA order), so load from other processes on the machine hits both sides alike; the
+//! comparisons are medians and ratios from the same run. integration/bench.sh drives it;
+//! `cargo bench` alone does nothing here (a subcommand is needed).
+//!
+//!   timings policy  --users 8 --dev DIR --out FILE
+//!   timings create  --labgpu BIN --tmp DIR --runs 100 --results FILE
+//!   timings verify  --labgpu BIN --tmp DIR --counts 10,50,200 --results FILE
+//!   timings docker  --runs 100 --image IMG --results FILE      (DOCKER_HOST: the private dockerd)
+//!   timings summary --results FILE --criterion target/criterion
+//!
+//! `--results` collects `key value` lines that `summary` turns into the table of targets.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use common::*;
+
+struct Opts(BTreeMap<String, String>);
+
+impl Opts {
+    fn get(&self, key: &str) -> &str {
+        self.0.get(key).unwrap_or_else(|| panic!("missing --{key}"))
+    }
+    fn path(&self, key: &str) -> PathBuf {
+        PathBuf::from(self.get(key))
+    }
+    fn num(&self, key: &str, default: usize) -> usize {
+        self.0.get(key).map_or(default, |v| v.parse().unwrap())
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    // `cargo bench` passes `--bench`, `cargo test --all-targets` may pass libtest flags.
+    let Some((sub, rest)) = args.split_first().filter(|(s, _)| !s.starts_with('-')) else {
+        eprintln!("timings: nothing to do without a subcommand; run integration/bench.sh");
+        return;
+    };
+    let mut opts = BTreeMap::new();
+    for pair in rest.chunks(2) {
+        let key = pair[0].strip_prefix("--").expect("--key value pairs");
+        opts.insert(key.to_string(), pair.get(1).cloned().unwrap_or_default());
+    }
+    let o = Opts(opts);
+    match sub.as_str() {
+        "policy" => {
+            let text = policy_text(
+                o.num("users", 8),
+                &o.path("dev"),
+                &o.path("log"),
+                runc_path().as_deref(),
+            );
+            std::fs::write(o.path("out"), text).unwrap();
+        }
+        "create" => create(&o),
+        "verify" => verify(&o),
+        "docker" => docker(&o),
+        "summary" => summary(&o),
+        other => {
+            eprintln!("timings: unknown subcommand {other:?}");
+            std::process::exit(2);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Statistics
+
+fn ms(d: &Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Median and nearest-rank p95 of `xs`, in ms.
+fn stats(xs: &[Duration]) -> (f64, f64) {
+    let mut v: Vec<f64> = xs.iter().map(ms).collect();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let median = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    let p95 = v[((0.95 * n as f64).ceil() as usize).clamp(1, n) - 1];
+    (median, p95)
+}
+
+fn median_f(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+struct Results(File);
+
+impl Results {
+    fn open(o: &Opts) -> Results {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(o.path("results"))
+            .unwrap();
+        Results(f)
+    }
+    fn put(&mut self, key: &str, value: f64) {
+        writeln!(self.0, "{key} {value}").unwrap();
+    }
+}
+
+/// Prints and records the comparison of `base` (runc) and `ours` (labgpu) under `key`.
+fn compare(res: &mut Results, key: &str, what: &str, base: &[Duration], ours: &[Duration]) {
+    compare_named(res, key, what, ["runc", "labgpu"], base, ours)
+}
+
+/// `compare` with other names for the two sides (`ours` minus `base` is reported).
+fn compare_named(
+    res: &mut Results,
+    key: &str,
+    what: &str,
+    names: [&str; 2],
+    base: &[Duration],
+    ours: &[Duration],
+) {
+    let [bn, on] = names;
+    let (b50, b95) = stats(base);
+    let (o50, o95) = stats(ours);
+    let paired = median_f(base.iter().zip(ours).map(|(b, o)| ms(o) - ms(b)).collect());
+    println!(
+        "{what:<28} {bn:<9} median {b50:9.2} ms  p95 {b95:9.2} ms   (n={})",
+        base.len()
+    );
+    println!(
+        "{what:<28} {on:<9} median {o50:9.2} ms  p95 {o95:9.2} ms   (n={})",
+        ours.len()
+    );
+    println!(
+        "{what:<28} {on} - {bn}: median {:+.2} ms, p95 {:+.2} ms, median of paired differences {paired:+.2} ms; ratio of medians {:.3}",
+        o50 - b50,
+        o95 - b95,
+        o50 / b50
+    );
+    for (k, v) in [
+        ("runc.p50_ms", b50),
+        ("runc.p95_ms", b95),
+        ("labgpu.p50_ms", o50),
+        ("labgpu.p95_ms", o95),
+        ("diff_p50_ms", o50 - b50),
+        ("diff_p95_ms", o95 - b95),
+        ("paired_diff_ms", paired),
+        ("ratio_p50", o50 / b50),
+    ] {
+        res.put(&format!("{key}.{k}"), v);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// runc create + delete -f, bare and through labgpu
+
+/// Deletes every container it started, whatever happens (panics included).
+struct Containers {
+    runc: PathBuf,
+    root: PathBuf,
+    ids: Vec<String>,
+}
+
+impl Drop for Containers {
+    fn drop(&mut self) {
+        for id in &self.ids {
+            let _ = Command::new(&self.runc)
+                .arg("--root")
+                .arg(&self.root)
+                .args(["delete", "-f", id])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// Runs `prog <args>` with null stdio (the container's init inherits it) and stderr to a
+/// file; returns the wall time. Panics, with runc's/labgpu's message, if it fails.
+fn timed(prog: &Path, policy: &Path, args: &[&std::ffi::OsStr], errfile: &Path) -> Duration {
+    let err = File::create(errfile).unwrap();
+    let mut cmd = Command::new(prog);
+    cmd.args(args)
+        .env("LABGPU_POLICY", policy)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(err);
+    let t = Instant::now();
+    let status = cmd.status().unwrap();
+    let elapsed = t.elapsed();
+    if !status.success() {
+        panic!(
+            "{} {:?} failed: {}",
+            prog.display(),
+            args,
+            std::fs::read_to_string(errfile).unwrap_or_default()
+        );
+    }
+    elapsed
+}
+
+fn create(o: &Opts) {
+    let runc = runc_path().expect("runc is not installed");
+    let labgpu = o.path("labgpu");
+    let runs = o.num("runs", 100);
+    let dir = o.path("tmp").join("create");
+    let dev = fake_gpus(&dir);
+    let policy = write_policy(&dir, 8, &dev, Some(&runc));
+    let bundle = dir.join("bundle");
+    busybox_rootfs(&bundle);
+    let original = bundle_spec(&bundle, &runc, &["true"]);
+    let config = bundle.join("config.json");
+    let root = dir.join("runc-root");
+    let errfile = dir.join("stderr");
+    let mut live = Containers {
+        runc: runc.clone(),
+        root: root.clone(),
+        ids: Vec::new(),
+    };
+    // One create + delete -f through `prog`, starting from `spec` as config.json.
+    let mut once = |prog: &Path, spec: &[u8], id: &str| -> (Duration, Duration) {
+        std::fs::write(&config, spec).unwrap();
+        let r = root.as_os_str();
+        let c = timed(
+            prog,
+            &policy,
+            &[
+                "--root".as_ref(),
+                r,
+                "create".as_ref(),
+                "--bundle".as_ref(),
+                bundle.as_os_str(),
+                id.as_ref(),
+            ],
+            &errfile,
+        );
+        live.ids.push(id.to_string());
+        let d = timed(
+            prog,
+            &policy,
+            &[
+                "--root".as_ref(),
+                r,
+                "delete".as_ref(),
+                "-f".as_ref(),
+                id.as_ref(),
+            ],
+            &errfile,
+        );
+        live.ids.pop();
+        (c, d)
+    };
+    // The spec labgpu hands runc. A third arm runs bare runc on it, which splits labgpu's
+    // overhead into its own process and what runc does more for the policy's spec (the
+    // owner's GPU and control nodes to mknod, device cgroup rules).
+    once(&labgpu, &original, "bench-rewrite");
+    let rewritten = std::fs::read(&config).unwrap();
+    for i in 0..3 {
+        once(&runc, &original, &format!("bench-warm-r{i}"));
+        once(&labgpu, &original, &format!("bench-warm-l{i}"));
+        once(&runc, &rewritten, &format!("bench-warm-w{i}"));
+    }
+    // [bare runc, labgpu, bare runc on the rewritten spec]: (create, create + delete).
+    let mut arms: [(Vec<Duration>, Vec<Duration>); 3] = Default::default();
+    const ORDERS: [[usize; 3]; 6] = [
+        [0, 1, 2],
+        [1, 2, 0],
+        [2, 0, 1],
+        [2, 1, 0],
+        [0, 2, 1],
+        [1, 0, 2],
+    ];
+    for i in 0..runs {
+        for arm in ORDERS[i % 6] {
+            let (c, d) = match arm {
+                0 => once(&runc, &original, &format!("bench-r{i}")),
+                1 => once(&labgpu, &original, &format!("bench-l{i}")),
+                _ => once(&runc, &rewritten, &format!("bench-w{i}")),
+            };
+            arms[arm].0.push(c);
+            arms[arm].1.push(c + d);
+        }
+    }
+    drop(live);
+    let [(rc, rt), (lc, lt), (wc, wt)] = arms;
+    let mut res = Results::open(o);
+    println!(
+        "\n== create overhead: same busybox bundle, policy of 8 users, {runs} interleaved runs each"
+    );
+    compare(&mut res, "create", "create + delete -f", &rt, &lt);
+    compare(&mut res, "create_only", "create alone", &rc, &lc);
+    println!("-- split: bare runc on the spec labgpu wrote (\"rewritten\") vs the original, and vs labgpu");
+    let names = ["original", "rewritten"];
+    compare_named(&mut res, "rewritten_spec", "bare runc", names, &rt, &wt);
+    let names = ["runc", "labgpu"];
+    let what = "same spec for runc";
+    compare_named(&mut res, "labgpu_process", what, names, &wt, &lt);
+    let what = "same spec, create alone";
+    compare_named(&mut res, "labgpu_process_create", what, names, &wc, &lc);
+    null_runc(o, &dir, &dev, &bundle, &original, &mut res);
+}
+
+/// labgpu's own latency without runc's jitter (several ms per create): `[runtime] runc` is
+/// /bin/true, compared with running /bin/true with the same argv. What is left is exactly
+/// what labgpu adds: its exec, the policy, the rewrite, its exec of "runc".
+fn null_runc(o: &Opts, dir: &Path, dev: &Path, bundle: &Path, original: &[u8], res: &mut Results) {
+    let labgpu = o.path("labgpu");
+    let truth = PathBuf::from("/bin/true");
+    let policy = write_policy(dir, 8, dev, Some(&truth));
+    let config = bundle.join("config.json");
+    let errfile = dir.join("stderr");
+    let root = dir.join("null-root");
+    let runs = o.num("null-runs", 300);
+    let create: Vec<&std::ffi::OsStr> = vec![
+        "--root".as_ref(),
+        root.as_os_str(),
+        "create".as_ref(),
+        "--bundle".as_ref(),
+        bundle.as_os_str(),
+        "bench-null".as_ref(),
+    ];
+    let delete: Vec<&std::ffi::OsStr> = vec![
+        "--root".as_ref(),
+        root.as_os_str(),
+        "delete".as_ref(),
+        "-f".as_ref(),
+        "bench-null".as_ref(),
+    ];
+    let mut t: [Vec<Duration>; 4] = Default::default();
+    for i in 0..runs + 10 {
+        let order: [(usize, &Path, &[&std::ffi::OsStr]); 4] = [
+            (0, &truth, &create),
+            (1, &labgpu, &create),
+            (2, &truth, &delete),
+            (3, &labgpu, &delete),
+        ];
+        for k in 0..4 {
+            let (slot, prog, args) = order[if i % 2 == 0 { k } else { 3 - k }];
+            std::fs::write(&config, original).unwrap();
+            let d = timed(prog, &policy, args, &errfile);
+            if i >= 10 {
+                t[slot].push(d);
+            }
+        }
+    }
+    println!("-- labgpu alone: [runtime] runc = /bin/true vs /bin/true itself, {runs} interleaved runs each");
+    let names = ["true", "labgpu"];
+    compare_named(res, "null_create", "create", names, &t[0], &t[1]);
+    compare_named(
+        res,
+        "null_delete",
+        "delete -f (passthrough)",
+        names,
+        &t[2],
+        &t[3],
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// labgpu verify over N running containers
+
+fn verify(o: &Opts) {
+    let runc = runc_path().expect("runc is not installed");
+    let labgpu = o.path("labgpu");
+    let counts: Vec<usize> = o
+        .get("counts")
+        .split(',')
+        .map(|c| c.parse().unwrap())
+        .collect();
+    let repeats = o.num("repeats", 5);
+    let dir = o.path("tmp").join("verify");
+    let dev = fake_gpus(&dir);
+    let policy = write_policy(&dir, 8, &dev, Some(&runc));
+    let bundle = dir.join("bundle");
+    busybox_rootfs(&bundle);
+    let original = bundle_spec(&bundle, &runc, &["sleep", "3600"]);
+    let config = bundle.join("config.json");
+    let root = dir.join("runc-root");
+    let errfile = dir.join("stderr");
+    let mut live = Containers {
+        runc: runc.clone(),
+        root: root.clone(),
+        ids: Vec::new(),
+    };
+    let mut res = Results::open(o);
+    println!("\n== labgpu verify: running busybox `sleep` containers created through labgpu, median of {repeats}");
+    let mut points = Vec::new();
+    for &count in &counts {
+        let t = Instant::now();
+        while live.ids.len() < count {
+            std::fs::write(&config, &original).unwrap();
+            let id = format!("bench-v{}", live.ids.len());
+            timed(
+                &labgpu,
+                &policy,
+                &[
+                    "--root".as_ref(),
+                    root.as_os_str(),
+                    "run".as_ref(),
+                    "-d".as_ref(),
+                    "--bundle".as_ref(),
+                    bundle.as_os_str(),
+                    id.as_ref(),
+                ],
+                &errfile,
+            );
+            live.ids.push(id);
+        }
+        let started = t.elapsed();
+        let mut times = Vec::new();
+        let mut last = Value::Null;
+        for r in 0..=repeats {
+            let t = Instant::now();
+            let out = Command::new(&labgpu)
+                .arg("verify")
+                .arg("--policy")
+                .arg(&policy)
+                .arg("--root")
+                .arg(&root)
+                .arg("--json")
+                .output()
+                .unwrap();
+            let elapsed = t.elapsed();
+            last = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+                panic!(
+                    "verify output: {e}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            });
+            if r > 0 {
+                times.push(elapsed); // the first run warms the page cache
+            }
+        }
+        let summary = &last["summary"];
+        let (p50, p95) = stats(&times);
+        println!(
+            "verify {count:>4} containers: median {:7.3} s  p95 {:7.3} s  ({} ok, {} violations, {} errors; {} containers started in {:.1} s)",
+            p50 / 1e3,
+            p95 / 1e3,
+            summary["ok"],
+            summary["violations"],
+            summary["errors"],
+            count,
+            started.as_secs_f64()
+        );
+        if summary["ok"].as_u64() != Some(count as u64) {
+            println!("   warning: not every container audited ok: {summary}");
+        }
+        res.put(&format!("verify.{count}.s"), p50 / 1e3);
+        points.push((count, p50 / 1e3));
+    }
+    if let (Some(first), Some(last)) = (points.first(), points.last()) {
+        if last.0 > first.0 {
+            let per = (last.1 - first.1) / (last.0 - first.0) as f64 * 1e3;
+            println!(
+                "verify grows by {per:.2} ms per container ({} -> {} containers)",
+                first.0, last.0
+            );
+            res.put("verify.per_container_ms", per);
+        }
+    }
+    let t = Instant::now();
+    let n = live.ids.len();
+    drop(live);
+    println!(
+        "({n} containers deleted in {:.1} s)",
+        t.elapsed().as_secs_f64()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// docker run --rm, --runtime runc vs --runtime labgpu
+
+fn docker(o: &Opts) {
+    let runs = o.num("runs", 100);
+    let image = o.get("image").to_string();
+    let docker =
+        o.0.get("docker")
+            .cloned()
+            .unwrap_or_else(|| "docker".into());
+    let once = |runtime: &str| -> Duration {
+        let mut cmd = Command::new(&docker);
+        cmd.args(["run", "--rm", "--runtime", runtime])
+            .args(["--label", &format!("labgpu.user={OWNER}")])
+            .args([image.as_str(), "true"])
+            .stdin(Stdio::null());
+        let t = Instant::now();
+        let out = cmd.output().unwrap();
+        let elapsed = t.elapsed();
+        assert!(
+            out.status.success(),
+            "docker run --runtime {runtime} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        elapsed
+    };
+    for _ in 0..2 {
+        once("runc");
+        once("labgpu");
+    }
+    let (mut base, mut ours) = (vec![], vec![]);
+    for i in 0..runs {
+        if i % 2 == 0 {
+            base.push(once("runc"));
+            ours.push(once("labgpu"));
+        } else {
+            ours.push(once("labgpu"));
+            base.push(once("runc"));
+        }
+    }
+    let mut res = Results::open(o);
+    println!("\n== docker run --rm {image} true, private dockerd, {runs} interleaved runs each");
+    compare(&mut res, "docker", "docker run --rm", &base, &ours);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The table
+
+/// Criterion's median estimate (ns) for each benchmark id under `dir`.
+fn criterion_medians(dir: &Path) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.ends_with("new/benchmark.json") {
+                let read = |f: &Path| -> Option<Value> {
+                    serde_json::from_slice(&std::fs::read(f).ok()?).ok()
+                };
+                let (Some(b), Some(est)) = (read(&p), read(&p.with_file_name("estimates.json")))
+                else {
+                    continue;
+                };
+                if let (Some(id), Some(m)) = (
+                    b["full_id"].as_str(),
+                    est.pointer("/median/point_estimate")
+                        .and_then(Value::as_f64),
+                ) {
+                    out.insert(id.to_string(), m);
+                }
+            }
+        }
+    }
+    out
+}
+
+fn summary(o: &Opts) {
+    let text = std::fs::read_to_string(o.path("results")).unwrap_or_default();
+    let r: BTreeMap<&str, f64> = text
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .filter_map(|(k, v)| Some((k, v.parse().ok()?)))
+        .collect();
+    let crit = criterion_medians(&o.path("criterion"));
+    let verdict = |ok: bool| if ok { "pass" } else { "MISS" };
+    let mut rows: Vec<[String; 4]> = Vec::new();
+    if let (Some(d), Some(b), Some(l)) = (
+        r.get("create.diff_p50_ms"),
+        r.get("create.runc.p50_ms"),
+        r.get("create.labgpu.p50_ms"),
+    ) {
+        rows.push([
+            "create+delete overhead, p50".into(),
+            format!("{d:+.2} ms ({l:.1} vs {b:.1} ms, x{:.3})", l / b),
+            "<= 1 ms".into(),
+            verdict(*d <= 1.0).into(),
+        ]);
+    }
+    if let (Some(d), Some(p)) = (
+        r.get("create_only.diff_p50_ms"),
+        r.get("create.diff_p95_ms"),
+    ) {
+        rows.push([
+            "  create alone p50 / pair p95".into(),
+            format!("{d:+.2} ms / {p:+.2} ms"),
+            "-".into(),
+            "info".into(),
+        ]);
+    }
+    if let (Some(c), Some(d)) = (
+        r.get("null_create.diff_p50_ms"),
+        r.get("null_delete.diff_p50_ms"),
+    ) {
+        rows.push([
+            "labgpu's own latency, p50 (runc=true)".into(),
+            format!("create {c:+.2} ms, delete {d:+.2} ms"),
+            "<= 1 ms".into(),
+            verdict(*c <= 1.0).into(),
+        ]);
+    }
+    if let (Some(p), Some(w)) = (
+        r.get("labgpu_process.diff_p50_ms"),
+        r.get("rewritten_spec.diff_p50_ms"),
+    ) {
+        rows.push([
+            "  split: labgpu process / runc's extra".into(),
+            format!("{p:+.2} ms / {w:+.2} ms"),
+            "-".into(),
+            "info".into(),
+        ]);
+    }
+    if let Some(ns) = crit.get("create_prepare/8_users") {
+        rows.push([
+            "labgpu prepare, in-process (Criterion)".into(),
+            format!("{:.0} us", ns / 1e3),
+            "-".into(),
+            "info".into(),
+        ]);
+    }
+    if let Some(ns) = crit.get("spec_write_atomic") {
+        rows.push([
+            "  config.json atomic write alone".into(),
+            format!("{:.0} us", ns / 1e3),
+            "-".into(),
+            "info".into(),
+        ]);
+    }
+    if let (Some(x), Some(d)) = (r.get("docker.ratio_p50"), r.get("docker.diff_p50_ms")) {
+        rows.push([
+            "docker run --rm ratio, p50".into(),
+            format!("{x:.3} ({d:+.1} ms)"),
+            "<= 1.02".into(),
+            verdict(*x <= 1.02).into(),
+        ]);
+    }
+    for (key, label) in [
+        ("verify.10.s", "verify, 10 containers"),
+        ("verify.50.s", "verify, 50 containers"),
+    ] {
+        if let Some(s) = r.get(key) {
+            rows.push([label.into(), format!("{s:.3} s"), "-".into(), "info".into()]);
+        }
+    }
+    if let Some(s) = r.get("verify.200.s") {
+        let per = r
+            .get("verify.per_container_ms")
+            .map(|p| format!(" (+{p:.2} ms/container)"))
+            .unwrap_or_default();
+        rows.push([
+            "verify, 200 containers".into(),
+            format!("{s:.3} s{per}"),
+            "< 0.5 s".into(),
+            verdict(*s < 0.5).into(),
+        ]);
+    }
+    for users in [10, 100] {
+        if let Some(ns) = crit.get(&format!("policy_load/{users}")) {
+            rows.push([
+                format!("policy load, {users} users"),
+                format!("{:.3} ms", ns / 1e6),
+                "-".into(),
+                "info".into(),
+            ]);
+        }
+    }
+    if let Some(ns) = crit.get("policy_load/1000") {
+        rows.push([
+            "policy load, 1000 users".into(),
+            format!("{:.3} ms", ns / 1e6),
+            "< 5 ms".into(),
+            verdict(ns / 1e6 < 5.0).into(),
+        ]);
+    }
+    let head = ["measure", "value", "target", "result"];
+    let width = |i: usize| {
+        rows.iter()
+            .map(|r| r[i].chars().count())
+            .chain([head[i].len()])
+            .max()
+            .unwrap()
+    };
+    let w: Vec<usize> = (0..4).map(width).collect();
+    let line = |cells: [&str; 4]| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&w)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("| {} |", padded.join(" | "));
+    };
+    println!("\n== summary");
+    line(head);
+    let dashes: Vec<String> = w.iter().map(|w| "-".repeat(*w)).collect();
+    line([&dashes[0], &dashes[1], &dashes[2], &dashes[3]]);
+    for row in &rows {
+        line([&row[0], &row[1], &row[2], &row[3]]);
+    }
+}
