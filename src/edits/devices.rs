@@ -139,7 +139,11 @@ fn filter_cgroup_rules(
         rules.insert(0, json!({"allow": false, "access": "rwm"}));
     }
     for n in &d.nodes {
-        rules.push(json!({"allow": true, "type": "c", "major": n.major, "minor": n.minor, "access": "rwm"}));
+        let rule = json!({"allow": true, "type": "c", "major": n.major, "minor": n.minor, "access": "rwm"});
+        // A spec rewritten twice (a retried create) must not grow.
+        if !rules.contains(&rule) {
+            rules.push(rule);
+        }
     }
     Ok(())
 }
@@ -148,6 +152,18 @@ fn filter_cgroup_rules(
 mod tests {
     use super::*;
     use crate::edits::testing::decision;
+
+    #[test]
+    fn applying_twice_changes_nothing_more() {
+        let d = decision();
+        let mut spec = json!({"linux": {"devices": [dev("/dev/nvidia2", 195, 2)],
+            "resources": {"devices": [{"allow": false, "access": "rwm"},
+                rule(true, "c", json!(195), json!(null), "rwm")]}}});
+        apply(&mut spec, &d, &mut Report::default()).unwrap();
+        let once = spec.clone();
+        apply(&mut spec, &d, &mut Report::default()).unwrap();
+        assert_eq!(spec, once);
+    }
 
     fn dev(path: &str, major: i64, minor: i64) -> Value {
         json!({"path": path, "type": "c", "major": major, "minor": minor, "fileMode": 438, "uid": 0, "gid": 0})
