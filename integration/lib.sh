@@ -55,6 +55,11 @@ lg_install_packages() {
     command -v runc >/dev/null 2>&1 || need+=(runc)
     # The test image is one static busybox: the dynamic `busybox` package will not do.
     lg_pkg_installed busybox-static || need+=(busybox-static)
+    # proxy.sh: curl for raw API calls, script for a pty; the Rust tests compile a fake
+    # libnvidia-ml.so with cc.
+    command -v curl >/dev/null 2>&1 || need+=(curl)
+    command -v script >/dev/null 2>&1 || need+=(bsdutils)
+    command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)
     if ((${#need[@]})); then
         lg_say "installing ${need[*]}"
         export DEBIAN_FRONTEND=noninteractive
