@@ -332,6 +332,16 @@ case_namespaces() {
         expect_run_ok "ns-join-$ns-same-owner" "${A[@]}" "--$ns" "container:$ca" "$I" true &&
             pass "ns-join-$ns-same-owner"
     done
+    # The same through the back door: bob's /dev/shm and /etc/hosts as plain bind mounts.
+    local f dest
+    for f in mounts/shm:/dev/shm hosts:/etc/hosts; do
+        dest="${f#*:}"
+        expect_refused "bind-other-owner-${f%%:*}" "belongs to container $cb (bob)" "${C[@]}" \
+            -v "$LG_TMP/docker/containers/$cb/${f%%:*}:$dest" "$I" true
+        expect_run_ok "bind-same-owner-${f%%:*}" "${A[@]}" \
+            -v "$LG_TMP/docker/containers/$ca/${f%%:*}:$dest" "$I" true &&
+            pass "bind-same-owner-${f%%:*}"
+    done
     docker rm -f "$ca" "$cb" >/dev/null 2>&1
 }
 

@@ -45,8 +45,8 @@ pub enum CdiError {
     },
     #[error("CDI spec {path} is malformed: {reason}")]
     Malformed { path: PathBuf, reason: String },
-    #[error("CDI spec {path} can be written by users other than root (owner uid {uid}, mode {mode:o}); its hooks run as root")]
-    Untrusted { path: PathBuf, uid: u32, mode: u32 },
+    #[error("CDI spec {path}: {reason}; its hooks run as root")]
+    Untrusted { path: PathBuf, reason: String },
     #[error(
         "CDI spec {path}: {what} {value} {reason}; regenerate it with nvidia-ctk cdi generate"
     )]
@@ -167,15 +167,12 @@ fn load(path: &Path) -> Result<SpecFile, CdiError> {
         path: path.to_path_buf(),
         source,
     };
-    let meta = std::fs::metadata(path).map_err(read)?;
-    if meta.uid() != 0 || meta.mode() & 0o022 != 0 {
-        return Err(CdiError::Untrusted {
-            path: path.to_path_buf(),
-            uid: meta.uid(),
-            mode: meta.mode() & 0o7777,
-        });
-    }
-    let bytes = std::fs::read(path).map_err(read)?;
+    std::fs::metadata(path).map_err(read)?;
+    let resolved = root_only(path).map_err(|reason| CdiError::Untrusted {
+        path: path.to_path_buf(),
+        reason,
+    })?;
+    let bytes = std::fs::read(resolved).map_err(read)?;
     let malformed = |reason: String| CdiError::Malformed {
         path: path.to_path_buf(),
         reason,
@@ -195,6 +192,26 @@ fn load(path: &Path) -> Result<SpecFile, CdiError> {
 }
 
 /// `/dev/nvidiaN` minors a device's nodes name (control and caps nodes are not GPUs).
+/// `path` with symlinks resolved, if only root can change what it names: the file and every
+/// directory above it owned by root and not writable by group or others (a sticky
+/// directory, like /tmp, is fine: others cannot rename root's entries in it).
+fn root_only(path: &Path) -> Result<PathBuf, String> {
+    let resolved = std::fs::canonicalize(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    for p in resolved.ancestors() {
+        let meta = std::fs::metadata(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        let sticky_dir = meta.is_dir() && meta.mode() & 0o1000 != 0;
+        if meta.uid() != 0 || (meta.mode() & 0o022 != 0 && !sticky_dir) {
+            return Err(format!(
+                "{} can be written by users other than root (owner uid {}, mode {:o})",
+                p.display(),
+                meta.uid(),
+                meta.mode() & 0o7777
+            ));
+        }
+    }
+    Ok(resolved)
+}
+
 fn gpu_minors(edits: &EditsFile) -> BTreeSet<u32> {
     edits
         .device_nodes
@@ -273,24 +290,20 @@ fn add(out: &mut Edits, edits: &EditsFile, path: &Path) -> Result<(), CdiError> 
         if !h.path.is_absolute() {
             return Err(invalid("hook", value, "is not an absolute path"));
         }
-        match std::fs::metadata(&h.path) {
-            Ok(m) if m.is_file() && m.uid() == 0 && m.mode() & 0o022 == 0 => {}
-            Ok(m) if m.is_file() => {
-                return Err(invalid(
-                    "hook",
-                    value,
-                    "can be written by users other than root, and hooks run as root",
-                ))
-            }
-            _ => {
-                return Err(invalid(
-                    "hook",
-                    value,
-                    "does not exist; regenerate the spec with nvidia-ctk cdi generate",
-                ))
-            }
+        if !h.path.is_file() {
+            return Err(invalid(
+                "hook",
+                value,
+                "does not exist; regenerate the spec with nvidia-ctk cdi generate",
+            ));
         }
+        let resolved = root_only(&h.path).map_err(|reason| CdiError::Untrusted {
+            path: path.to_path_buf(),
+            reason,
+        })?;
         let mut hook = h.clone();
+        // runc runs the file that was checked, not whatever a symlink points to later.
+        hook.path = resolved;
         if !hook.env.iter().any(|e| e.starts_with("PATH=")) {
             hook.env.insert(0, HOOK_PATH_ENV.to_string());
         }
@@ -484,6 +497,18 @@ containerEdits:
             "{e}"
         );
         std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+        // A directory above the spec that others can write is as bad as the file.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = edits_for(&setting, &[&g0]).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!(
+                "{} can be written by users other than root",
+                dir.path().display()
+            )),
+            "{e}"
+        );
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
 
         std::fs::remove_file(dir.path().join("libcuda.so.1")).unwrap();
         let e = edits_for(&setting, &[&g0]).unwrap_err().to_string();

@@ -421,6 +421,11 @@ impl Ctx<'_> {
                 .map(|r| r.as_path()),
         );
         let decision = decide_for_user(self.policy, owner, user, self.inventory, docker_root, id)
+            .map(|mut d| {
+                // Where the containers whose files it may share (container:X) are found.
+                d.runc_root = Some(root.to_path_buf());
+                d
+            })
             .map_err(|e| e.to_string());
         match decision {
             Ok(d) => self.check_mounts(&process, pid, &d, a)?,

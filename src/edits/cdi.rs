@@ -19,11 +19,32 @@ pub fn apply(spec: &mut Value, d: &Decision, report: &mut Report) -> Result<(), 
         reason: "not an array".into(),
     };
     let mounts = array_mut(spec, "mounts").ok_or_else(|| malformed("mounts"))?;
+    // A user's `-v /usr/lib/…/libcuda.so.1:/usr/lib/…/libcuda.so.1` would pass as a CDI mount
+    // (verify too) while writable: the driver's files are mounted only as the spec says.
+    mounts.retain(|m| {
+        let dest = m
+            .get("destination")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let shadowed = edits.mounts.iter().any(|c| c.container_path == dest);
+        if shadowed {
+            report.removed(format!("mount at {dest} (a driver file from the CDI spec)"));
+        }
+        !shadowed
+    });
     for m in &edits.mounts {
         let mut options = m.options.clone();
         if !options.iter().any(|o| o == "bind" || o == "rbind") {
             options.push("bind".into());
         }
+        // Host driver files shared by every user: never writable, never a way to devices or
+        // setuid binaries, whatever the spec says.
+        for forced in ["ro", "nosuid", "nodev"] {
+            if !options.iter().any(|o| o == forced) {
+                options.push(forced.into());
+            }
+        }
+        options.retain(|o| o != "rw" && o != "suid" && o != "dev");
         mounts.push(json!({
             "destination": m.container_path,
             "type": "bind",
@@ -83,7 +104,7 @@ mod tests {
             mounts: vec![Mount {
                 host_path: "/usr/lib/libcuda.so.1".into(),
                 container_path: "/usr/lib/libcuda.so.1".into(),
-                options: vec!["ro".into(), "nosuid".into(), "nodev".into()],
+                options: vec!["rw".into(), "nosuid".into()],
             }],
             hooks: vec![Hook {
                 hook_name: "createContainer".into(),
@@ -96,7 +117,8 @@ mod tests {
         let mut spec = json!({
             "process": {"env": ["CUDA_X=0", "NVIDIA_VISIBLE_DEVICES=all", "LD_PRELOAD=/x.so"],
                         "capabilities": {}},
-            "mounts": [],
+            "mounts": [{"destination": "/usr/lib/libcuda.so.1", "type": "bind",
+                        "source": "/usr/lib/libcuda.so.1", "options": ["rbind", "rw"]}],
             "hooks": {"createContainer": [{"path": "/usr/bin/nvidia-cdi-hook",
                                            "args": ["nvidia-cdi-hook", "x"],
                                            "env": ["LD_PRELOAD=/proc/self/cwd/evil.so"]}]},
@@ -115,7 +137,7 @@ mod tests {
             spec["mounts"],
             json!([{"destination": "/usr/lib/libcuda.so.1", "type": "bind",
                     "source": "/usr/lib/libcuda.so.1",
-                    "options": ["ro", "nosuid", "nodev", "bind"]}])
+                    "options": ["nosuid", "bind", "ro", "nodev"]}])
         );
         let env: Vec<&str> = spec["process"]["env"]
             .as_array()

@@ -39,6 +39,12 @@ pub enum EditError {
         destination: String,
         section: String,
     },
+    #[error("host path {source_path} belongs to container {container} ({owner}): only the owner's own containers' files can be mounted")]
+    ForeignContainerFile {
+        source_path: PathBuf,
+        container: String,
+        owner: String,
+    },
     #[error("volume at {volume} is backed by host path {device}, which is not under a bind_allow prefix in {section}")]
     VolumeNotAllowed {
         volume: PathBuf,

@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 
 use super::{EditError, Report};
 use crate::decide::{resolve_host, Decision};
+use crate::edits::stamp::owner_in_state;
 use crate::paths::is_under;
 use crate::spec::{array_mut, str_field};
 
@@ -15,8 +16,8 @@ const PSEUDO_FS: [&str; 7] = [
     "proc", "sysfs", "tmpfs", "devpts", "mqueue", "cgroup", "cgroup2",
 ];
 
-/// Files of another container Docker binds in for `--network/--ipc container:X`, with the
-/// only destination each may have.
+/// Files of a container Docker binds in (its own, or X's for `--network/--ipc container:X`),
+/// with the only destination each may have.
 const SHARED_FROM_OTHERS: [(&str, &str); 4] = [
     ("hostname", "/etc/hostname"),
     ("hosts", "/etc/hosts"),
@@ -138,13 +139,31 @@ fn docker_owned(source: &Path, destination: &str, d: &Decision) -> Result<bool, 
         let Some(id) = parts.next() else {
             return Ok(false);
         };
-        if id.as_os_str() == d.container_id.as_str() {
+        let inner = parts.as_path();
+        let shared = SHARED_FROM_OTHERS
+            .iter()
+            .any(|(file, dest)| inner == Path::new(file) && destination == *dest);
+        // Even this container's own directory holds config.v2.json (its owner label) and
+        // hostconfig.json: only the files Docker binds, at their destinations.
+        if !shared || id.as_os_str() == d.container_id.as_str() {
+            return Ok(shared);
+        }
+        // Another container's /dev/shm or /etc/hosts is its memory and its name lookups.
+        let id = id.as_os_str().to_string_lossy().into_owned();
+        let owner = d
+            .runc_root
+            .as_ref()
+            .and_then(|r| std::fs::read(r.join(&id).join("state.json")).ok())
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .and_then(|state| owner_in_state(&state));
+        if d.owner.is_some() && owner == d.owner {
             return Ok(true);
         }
-        let inner = parts.as_path();
-        return Ok(SHARED_FROM_OTHERS
-            .iter()
-            .any(|(file, dest)| inner == Path::new(file) && destination == *dest));
+        return Err(EditError::ForeignContainerFile {
+            source_path: source.to_path_buf(),
+            container: id,
+            owner: owner.unwrap_or_else(|| "no labgpu owner".into()),
+        });
     }
     if let Ok(rest) = source.strip_prefix(root.join("volumes")) {
         let mut parts = rest.components();
@@ -225,13 +244,12 @@ mod tests {
             {"destination": "/dev/shm", "type": "tmpfs", "source": "shm"},
             bind(&c("cid/resolv.conf"), "/etc/resolv.conf"),
             bind(&c("cid/mounts/shm"), "/dev/shm"),
-            bind(&c("other/hostname"), "/etc/hostname"),
             bind(root.join("volumes/v1/_data").to_str().unwrap(), "/v"),
             bind("/srv/datasets/../datasets/imagenet", "/data"),
             bind("/usr/bin/docker-init", "/sbin/docker-init"),
         ]});
         apply(&mut spec, &d, &mut Report::default()).unwrap();
-        assert_eq!(spec["mounts"][6]["source"], "/srv/datasets/imagenet");
+        assert_eq!(spec["mounts"][5]["source"], "/srv/datasets/imagenet");
     }
 
     #[test]
@@ -253,6 +271,8 @@ mod tests {
             ("/srv/datasets/../../etc", "/x"),
             (&c("other/config.v2.json") as &str, "/x"),
             (&c("other/hostname"), "/etc/passwd"),
+            (&c("cid/config.v2.json"), "/x"),
+            (&c("cid/hostname"), "/etc/passwd"),
             (&c(""), "/c"),
             (root.join("volumes").to_str().unwrap(), "/v"),
             ("/usr/bin/docker-init", "/init"),
@@ -267,6 +287,32 @@ mod tests {
         let mut spec =
             json!({"mounts": [{"destination": "/mnt", "type": "ext4", "source": "/dev/sda1"}]});
         assert!(apply(&mut spec, &d, &mut Report::default()).is_err());
+    }
+
+    /// `--network/--ipc container:X` brings X's /etc/hosts and /dev/shm: only X's owner may.
+    #[test]
+    fn another_containers_files_need_the_same_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let runc = root.join("runc");
+        for (id, owner) in [("bobs", "bob"), ("alices", "alice")] {
+            std::fs::create_dir_all(runc.join(id)).unwrap();
+            let state = json!({"config": {"labels": [format!("io.labgpu.owner={owner}")]}});
+            std::fs::write(runc.join(id).join("state.json"), state.to_string()).unwrap();
+        }
+        let mut d = docker_decision(root);
+        d.runc_root = Some(runc);
+        let c = |p: &str| root.join("containers").join(p);
+        let mut spec = json!({"mounts": [bind(c("alices/mounts/shm").to_str().unwrap(), "/dev/shm"),
+                                         bind(c("alices/hosts").to_str().unwrap(), "/etc/hosts")]});
+        apply(&mut spec, &d, &mut Report::default()).unwrap();
+        for id in ["bobs", "gone"] {
+            let mut spec = json!({"mounts": [bind(c(&format!("{id}/mounts/shm")).to_str().unwrap(), "/dev/shm")]});
+            let err = apply(&mut spec, &d, &mut Report::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&format!("belongs to container {id}")), "{err}");
+        }
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! NVIDIA's side doors into a spec: toolkit hooks that would inject devices on their own, and
 //! CDI annotations a CDI-aware runc wrapper would expand.
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use super::Report;
+use crate::cdi::HOOK_PATH_ENV;
 use crate::spec::str_field;
 
 /// Hooks that add GPUs or driver files behind the policy's back (matched by basename).
@@ -13,6 +14,9 @@ const NVIDIA_HOOKS: [&str; 4] = [
     "nvidia-cdi-hook",
     "nvidia-ctk",
 ];
+
+/// Hook stages runc runs inside the container's namespaces, from its init process.
+const IN_CONTAINER_STAGES: [&str; 2] = ["createContainer", "startContainer"];
 
 pub fn apply(spec: &mut Value, report: &mut Report) {
     if let Some(hooks) = spec.get_mut("hooks").and_then(Value::as_object_mut) {
@@ -29,6 +33,20 @@ pub fn apply(spec: &mut Value, report: &mut Report) {
                 }
                 !drop
             });
+            // runc runs these from the container's init, after the image's environment is
+            // in place: a hook without its own `env` would inherit LD_PRELOAD and the like
+            // from the image while running the host's binary as root (CVE-2025-23266).
+            if IN_CONTAINER_STAGES.contains(&stage.as_str()) {
+                for h in list.iter_mut().filter_map(Value::as_object_mut) {
+                    let has_env = h
+                        .get("env")
+                        .and_then(Value::as_array)
+                        .is_some_and(|e| !e.is_empty());
+                    if !has_env {
+                        h.insert("env".into(), json!([HOOK_PATH_ENV]));
+                    }
+                }
+            }
         }
     }
     if let Some(ann) = spec.get_mut("annotations").and_then(Value::as_object_mut) {
@@ -73,5 +91,27 @@ mod tests {
             json!({"org.opencontainers.image.x": "y"})
         );
         assert_eq!(report.removed.len(), 4);
+    }
+
+    #[test]
+    fn in_container_hooks_get_an_explicit_env() {
+        let mut spec = json!({"hooks": {
+            "createContainer": [{"path": "/usr/bin/vendor-hook"},
+                                {"path": "/usr/bin/other", "env": ["A=1"]}],
+            "startContainer": [{"path": "/usr/bin/vendor-hook", "env": []}],
+            "prestart": [{"path": "/proc/1/exe", "args": ["libnetwork-setkey"]}]
+        }});
+        apply(&mut spec, &mut Report::default());
+        assert_eq!(
+            spec["hooks"]["createContainer"][0]["env"],
+            json!([HOOK_PATH_ENV])
+        );
+        assert_eq!(spec["hooks"]["createContainer"][1]["env"], json!(["A=1"]));
+        assert_eq!(
+            spec["hooks"]["startContainer"][0]["env"],
+            json!([HOOK_PATH_ENV])
+        );
+        // Docker's own prestart hook runs in runc's environment and is left as it is.
+        assert_eq!(spec["hooks"]["prestart"][0].get("env"), None);
     }
 }
