@@ -93,7 +93,8 @@ fn check_namespaces(spec: &Value, d: &Decision, own_ns: &Path) -> Result<(), Edi
             let Some(proc_name) = proc_ns_name(t) else {
                 continue;
             };
-            if let Some((id, owner)) = namespace_holder(root, proc_name, Path::new(path)) {
+            // Every container in it, not the first found: X may itself have joined Y.
+            for (id, owner) in namespace_holders(root, proc_name, Path::new(path)) {
                 if owner != d.owner {
                     return Err(EditError::ForeignNamespace {
                         ns: t.to_string(),
@@ -121,11 +122,14 @@ fn proc_ns_name(t: &str) -> Option<&'static str> {
     })
 }
 
-/// The runc container (id, stamped owner) whose init process lives in the namespace at
-/// `path`, if any. Docker's own network sandboxes belong to no container until one joins.
-fn namespace_holder(root: &Path, proc_name: &str, path: &Path) -> Option<(String, Option<String>)> {
-    let target = std::fs::metadata(path).ok()?;
-    for entry in std::fs::read_dir(root).ok()?.flatten() {
+/// The runc containers (id, stamped owner) whose init process lives in the namespace at
+/// `path`. Docker's own network sandboxes belong to no container until one joins.
+fn namespace_holders(root: &Path, proc_name: &str, path: &Path) -> Vec<(String, Option<String>)> {
+    let mut holders = Vec::new();
+    let (Ok(target), Ok(entries)) = (std::fs::metadata(path), std::fs::read_dir(root)) else {
+        return holders;
+    };
+    for entry in entries.flatten() {
         let Ok(bytes) = std::fs::read(entry.path().join("state.json")) else {
             continue;
         };
@@ -140,10 +144,10 @@ fn namespace_holder(root: &Path, proc_name: &str, path: &Path) -> Option<(String
         };
         if ns.dev() == target.dev() && ns.ino() == target.ino() {
             let owner = crate::edits::stamp::owner_in_state(&state);
-            return Some((entry.file_name().to_string_lossy().into_owned(), owner));
+            holders.push((entry.file_name().to_string_lossy().into_owned(), owner));
         }
     }
-    None
+    holders
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
