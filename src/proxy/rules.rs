@@ -498,27 +498,19 @@ pub fn create_container_refs(body: &mut Value) -> Result<Vec<ContainerRef>, Rule
             });
         }
     }
-    for v in array_of(hc, "VolumesFrom", "VolumesFrom")? {
-        let s = v.as_str().ok_or(RuleError::BadField {
-            field: "VolumesFrom".into(),
-            expected: "a list of strings",
-        })?;
-        let name = s.split_once(':').map_or(s, |(n, _)| n);
-        refs.push(ContainerRef {
-            field: "VolumesFrom",
-            name: name.to_string(),
-        });
-    }
-    for v in array_of(hc, "Links", "Links")? {
-        let s = v.as_str().ok_or(RuleError::BadField {
-            field: "Links".into(),
-            expected: "a list of strings",
-        })?;
-        let name = s.split_once(':').map_or(s, |(n, _)| n);
-        refs.push(ContainerRef {
-            field: "Links",
-            name: name.to_string(),
-        });
+    // `--volumes-from X[:ro]` and `--link X[:alias]`.
+    for field in ["VolumesFrom", "Links"] {
+        for v in array_of(hc, field, field)? {
+            let s = v.as_str().ok_or(RuleError::BadField {
+                field: field.into(),
+                expected: "a list of strings",
+            })?;
+            let name = s.split_once(':').map_or(s, |(n, _)| n);
+            refs.push(ContainerRef {
+                field,
+                name: name.to_string(),
+            });
+        }
     }
     for r in &refs {
         if !valid_container_ref(&r.name) {
