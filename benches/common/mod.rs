@@ -7,6 +7,13 @@ use std::process::Command;
 
 use serde_json::{json, Value};
 
+// The fake GPU nodes and the busybox rootfs are the integration tests' own.
+#[path = "../../tests/common/mod.rs"]
+mod shared;
+// Each bench uses its own subset, as with the rest of this module's `dead_code`.
+#[allow(unused_imports)]
+pub use shared::{busybox_rootfs, fake_gpus};
+
 /// The owner of every benchmarked container: GPU 1, no extra capabilities.
 pub const OWNER: &str = "u1";
 
@@ -19,30 +26,6 @@ pub fn runc_path() -> Option<PathBuf> {
         .iter()
         .map(PathBuf::from)
         .find(|p| p.is_file())
-}
-
-/// design §6: nvidia0..3 (195:N), nvidiactl (195:255), nvidia-uvm(-tools) (511:0, 511:1).
-pub fn fake_gpus(dir: &Path) -> PathBuf {
-    let dev = dir.join("dev");
-    std::fs::create_dir_all(&dev).unwrap();
-    let mut nodes: Vec<(String, u64, u64)> =
-        (0..4).map(|n| (format!("nvidia{n}"), 195, n)).collect();
-    nodes.push(("nvidiactl".into(), 195, 255));
-    nodes.push(("nvidia-uvm".into(), 511, 0));
-    nodes.push(("nvidia-uvm-tools".into(), 511, 1));
-    for (name, major, minor) in nodes {
-        let path = dev.join(name);
-        if !path.exists() {
-            nix::sys::stat::mknod(
-                &path,
-                nix::sys::stat::SFlag::S_IFCHR,
-                nix::sys::stat::Mode::from_bits_truncate(0o666),
-                nix::sys::stat::makedev(major, minor),
-            )
-            .expect("mknod (run as root)");
-        }
-    }
-    dev
 }
 
 /// A policy of `users` users u0..u{N-1}: each with uid/gid, one GPU (`K % 4`), a bind_allow
@@ -77,28 +60,6 @@ pub fn write_policy(dir: &Path, users: usize, dev_root: &Path, runc: Option<&Pat
     let text = policy_text(users, dev_root, &dir.join("labgpu.log"), runc);
     std::fs::write(&path, text).unwrap();
     path
-}
-
-/// Static busybox with the few applets the benchmarks run.
-pub fn busybox_rootfs(bundle: &Path) -> PathBuf {
-    let rootfs = bundle.join("rootfs");
-    let bin = rootfs.join("bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    for d in ["proc", "dev", "tmp", "sys", "etc"] {
-        std::fs::create_dir_all(rootfs.join(d)).unwrap();
-    }
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-        .iter()
-        .find(|p| Path::new(p).exists())
-        .expect("busybox is not installed (apt-get install busybox-static)");
-    std::fs::copy(busybox, bin.join("busybox")).unwrap();
-    for applet in ["sh", "true", "sleep"] {
-        let link = bin.join(applet);
-        if !link.exists() {
-            std::os::unix::fs::symlink("busybox", link).unwrap();
-        }
-    }
-    rootfs
 }
 
 /// `runc spec` for `bundle`, made to look like what Docker hands the runtime: Docker's
