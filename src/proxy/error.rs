@@ -1,0 +1,144 @@
+//! The proxy's refusals: `RuleError` for what the rules decide from the request alone,
+//! `ProxyError` for everything a request can end in, with the HTTP status each maps to.
+
+use std::path::PathBuf;
+
+use hyper::StatusCode;
+
+use super::identity::IdentityError;
+use crate::policy::PolicyError;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RuleError {
+    #[error("request path {0:?} is not a Docker API path this proxy accepts")]
+    BadPath(String),
+    #[error("API version {0} is too old for the labgpu proxy (1.24 or newer)")]
+    OldApi(String),
+    #[error(
+        "Content-Type {0:?} is not accepted: dockerd would read query parameters from the body"
+    )]
+    FormBody(String),
+    #[error("{method} {path} is not allowed through the labgpu proxy")]
+    NotAllowed { method: String, path: String },
+    #[error("{what}: only the administrator (root on the host) may use this; {why}")]
+    AdminOnly { what: String, why: &'static str },
+    #[error("request body is not valid JSON: {0}")]
+    BadJson(String),
+    #[error("{field} must be {expected}")]
+    BadField {
+        field: String,
+        expected: &'static str,
+    },
+    #[error("key {key:?} appears twice (Docker reads keys case-insensitively)")]
+    DuplicateKey { key: String },
+    #[error("query parameter filters is not valid: {0}")]
+    BadFilters(String),
+    #[error("privileged containers are not allowed for {user} (allow_privileged in {section})")]
+    Privileged { user: String, section: String },
+    #[error(
+        "{field} = {value:?} (a host namespace) is not allowed for {user} ({key} in {section})"
+    )]
+    HostNamespace {
+        field: &'static str,
+        value: String,
+        user: String,
+        key: &'static str,
+        section: String,
+    },
+    #[error(
+        "{field} = {value:?} is not allowed: only the administrator places containers in cgroups"
+    )]
+    CgroupParent { field: &'static str, value: String },
+    #[error("security option {opt:?} is not allowed for {user} (allow_unconfined in {section})")]
+    Unconfined {
+        opt: String,
+        user: String,
+        section: String,
+    },
+    #[error("bind mount of host path {path} is not allowed for {user} (bind_allow or mounts in {section})")]
+    BindNotAllowed {
+        path: PathBuf,
+        user: String,
+        section: String,
+    },
+    #[error("device {path} is not allowed for {user} (devices in {section})")]
+    DeviceNotAllowed {
+        path: String,
+        user: String,
+        section: String,
+    },
+    #[error("{field} cannot be changed on a running container through the labgpu proxy")]
+    UpdateRefused { field: String },
+    #[error("build context {0:?} would be fetched with the Docker daemon's (root's) ssh credentials; clone it yourself and build from the directory")]
+    BuildRemote(String),
+    #[error("container name {0:?} is not a valid container name or id")]
+    BadContainerRef(String),
+}
+
+impl RuleError {
+    /// Malformed requests are 400; everything the policy refuses is 403.
+    pub fn status(&self) -> u16 {
+        match self {
+            RuleError::BadPath(_)
+            | RuleError::OldApi(_)
+            | RuleError::FormBody(_)
+            | RuleError::BadJson(_)
+            | RuleError::BadField { .. }
+            | RuleError::DuplicateKey { .. }
+            | RuleError::BadFilters(_)
+            | RuleError::BadContainerRef(_) => 400,
+            _ => 403,
+        }
+    }
+}
+
+/// What the server must do with a request from a policy user.
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error(transparent)]
+    Rule(#[from] RuleError),
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error("the proxy cannot use its policy: {0}")]
+    Policy(#[from] PolicyError),
+    #[error("cannot reach docker at {path}: {source}")]
+    UpstreamConnect {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("docker connection failed: {0}")]
+    Upstream(#[from] hyper::Error),
+    #[error("no such container: {0}")]
+    NoSuchContainer(String),
+    #[error("no such exec instance: {0}")]
+    NoSuchExec(String),
+    #[error("container {0:?} belongs to another user")]
+    NotYours(String),
+    #[error("docker answered {status} to {what}: {message}")]
+    UpstreamStatus {
+        status: StatusCode,
+        what: String,
+        message: String,
+    },
+    #[error("cannot read the request body: {0}")]
+    Body(String),
+    #[error("query parameter {0} is missing")]
+    MissingParam(&'static str),
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::Rule(e) => {
+                StatusCode::from_u16(e.status()).unwrap_or(StatusCode::FORBIDDEN)
+            }
+            ProxyError::Identity(_) | ProxyError::NotYours(_) => StatusCode::FORBIDDEN,
+            ProxyError::Policy(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::UpstreamConnect { .. } | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::NoSuchContainer(_) | ProxyError::NoSuchExec(_) => StatusCode::NOT_FOUND,
+            ProxyError::UpstreamStatus { status, .. } => *status,
+            ProxyError::Body(_) | ProxyError::MissingParam(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+}

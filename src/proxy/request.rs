@@ -1,0 +1,374 @@
+//! What every resource's rules share: who the caller is to the policy (`UserCtx`), query
+//! strings and `filters`, and reading JSON bodies the way Go's encoding/json does.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde_json::{Map, Value};
+
+use super::error::RuleError;
+use crate::decide::resolve_host;
+use crate::policy::{Policy, UserPolicy};
+
+/// dockerd reads parameters with Go's `r.Form`/`r.FormValue`, which take a form-encoded or
+/// multipart body's fields before the query string's: `filters` in the body of a prune, or
+/// `networkmode` in the body of a build, would override what the proxy merged or checked in
+/// the query. Docker clients never send such bodies.
+pub fn check_content_types<'a>(values: impl IntoIterator<Item = &'a str>) -> Result<(), RuleError> {
+    for v in values {
+        let media = v
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase();
+        if media == "application/x-www-form-urlencoded" || media.starts_with("multipart/") {
+            return Err(RuleError::FormBody(v.to_string()));
+        }
+    }
+    Ok(())
+}
+
+/// What a request's rewrites need to know about the caller.
+#[derive(Debug, Clone)]
+pub struct UserCtx {
+    pub name: String,
+    pub owner_label: String,
+    pub runtime: String,
+    pub allow_privileged: bool,
+    pub allow_host_namespaces: bool,
+    pub allow_host_network: bool,
+    pub allow_unconfined: bool,
+    /// Resolved host path prefixes the caller may bind mount.
+    pub bind_allow: Vec<PathBuf>,
+    /// Resolved host devices the caller may pass with `--device`.
+    pub devices: Vec<PathBuf>,
+    /// Where the policy's GPU nodes live; GPU nodes are left to the runtime, which keeps
+    /// the caller's own and drops the rest.
+    pub gpu_dev_root: PathBuf,
+}
+
+impl UserCtx {
+    pub fn section(&self) -> String {
+        format!("[defaults] or [users.{}]", self.name)
+    }
+}
+
+/// What the rules need to know about policy user `name`.
+pub fn user_ctx(policy: &Policy, name: &str) -> UserCtx {
+    let user = policy.user(name);
+    let d = &policy.defaults;
+    let flag =
+        |f: fn(&UserPolicy) -> Option<bool>, default: bool| user.and_then(f).unwrap_or(default);
+    let bind_allow = d
+        .bind_allow
+        .iter()
+        .chain(user.map(|u| &u.bind_allow).into_iter().flatten())
+        .map(|p| p.as_path())
+        .chain(
+            user.map(|u| &u.mounts)
+                .into_iter()
+                .flatten()
+                .map(|m| m.source.as_path()),
+        )
+        .map(resolve_host)
+        .collect();
+    let devices = d
+        .devices
+        .iter()
+        .chain(user.map(|u| &u.devices).into_iter().flatten())
+        .map(|p| resolve_host(p.as_path()))
+        .collect();
+    UserCtx {
+        name: name.to_string(),
+        owner_label: policy.runtime.owner_label.clone(),
+        runtime: policy.proxy.runtime.clone(),
+        allow_privileged: flag(|u| u.allow_privileged, d.allow_privileged),
+        allow_host_namespaces: flag(|u| u.allow_host_namespaces, d.allow_host_namespaces),
+        allow_host_network: flag(|u| u.allow_host_network, d.allow_host_network),
+        allow_unconfined: flag(|u| u.allow_unconfined, d.allow_unconfined),
+        bind_allow,
+        devices,
+        gpu_dev_root: resolve_host(policy.gpus.dev_root.as_path()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Query strings
+
+pub fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
+    form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .into_owned()
+        .collect()
+}
+
+pub fn query_string(pairs: &[(String, String)]) -> String {
+    form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish()
+}
+
+pub fn query_param(query: Option<&str>, key: &str) -> Option<String> {
+    query_pairs(query)
+        .into_iter()
+        .rev()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v)
+}
+
+/// Sets `key` to `value`, replacing every earlier occurrence (Go reads the first, other
+/// parsers the last: one copy leaves no doubt).
+pub fn set_query_param(query: Option<&str>, key: &str, value: &str) -> String {
+    let mut pairs: Vec<(String, String)> = query_pairs(query)
+        .into_iter()
+        .filter(|(k, _)| k != key)
+        .collect();
+    pairs.push((key.to_string(), value.to_string()));
+    query_string(&pairs)
+}
+
+/// Adds `label=<owner_label>=<name>` to the `filters` parameter. Docker ANDs label filters,
+/// so whatever else the caller filtered on, only their own objects can match.
+pub fn merge_owner_filter(
+    query: Option<&str>,
+    owner_label: &str,
+    name: &str,
+) -> Result<String, RuleError> {
+    let pairs = query_pairs(query);
+    let filters: Vec<&String> = pairs
+        .iter()
+        .filter(|(k, _)| k == "filters")
+        .map(|(_, v)| v)
+        .collect();
+    if filters.len() > 1 {
+        return Err(RuleError::BadFilters("given more than once".into()));
+    }
+    let mut value = match filters.first() {
+        Some(f) if !f.is_empty() => serde_json::from_str::<Value>(f)
+            .map_err(|e| RuleError::BadFilters(format!("{f:?}: {e}")))?,
+        _ => Value::Object(Map::new()),
+    };
+    let obj = value
+        .as_object_mut()
+        .ok_or_else(|| RuleError::BadFilters("not a JSON object".into()))?;
+    let wanted = format!("{owner_label}={name}");
+    // Go's filters.FromJSON reads keys exactly; only "label" is the label filter.
+    match obj.get_mut("label") {
+        None => {
+            let mut m = Map::new();
+            m.insert(wanted, Value::Bool(true));
+            obj.insert("label".into(), Value::Object(m));
+        }
+        Some(Value::Object(m)) => {
+            m.insert(wanted, Value::Bool(true));
+        }
+        // The pre-1.22 form: a list of values.
+        Some(Value::Array(a)) => a.push(Value::String(wanted)),
+        Some(_) => {
+            return Err(RuleError::BadFilters(
+                "label must be an object or a list".into(),
+            ))
+        }
+    }
+    let mut out: Vec<(String, String)> =
+        pairs.into_iter().filter(|(k, _)| k != "filters").collect();
+    out.push(("filters".into(), value.to_string()));
+    Ok(query_string(&out))
+}
+
+// ---------------------------------------------------------------------------------------------
+// JSON bodies
+
+/// Go's encoding/json matches keys to struct fields case-insensitively, folding the Kelvin
+/// sign to k and the long s to s; the checks below must see what Docker will see.
+pub(super) fn fold(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            '\u{212A}' => 'k',
+            '\u{017F}' => 's',
+            c => c.to_lowercase().next().unwrap_or(c),
+        })
+        .collect()
+}
+
+/// Renames keys of `obj` that Go would bind to one of `fields` to that field's exact name,
+/// refusing two keys that would bind to the same field.
+pub(super) fn canonicalize(obj: &mut Map<String, Value>, fields: &[&str]) -> Result<(), RuleError> {
+    let folded: BTreeMap<String, &str> = fields.iter().map(|f| (fold(f), *f)).collect();
+    let keys: Vec<String> = obj.keys().cloned().collect();
+    let mut seen = std::collections::BTreeSet::new();
+    for key in keys {
+        let Some(canon) = folded.get(&fold(&key)) else {
+            continue;
+        };
+        if !seen.insert(*canon) {
+            return Err(RuleError::DuplicateKey { key });
+        }
+        if key != *canon {
+            let v = obj.remove(&key).unwrap_or(Value::Null);
+            obj.insert(canon.to_string(), v);
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn as_object_mut<'a>(
+    v: &'a mut Value,
+    field: &str,
+) -> Result<Option<&'a mut Map<String, Value>>, RuleError> {
+    match v {
+        Value::Null => Ok(None),
+        Value::Object(m) => Ok(Some(m)),
+        _ => Err(RuleError::BadField {
+            field: field.to_string(),
+            expected: "an object",
+        }),
+    }
+}
+
+pub(super) fn str_of<'a>(
+    obj: &'a Map<String, Value>,
+    key: &str,
+    field: &str,
+) -> Result<&'a str, RuleError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(""),
+        Some(Value::String(s)) => Ok(s),
+        Some(_) => Err(RuleError::BadField {
+            field: field.to_string(),
+            expected: "a string",
+        }),
+    }
+}
+
+pub(super) fn array_of<'a>(
+    obj: &'a Map<String, Value>,
+    key: &str,
+    field: &str,
+) -> Result<&'a [Value], RuleError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(&[]),
+        Some(Value::Array(a)) => Ok(a),
+        Some(_) => Err(RuleError::BadField {
+            field: field.to_string(),
+            expected: "a list",
+        }),
+    }
+}
+
+/// Container names and ids as Docker accepts them (`[a-zA-Z0-9][a-zA-Z0-9_.-]*`, with an
+/// optional leading `/`).
+pub fn valid_container_ref(s: &str) -> bool {
+    let s = s.strip_prefix('/').unwrap_or(s);
+    s.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && s.len() <= 256
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+/// The caller the rules' unit tests use: alice, homes and /srv/data allowed, /dev/fuse.
+#[cfg(test)]
+pub fn test_ctx() -> UserCtx {
+    UserCtx {
+        name: "alice".into(),
+        owner_label: "labgpu.user".into(),
+        runtime: "labgpu".into(),
+        allow_privileged: false,
+        allow_host_namespaces: false,
+        allow_host_network: false,
+        allow_unconfined: false,
+        bind_allow: vec![PathBuf::from("/home/alice"), PathBuf::from("/srv/data")],
+        devices: vec![PathBuf::from("/dev/fuse")],
+        gpu_dev_root: PathBuf::from("/tmp/fake/dev"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+    use serde_json::json;
+
+    #[test]
+    fn form_bodies_are_refused() {
+        check_content_types(["application/json", "application/x-tar"]).unwrap();
+        check_content_types([]).unwrap();
+        for bad in [
+            "application/x-www-form-urlencoded",
+            "Application/X-WWW-Form-Urlencoded; charset=utf-8",
+            "multipart/form-data; boundary=x",
+        ] {
+            assert!(
+                matches!(
+                    check_content_types(["application/json", bad]),
+                    Err(RuleError::FormBody(_))
+                ),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn owner_filter_is_added_and_merged() {
+        let parse = |q: &str| -> Value {
+            serde_json::from_str(&query_param(Some(q), "filters").unwrap()).unwrap()
+        };
+        let q = merge_owner_filter(None, "labgpu.user", "alice").unwrap();
+        assert_eq!(parse(&q), json!({"label": {"labgpu.user=alice": true}}));
+
+        let q = merge_owner_filter(
+            Some("all=1&filters=%7B%22status%22%3A%7B%22running%22%3Atrue%7D%7D"),
+            "labgpu.user",
+            "alice",
+        )
+        .unwrap();
+        assert_eq!(query_param(Some(&q), "all").as_deref(), Some("1"));
+        assert_eq!(
+            parse(&q),
+            json!({"status": {"running": true}, "label": {"labgpu.user=alice": true}})
+        );
+
+        // A label filter naming someone else stays, ANDed with ours: it matches nothing.
+        let f = r#"{"label":{"labgpu.user=bob":true}}"#;
+        let q0 = query_string(&[("filters".into(), f.into())]);
+        let q = merge_owner_filter(Some(&q0), "labgpu.user", "alice").unwrap();
+        assert_eq!(
+            parse(&q),
+            json!({"label": {"labgpu.user=bob": true, "labgpu.user=alice": true}})
+        );
+
+        let q0 = query_string(&[("filters".into(), r#"{"label":["x=1"]}"#.into())]);
+        let q = merge_owner_filter(Some(&q0), "labgpu.user", "alice").unwrap();
+        assert_eq!(parse(&q), json!({"label": ["x=1", "labgpu.user=alice"]}));
+
+        for bad in ["not json", "[1]", r#"{"label":3}"#] {
+            let q0 = query_string(&[("filters".into(), bad.into())]);
+            assert!(
+                merge_owner_filter(Some(&q0), "labgpu.user", "alice").is_err(),
+                "{bad}"
+            );
+        }
+        let twice = "filters=%7B%7D&filters=%7B%7D";
+        assert!(merge_owner_filter(Some(twice), "labgpu.user", "alice").is_err());
+    }
+
+    #[test]
+    fn user_ctx_merges_defaults_and_user() {
+        let p = Policy::parse(
+            Path::new("/p.toml"),
+            b"version = 1\n[runtime]\nowner_label = \"owner\"\n[defaults]\nbind_allow = [\"/srv\"]\nallow_host_network = true\n[users.a]\nbind_allow = [\"/scratch/a\"]\nallow_host_network = false\nallow_privileged = true\nmounts = [{ source = \"/home/a\", destination = \"/w\" }]\n",
+        )
+        .unwrap();
+        let c = user_ctx(&p, "a");
+        assert_eq!(c.owner_label, "owner");
+        assert_eq!(c.runtime, "labgpu");
+        assert!(c.allow_privileged && !c.allow_host_network);
+        assert_eq!(
+            c.bind_allow,
+            [
+                PathBuf::from("/srv"),
+                PathBuf::from("/scratch/a"),
+                PathBuf::from("/home/a")
+            ]
+        );
+    }
+}
