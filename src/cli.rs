@@ -242,7 +242,7 @@ fn policy_check(path: &Path) -> anyhow::Result<i32> {
             }
         }
     }
-    if let Some(g) = &policy.proxy.socket_group {
+    if let Some(g) = policy.proxy.as_ref().and_then(|p| p.socket_group.as_ref()) {
         let known =
             g.parse::<u32>().is_ok() || matches!(nix::unistd::Group::from_name(g), Ok(Some(_)));
         if !known {

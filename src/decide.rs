@@ -1,7 +1,7 @@
 //! Turns (policy, owner, inventory) into one `Decision`: everything the edits need, resolved
 //! once, so each edit is a pure function of the spec and the decision.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
@@ -9,6 +9,7 @@ use crate::cdi::{self, CdiError};
 use crate::gpu::{DevNode, GpuError, Inventory};
 use crate::paths::normalize;
 use crate::policy::{Policy, RunAs, Unlabeled, UserMount, UserPolicy};
+use crate::volumes::Backing;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DecideError {
@@ -54,7 +55,13 @@ pub struct Decision {
     pub mounts: Vec<UserMount>,
     /// Normalized host path prefixes bind mounts may come from.
     pub bind_allow: Vec<PathBuf>,
-    pub docker_root: Option<PathBuf>,
+    pub docker_root: PathBuf,
+    /// What the kernel has mounted at each local volume the spec binds (`volumes`).
+    pub volume_backings: BTreeMap<String, Vec<Backing>>,
+    /// Volumes backed by an admin's mount (NFS, a bind) that containers may use anyway.
+    pub mounted_volumes: BTreeSet<String>,
+    /// Possible CPUs (for Docker's per-CPU masked paths).
+    pub cpu_count: u32,
     /// runc's state root, to find the containers whose namespaces a new one joins.
     pub runc_root: Option<PathBuf>,
     /// Driver files for the owned GPUs from NVIDIA's CDI spec.
@@ -136,7 +143,7 @@ pub fn decide(
     policy: &Policy,
     owner: Option<&str>,
     inventory: &dyn Inventory,
-    docker_root: Option<PathBuf>,
+    docker_root: PathBuf,
     container_id: &str,
 ) -> Result<Decision, DecideError> {
     let user = policy_user(policy, owner)?;
@@ -149,7 +156,7 @@ pub fn decide_for_user(
     owner: Option<&str>,
     user: Option<&UserPolicy>,
     inventory: &dyn Inventory,
-    docker_root: Option<PathBuf>,
+    docker_root: PathBuf,
     container_id: &str,
 ) -> Result<Decision, DecideError> {
     let owner = owner.filter(|_| user.is_some());
@@ -219,7 +226,15 @@ pub fn decide_for_user(
         allow_host_network: flag(|u| u.allow_host_network, d.allow_host_network),
         mounts,
         bind_allow,
-        docker_root: docker_root.map(|r| resolve_host(&r)),
+        docker_root: resolve_host(&docker_root),
+        volume_backings: BTreeMap::new(),
+        cpu_count: possible_cpus(),
+        mounted_volumes: d
+            .mounted_volumes
+            .iter()
+            .chain(user.map(|u| &u.mounted_volumes).into_iter().flatten())
+            .map(|v| v.0.clone())
+            .collect(),
         runc_root: None,
         cdi,
         container_id: container_id.to_string(),
@@ -232,6 +247,20 @@ pub fn decide_for_user(
 pub fn resolve_host(p: &Path) -> PathBuf {
     let n = normalize(p);
     std::fs::canonicalize(&n).unwrap_or(n)
+}
+
+/// How many CPUs the kernel may ever bring online (`/sys/devices/system/cpu/possible`,
+/// "0-63"); 0 when unreadable.
+fn possible_cpus() -> u32 {
+    std::fs::read_to_string("/sys/devices/system/cpu/possible")
+        .ok()
+        .and_then(|s| {
+            s.trim()
+                .split(',')
+                .filter_map(|r| r.rsplit('-').next()?.parse::<u32>().ok())
+                .max()
+        })
+        .map_or(0, |max| max + 1)
 }
 
 fn owner_ids(owner: &str, user: &UserPolicy) -> Result<(u32, u32), DecideError> {

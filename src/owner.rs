@@ -1,11 +1,21 @@
-//! Who owns a container: Docker's label (in config.v2.json, never in the spec) and/or the
-//! spec annotation of the same name (containerd, `docker run --annotation`).
+//! Who owns a container. Without the proxy: Docker's label (in config.v2.json, never in the
+//! spec) and/or the spec annotation of the same name. With the proxy (`[proxy]` in the
+//! policy): only the proxy's record of the containers it created (`records`); a label on any
+//! other container is just text someone typed.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::spec::str_field;
+use crate::paths::open_beneath;
+use crate::policy::Policy;
+use crate::records::{self, RecordError};
+
+/// Where Docker keeps its configuration when `labgpu setup docker` is not told otherwise.
+pub const DAEMON_JSON: &str = "/etc/docker/daemon.json";
+/// Docker's data root when daemon.json does not set one.
+pub const DEFAULT_DOCKER_ROOT: &str = "/var/lib/docker";
 
 #[derive(Debug, thiserror::Error)]
 pub enum OwnerError {
@@ -27,36 +37,44 @@ pub enum OwnerError {
         label: String,
         annotation: String,
     },
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    #[error("the labgpu proxy recorded container {id} for {recorded:?}, but its {key} label says {label:?}")]
+    RecordConflict {
+        id: String,
+        key: String,
+        recorded: String,
+        label: String,
+    },
 }
 
-/// Docker's data root, from the policy or from the spec's `/etc/hostname` bind, whose source
-/// Docker writes as `<data-root>/containers/<id>/hostname`.
-///
-/// A user can put their own file at /etc/hostname (`-v /tmp/x/containers/y/hostname:/etc/hostname`),
-/// so a derived root is believed only if it and its `containers` dir are root's and writable
-/// by no one else: then no user can have planted the labels read from it.
-pub fn docker_root(spec: &Value, configured: Option<&Path>) -> Option<PathBuf> {
+/// Whose a container is, and where that came from (for the decision log and refusals).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ownership {
+    pub owner: Option<String>,
+    /// A label or annotation that was not believed (the proxy did not create the container).
+    pub ignored_label: Option<String>,
+}
+
+/// Docker's data root: `[runtime] docker_root`, else `data-root` in /etc/docker/daemon.json,
+/// else /var/lib/docker. Pinned by root-owned configuration, never taken from a spec: mount
+/// sources are the user's choice.
+pub fn docker_root(configured: Option<&Path>) -> PathBuf {
     if let Some(root) = configured {
-        return Some(root.to_path_buf());
+        return root.to_path_buf();
     }
-    let mounts = spec.get("mounts")?.as_array()?;
-    let hostname = mounts
-        .iter()
-        .find(|m| str_field(m, "destination") == Some("/etc/hostname"))?;
-    let source = Path::new(str_field(hostname, "source")?);
-    let container_dir = source.parent()?;
-    let containers = container_dir.parent()?;
-    if containers.file_name()? != "containers" {
-        return None;
-    }
-    let root = containers.parent()?;
-    (root_owned(root) && root_owned(containers)).then(|| root.to_path_buf())
+    daemon_json_root(Path::new(DAEMON_JSON)).unwrap_or_else(|| PathBuf::from(DEFAULT_DOCKER_ROOT))
 }
 
-/// Owned by uid 0 and not writable by group or others (symlinks followed, as a reader would).
-pub fn root_owned(path: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path).is_ok_and(|m| m.uid() == 0 && m.mode() & 0o022 == 0)
+/// `data-root` (or the older `graph`) of a daemon.json; `None` when unset or unreadable.
+pub fn daemon_json_root(path: &Path) -> Option<PathBuf> {
+    let bytes = std::fs::read(path).ok()?;
+    let v: Value = serde_json::from_slice(&bytes).ok()?;
+    ["data-root", "graph"]
+        .iter()
+        .find_map(|k| v.get(*k).and_then(Value::as_str))
+        .filter(|r| r.starts_with('/'))
+        .map(PathBuf::from)
 }
 
 /// runc's own id rule (`^[\w+-\.]+$`); anything else could walk out of the containers dir.
@@ -69,24 +87,54 @@ pub fn valid_container_id(id: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '+' | '-' | '.'))
 }
 
+/// The owner of container `id` under `policy`: the proxy's record when `[proxy]` is set,
+/// else the label and/or annotation named by `[runtime] owner_label`.
+pub fn resolve(
+    policy: &Policy,
+    spec: &Value,
+    id: &str,
+    docker_root: &Path,
+) -> Result<Ownership, OwnerError> {
+    let key = &policy.runtime.owner_label;
+    let claimed = find_owner(spec, id, key, docker_root)?;
+    let Some(proxy) = &policy.proxy else {
+        return Ok(Ownership {
+            owner: claimed,
+            ignored_label: None,
+        });
+    };
+    match records::recorded_owner(proxy.state_dir.as_path(), id)? {
+        Some(recorded) => match claimed {
+            Some(label) if label != recorded => Err(OwnerError::RecordConflict {
+                id: id.to_string(),
+                key: key.clone(),
+                recorded,
+                label,
+            }),
+            _ => Ok(Ownership {
+                owner: Some(recorded),
+                ignored_label: None,
+            }),
+        },
+        None => Ok(Ownership {
+            owner: None,
+            ignored_label: claimed,
+        }),
+    }
+}
+
 /// The owner named by the label and/or annotation `key`; `None` when neither is set.
 /// An empty value counts as unset.
 pub fn find_owner(
     spec: &Value,
     id: &str,
     key: &str,
-    docker_root: Option<&Path>,
+    docker_root: &Path,
 ) -> Result<Option<String>, OwnerError> {
     if !valid_container_id(id) {
         return Err(OwnerError::BadId(id.to_string()));
     }
-    let label = match docker_root {
-        Some(root) => docker_label(
-            &root.join("containers").join(id).join("config.v2.json"),
-            key,
-        )?,
-        None => None,
-    };
+    let label = docker_label(docker_root, id, key)?;
     let annotation = spec
         .get("annotations")
         .and_then(|a| a.get(key))
@@ -103,21 +151,25 @@ pub fn find_owner(
     }
 }
 
-/// `Config.Labels[key]` of a Docker config.v2.json; a missing file means "not a Docker
-/// container" and yields no label, an unreadable or malformed one is an error.
-fn docker_label(path: &Path, key: &str) -> Result<Option<String>, OwnerError> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(OwnerError::Read {
-                path: path.to_path_buf(),
-                source,
-            })
-        }
+/// `Config.Labels[key]` of `<root>/containers/<id>/config.v2.json`, opened without following
+/// a symlink below the root. A missing file means "not a Docker container" and yields no
+/// label; an unreadable or malformed one is an error.
+fn docker_label(root: &Path, id: &str, key: &str) -> Result<Option<String>, OwnerError> {
+    let rel = Path::new("containers").join(id).join("config.v2.json");
+    let path = root.join(&rel);
+    let read_err = |source| OwnerError::Read {
+        path: path.clone(),
+        source,
     };
+    let mut file = match open_beneath(root, &rel) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(read_err(e)),
+    };
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).map_err(read_err)?;
     let v: Value = serde_json::from_slice(&bytes).map_err(|source| OwnerError::Parse {
-        path: path.to_path_buf(),
+        path: path.clone(),
         source,
     })?;
     Ok(v.get("Config")
@@ -133,11 +185,6 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn spec_with_hostname(root: &Path, id: &str) -> Value {
-        json!({"mounts": [{"destination": "/etc/hostname", "type": "bind",
-            "source": root.join("containers").join(id).join("hostname"), "options": ["rbind"]}]})
-    }
-
     fn write_labels(root: &Path, id: &str, labels: Value) {
         let dir = root.join("containers").join(id);
         std::fs::create_dir_all(&dir).unwrap();
@@ -149,101 +196,121 @@ mod tests {
     }
 
     #[test]
-    fn label_is_read_from_the_id_not_the_hostname_mount() {
+    fn label_is_read_from_the_argv_id_under_the_pinned_root() {
         let d = tempfile::tempdir().unwrap();
         write_labels(d.path(), "abc", json!({"labgpu.user": "alice"}));
         write_labels(d.path(), "other", json!({"labgpu.user": "bob"}));
-        // --network container:other makes the hostname mount point at the other container.
-        let spec = spec_with_hostname(d.path(), "other");
-        let root = docker_root(&spec, None).unwrap();
-        assert_eq!(root, d.path());
-        let owner = find_owner(&spec, "abc", "labgpu.user", Some(&root)).unwrap();
+        // A spec whose /etc/hostname comes from somewhere else changes nothing.
+        let spec = json!({"mounts": [{"destination": "/etc/hostname", "type": "bind",
+            "source": "/home/alice/fake/containers/abc/hostname"}]});
+        let owner = find_owner(&spec, "abc", "labgpu.user", d.path()).unwrap();
         assert_eq!(owner.as_deref(), Some("alice"));
+    }
+
+    #[test]
+    fn a_symlinked_container_dir_or_file_is_not_followed() {
+        let d = tempfile::tempdir().unwrap();
+        let elsewhere = d.path().join("elsewhere");
+        write_labels(&elsewhere, "abc", json!({"labgpu.user": "bob"}));
+        std::fs::create_dir_all(d.path().join("containers")).unwrap();
+        std::os::unix::fs::symlink(
+            elsewhere.join("containers/abc"),
+            d.path().join("containers/abc"),
+        )
+        .unwrap();
+        let err = find_owner(&json!({}), "abc", "labgpu.user", d.path()).unwrap_err();
+        assert!(matches!(err, OwnerError::Read { .. }), "{err}");
+        std::fs::create_dir_all(d.path().join("containers/def")).unwrap();
+        std::os::unix::fs::symlink(
+            elsewhere.join("containers/abc/config.v2.json"),
+            d.path().join("containers/def/config.v2.json"),
+        )
+        .unwrap();
+        assert!(find_owner(&json!({}), "def", "labgpu.user", d.path()).is_err());
     }
 
     #[test]
     fn annotation_alone_and_agreement_and_conflict() {
         let d = tempfile::tempdir().unwrap();
-        let mut spec = spec_with_hostname(d.path(), "c1");
-        spec["annotations"] = json!({"labgpu.user": "bob"});
-        assert_eq!(
-            find_owner(&spec, "c1", "labgpu.user", Some(d.path()))
-                .unwrap()
-                .as_deref(),
-            Some("bob")
-        );
+        let spec = json!({"annotations": {"labgpu.user": "bob"}});
+        let owner = |spec: &Value| find_owner(spec, "c1", "labgpu.user", d.path());
+        assert_eq!(owner(&spec).unwrap().as_deref(), Some("bob"));
         write_labels(d.path(), "c1", json!({"labgpu.user": "bob"}));
-        assert_eq!(
-            find_owner(&spec, "c1", "labgpu.user", Some(d.path()))
-                .unwrap()
-                .as_deref(),
-            Some("bob")
-        );
+        assert_eq!(owner(&spec).unwrap().as_deref(), Some("bob"));
         write_labels(d.path(), "c1", json!({"labgpu.user": "alice"}));
-        let err = find_owner(&spec, "c1", "labgpu.user", Some(d.path())).unwrap_err();
+        let err = owner(&spec).unwrap_err();
         assert!(err.to_string().contains("\"alice\""), "{err}");
     }
 
     #[test]
     fn no_label_anywhere_is_none_and_bad_files_are_errors() {
         let d = tempfile::tempdir().unwrap();
-        let spec = spec_with_hostname(d.path(), "c2");
+        let spec = json!({});
         assert_eq!(
-            find_owner(&spec, "c2", "labgpu.user", Some(d.path())).unwrap(),
+            find_owner(&spec, "c2", "labgpu.user", d.path()).unwrap(),
             None
         );
         write_labels(d.path(), "c2", Value::Null);
         assert_eq!(
-            find_owner(&spec, "c2", "labgpu.user", Some(d.path())).unwrap(),
+            find_owner(&spec, "c2", "labgpu.user", d.path()).unwrap(),
             None
         );
         std::fs::write(d.path().join("containers/c2/config.v2.json"), "{").unwrap();
-        assert!(find_owner(&spec, "c2", "labgpu.user", Some(d.path())).is_err());
+        assert!(find_owner(&spec, "c2", "labgpu.user", d.path()).is_err());
         assert!(matches!(
-            find_owner(&spec, "../c2", "labgpu.user", Some(d.path())),
+            find_owner(&spec, "../c2", "labgpu.user", d.path()),
             Err(OwnerError::BadId(_))
         ));
     }
 
     #[test]
-    fn a_derived_root_writable_by_users_is_not_believed() {
-        use std::os::unix::fs::PermissionsExt;
+    fn with_the_proxy_only_recorded_containers_have_owners() {
         let d = tempfile::tempdir().unwrap();
-        write_labels(d.path(), "c1", json!({"labgpu.user": "bob"}));
-        let spec = spec_with_hostname(d.path(), "c1");
-        if !nix::unistd::geteuid().is_root() {
-            // Not root: the tempdir is not root's, so nothing derived is believed.
-            assert_eq!(docker_root(&spec, None), None);
-            return;
-        }
-        assert!(docker_root(&spec, None).is_some());
-        std::fs::set_permissions(
-            d.path().join("containers"),
-            std::fs::Permissions::from_mode(0o777),
+        let root = d.path().join("docker");
+        let state = d.path().join("state");
+        let policy = Policy::parse(
+            Path::new("/p.toml"),
+            format!(
+                "version = 1\n[proxy]\nstate_dir = \"{}\"\n[users.alice]\n[users.bob]\n",
+                state.display()
+            )
+            .as_bytes(),
         )
         .unwrap();
-        assert_eq!(docker_root(&spec, None), None);
-        nix::unistd::chown(
-            &d.path().join("containers"),
-            Some(nix::unistd::Uid::from_raw(1000)),
-            None,
-        )
-        .unwrap();
-        std::fs::set_permissions(
-            d.path().join("containers"),
-            std::fs::Permissions::from_mode(0o700),
-        )
-        .unwrap();
-        assert_eq!(docker_root(&spec, None), None);
+        write_labels(&root, "forged", json!({"labgpu.user": "bob"}));
+        let o = resolve(&policy, &json!({}), "forged", &root).unwrap();
+        assert_eq!(o.owner, None);
+        assert_eq!(o.ignored_label.as_deref(), Some("bob"));
+
+        records::record(&state, "made", "alice").unwrap();
+        write_labels(&root, "made", json!({"labgpu.user": "alice"}));
+        let o = resolve(&policy, &json!({}), "made", &root).unwrap();
+        assert_eq!(o.owner.as_deref(), Some("alice"));
+        let spec = json!({"annotations": {"labgpu.user": "bob"}});
+        assert!(matches!(
+            resolve(&policy, &spec, "made", &root),
+            Err(OwnerError::Conflict { .. })
+        ));
+        write_labels(&root, "made", json!({"labgpu.user": "bob"}));
+        assert!(matches!(
+            resolve(&policy, &json!({}), "made", &root),
+            Err(OwnerError::RecordConflict { .. })
+        ));
     }
 
     #[test]
-    fn docker_root_needs_the_docker_layout() {
-        let spec = json!({"mounts": [{"destination": "/etc/hostname", "source": "/etc/hostname"}]});
-        assert_eq!(docker_root(&spec, None), None);
+    fn docker_root_comes_from_the_policy_then_daemon_json() {
         assert_eq!(
-            docker_root(&spec, Some(Path::new("/srv/docker"))),
-            Some(PathBuf::from("/srv/docker"))
+            docker_root(Some(Path::new("/srv/docker"))),
+            PathBuf::from("/srv/docker")
         );
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("daemon.json");
+        std::fs::write(&f, r#"{"data-root": "/data/docker", "runtimes": {}}"#).unwrap();
+        assert_eq!(daemon_json_root(&f), Some(PathBuf::from("/data/docker")));
+        std::fs::write(&f, r#"{"data-root": "relative"}"#).unwrap();
+        assert_eq!(daemon_json_root(&f), None);
+        std::fs::write(&f, "not json").unwrap();
+        assert_eq!(daemon_json_root(&f), None);
     }
 }

@@ -47,8 +47,9 @@ pub struct Policy {
     pub gpus: GpusSection,
     #[serde(default)]
     pub defaults: Defaults,
-    #[serde(default)]
-    pub proxy: ProxySection,
+    /// Present when users go through `labgpu proxy`: the runtime then trusts an owner only on
+    /// containers the proxy recorded creating (see `records`).
+    pub proxy: Option<ProxySection>,
     #[serde(default)]
     pub users: BTreeMap<String, UserPolicy>,
     /// sha256 of the file's bytes, stamped on every container so drift can be detected.
@@ -66,6 +67,9 @@ pub struct RuntimeSection {
     pub owner_label: String,
     #[serde(default)]
     pub unlabeled: Unlabeled,
+    /// Docker's data root, where `containers/<id>/config.v2.json` holds the owner label and
+    /// `volumes/` the local volumes. Never derived from a spec (a user chooses mount sources);
+    /// default: `data-root` of /etc/docker/daemon.json, else /var/lib/docker.
     pub docker_root: Option<AbsPath>,
     pub log: Option<AbsPath>,
 }
@@ -106,6 +110,9 @@ pub struct ProxySection {
     /// The runtime forced on every container users create (Docker's name for labgpu).
     #[serde(default = "default_proxy_runtime")]
     pub runtime: String,
+    /// Root-only directory where the proxy records the containers it created and for whom.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: AbsPath,
 }
 
 impl Default for ProxySection {
@@ -114,12 +121,17 @@ impl Default for ProxySection {
             socket_group: None,
             socket_mode: None,
             runtime: default_proxy_runtime(),
+            state_dir: default_state_dir(),
         }
     }
 }
 
 fn default_proxy_runtime() -> String {
     "labgpu".to_string()
+}
+
+fn default_state_dir() -> AbsPath {
+    AbsPath(PathBuf::from("/var/lib/labgpu"))
 }
 
 impl ProxySection {
@@ -318,6 +330,9 @@ pub struct Defaults {
     pub bind_allow: Vec<AbsPath>,
     #[serde(default)]
     pub devices: Vec<AbsPath>,
+    /// Named volumes backed by a mount of the admin's (NFS, a bind) that containers may use.
+    #[serde(default)]
+    pub mounted_volumes: Vec<VolumeName>,
 }
 
 impl Default for Defaults {
@@ -332,6 +347,7 @@ impl Default for Defaults {
             run_as: RunAs::Image,
             bind_allow: Vec::new(),
             devices: Vec::new(),
+            mounted_volumes: Vec::new(),
         }
     }
 }
@@ -383,6 +399,8 @@ pub struct UserPolicy {
     pub devices: Vec<AbsPath>,
     #[serde(default)]
     pub mounts: Vec<UserMount>,
+    #[serde(default)]
+    pub mounted_volumes: Vec<VolumeName>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -413,6 +431,26 @@ impl<'de> Deserialize<'de> for AbsPath {
             )));
         }
         Ok(AbsPath(PathBuf::from(s)))
+    }
+}
+
+/// A Docker volume name (`[a-zA-Z0-9][a-zA-Z0-9_.-]+`, Docker's own rule).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct VolumeName(pub String);
+
+impl<'de> Deserialize<'de> for VolumeName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let ok = s.len() >= 2
+            && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+        if !ok {
+            return Err(serde::de::Error::custom(format!(
+                "volume name {s:?} is not a valid Docker volume name"
+            )));
+        }
+        Ok(VolumeName(s))
     }
 }
 
@@ -478,18 +516,20 @@ impl Policy {
         if policy.runtime.owner_label.is_empty() {
             return Err(invalid("[runtime] owner_label must not be empty".into()));
         }
-        if let Some(g) = &policy.proxy.socket_group {
-            if !valid_user_name(g) {
+        if let Some(proxy) = &policy.proxy {
+            if let Some(g) = &proxy.socket_group {
+                if !valid_user_name(g) {
+                    return Err(invalid(format!(
+                        "[proxy] socket_group {g:?} is not a valid group name"
+                    )));
+                }
+            }
+            if proxy.runtime.is_empty() || proxy.runtime == "runc" {
                 return Err(invalid(format!(
-                    "[proxy] socket_group {g:?} is not a valid group name"
+                    "[proxy] runtime = {:?} must name the labgpu runtime as registered with Docker",
+                    proxy.runtime
                 )));
             }
-        }
-        if policy.proxy.runtime.is_empty() || policy.proxy.runtime == "runc" {
-            return Err(invalid(format!(
-                "[proxy] runtime = {:?} must name the labgpu runtime as registered with Docker",
-                policy.proxy.runtime
-            )));
         }
         for (name, user) in &policy.users {
             if !valid_user_name(name) {
@@ -513,6 +553,12 @@ impl Policy {
         let value: toml::Table = toml::from_str(&text).ok()?;
         let runc = value.get("runtime")?.get("runc")?.as_str()?;
         runc.starts_with('/').then(|| PathBuf::from(runc))
+    }
+
+    /// `[proxy]`, or its defaults when the table is absent (for messages and tests; the
+    /// proxy itself refuses to start without the table).
+    pub fn proxy_or_default(&self) -> ProxySection {
+        self.proxy.clone().unwrap_or_default()
     }
 
     pub fn user(&self, name: &str) -> Option<&UserPolicy> {
@@ -649,15 +695,20 @@ mod tests {
     #[test]
     fn proxy_section_modes_and_groups() {
         let p = parse("version = 1\n").unwrap();
-        assert_eq!(p.proxy.mode(), 0o666);
-        assert_eq!(p.proxy.runtime, "labgpu");
+        assert!(p.proxy.is_none());
+        let p = parse("version = 1\n[proxy]\n").unwrap();
+        let proxy = p.proxy.unwrap();
+        assert_eq!(proxy.mode(), 0o666);
+        assert_eq!(proxy.runtime, "labgpu");
+        assert_eq!(proxy.state_dir.as_path(), Path::new("/var/lib/labgpu"));
         assert!(parse("version = 1\n[proxy]\nruntime = \"runc\"\n").is_err());
-        assert!(p.proxy.socket_group.is_none());
+        assert!(proxy.socket_group.is_none());
         let p = parse("version = 1\n[proxy]\nsocket_group = \"docker-users\"\n").unwrap();
-        assert_eq!(p.proxy.mode(), 0o660);
+        assert_eq!(p.proxy.unwrap().mode(), 0o660);
         let p = parse("version = 1\n[proxy]\nsocket_group = \"lab\"\nsocket_mode = \"0600\"\n")
             .unwrap();
-        assert_eq!(p.proxy.mode(), 0o600);
+        assert_eq!(p.proxy.unwrap().mode(), 0o600);
+        assert!(parse("version = 1\n[proxy]\nstate_dir = \"var/lib\"\n").is_err());
         for bad in ["\"0999\"", "\"4777\"", "\"\"", "660"] {
             let err = parse(&format!("version = 1\n[proxy]\nsocket_mode = {bad}\n")).unwrap_err();
             assert!(err.to_string().contains("line 3"), "{bad}: {err}");

@@ -14,9 +14,10 @@ use crate::decide::{self, decide, DecideError};
 use crate::edits::{self, stamp, EditError, Report};
 use crate::gpu::{inventory_for, GpuError, Purpose};
 use crate::owner::{self, OwnerError};
-use crate::policy::{policy_path, Policy, PolicyError};
+use crate::policy::{policy_path, Policy, PolicyError, Unlabeled};
 use crate::refusal;
 use crate::spec::{self, SpecError};
+use crate::volumes::{self, VolumeError};
 
 /// Where runc is looked for when the policy does not say.
 pub const RUNC_CANDIDATES: [&str; 4] = [
@@ -25,6 +26,9 @@ pub const RUNC_CANDIDATES: [&str; 4] = [
     "/usr/local/bin/runc",
     "/usr/local/sbin/runc",
 ];
+
+/// The mount table of this process, which runc (exec'd in its place) binds volumes from.
+const MOUNT_TABLE: &str = "/proc/self/mountinfo";
 
 /// runc's state root when `--root` is not given (runc run as root).
 const RUNC_DEFAULT_ROOT: &str = "/run/runc";
@@ -43,6 +47,8 @@ pub enum RuntimeError {
     Decide(#[from] DecideError),
     #[error(transparent)]
     Edit(#[from] EditError),
+    #[error(transparent)]
+    Volume(#[from] VolumeError),
     #[error("runc not found: set [runtime] runc in the policy or install runc at one of {}", RUNC_CANDIDATES.join(", "))]
     NoRunc,
     #[error("runc {0} from [runtime] runc does not exist")]
@@ -68,6 +74,12 @@ pub enum RuntimeError {
     OwnerGone {
         id: String,
         owner: String,
+        policy: PathBuf,
+    },
+    #[error("container was not created through the labgpu proxy, so its {key}={label:?} label is not trusted, and {policy} [runtime] unlabeled = \"deny\"")]
+    NotFromProxy {
+        key: String,
+        label: String,
         policy: PathBuf,
     },
     #[error("updating device rules of a running container is not allowed (linux.resources.devices in update)")]
@@ -155,25 +167,35 @@ fn prepare_create(
     let runc = find_runc(policy.runtime.runc.as_ref().map(|r| r.as_path()))?;
     let config = bundle.join("config.json");
     let mut spec = spec::load(&config)?;
-    let root = owner::docker_root(
-        &spec,
-        policy.runtime.docker_root.as_ref().map(|r| r.as_path()),
-    );
-    let owner = owner::find_owner(&spec, &id, &policy.runtime.owner_label, root.as_deref())?;
+    let root = owner::docker_root(policy.runtime.docker_root.as_ref().map(|r| r.as_path()));
+    let ownership = owner::resolve(&policy, &spec, &id, &root)?;
+    if let (None, Some(label)) = (&ownership.owner, &ownership.ignored_label) {
+        if policy.runtime.unlabeled == Unlabeled::Deny {
+            return Err(RuntimeError::NotFromProxy {
+                key: policy.runtime.owner_label.clone(),
+                label: label.clone(),
+                policy: policy.path.clone(),
+            });
+        }
+    }
+    let owner = ownership.owner;
     let refs: Vec<_> = owner
         .as_deref()
         .and_then(|o| policy.user(o))
         .map(|u| u.gpus.iter().collect())
         .unwrap_or_default();
     let inventory = inventory_for(&policy.gpus, &refs, Purpose::Runtime)?;
+    let backings = volumes::spec_backings(&spec, &root, Path::new(MOUNT_TABLE))?;
     let mut decision = decide(&policy, owner.as_deref(), &inventory, root, &id)?;
     decision.runc_root = Some(runc_root(inv));
+    decision.volume_backings = backings;
     let mut report = Report::default();
     edits::apply_all(&mut spec, &decision, &mut report)?;
     spec::write_atomic(&config, &spec)?;
     tracing::info!(
         container = %id,
         owner = decision.owner.as_deref().unwrap_or("-"),
+        ignored_label = ownership.ignored_label.as_deref().unwrap_or("-"),
         gpus = ?decision.gpu_ids,
         removed = ?report.removed,
         added = ?report.added,

@@ -413,7 +413,6 @@ impl Ctx<'_> {
         }
 
         let docker_root = owner::docker_root(
-            &state["config"],
             self.policy
                 .runtime
                 .docker_root

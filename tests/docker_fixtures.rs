@@ -65,15 +65,24 @@ fn container_id(spec: &Value) -> String {
         .to_string()
 }
 
+/// The decision for `spec`, with every local volume it binds a plain directory of Docker's
+/// (the runtime reads that from the mount table; these fixtures have none).
 fn decision_for(spec: &Value, owner: &str) -> Decision {
-    decide(
+    let mut d = decide(
         &policy(),
         Some(owner),
         &inventory(),
-        Some(DOCKER_ROOT.into()),
+        DOCKER_ROOT.into(),
         &container_id(spec),
     )
-    .unwrap()
+    .unwrap();
+    for m in spec["mounts"].as_array().into_iter().flatten() {
+        let source = Path::new(m["source"].as_str().unwrap_or_default());
+        if let Some((name, _)) = labgpu::volumes::volume_of(source, Path::new(DOCKER_ROOT)) {
+            d.volume_backings.insert(name, Vec::new());
+        }
+    }
+    d
 }
 
 fn edit(name: &str, owner: &str) -> Result<(Value, Report), EditError> {
@@ -177,15 +186,14 @@ fn plain_run_as_alice() {
     for key in ["ociVersion", "root", "hostname", "mounts"] {
         assert_eq!(spec[key], original[key], "{key}");
     }
-    for key in [
-        "seccomp",
-        "maskedPaths",
-        "readonlyPaths",
-        "namespaces",
-        "cgroupsPath",
-    ] {
+    for key in ["seccomp", "readonlyPaths", "namespaces", "cgroupsPath"] {
         assert_eq!(spec["linux"][key], original["linux"][key], "linux.{key}");
     }
+    // Docker 20.10's masked paths first and in order; later Dockers' additions after them.
+    let masked = spec["linux"]["maskedPaths"].as_array().unwrap();
+    let docker = original["linux"]["maskedPaths"].as_array().unwrap();
+    assert_eq!(&masked[..docker.len()], &docker[..]);
+    assert!(masked.contains(&json!("/sys/devices/virtual/powercap")));
     assert_eq!(
         spec["process"]["oomScoreAdj"],
         original["process"]["oomScoreAdj"]
@@ -355,7 +363,7 @@ fn label_is_read_from_a_real_config_v2_json() {
     let cdir = dir.path().join("containers").join(id);
     std::fs::create_dir_all(&cdir).unwrap();
     std::fs::write(cdir.join("config.v2.json"), v2.to_string()).unwrap();
-    let owner = labgpu::owner::find_owner(&json!({}), id, "labgpu.user", Some(dir.path())).unwrap();
+    let owner = labgpu::owner::find_owner(&json!({}), id, "labgpu.user", dir.path()).unwrap();
     assert_eq!(owner.as_deref(), Some("alice"));
 }
 

@@ -252,7 +252,10 @@ fn proxy_over_real_sockets() {
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::write(
         dir.path().join("policy.toml"),
-        format!("version = 1\n[users.nobody]\nuid = {NOBODY}\ngid = {NOBODY}\n"),
+        format!(
+            "version = 1\n[proxy]\nstate_dir = \"{}\"\n[users.nobody]\nuid = {NOBODY}\ngid = {NOBODY}\n",
+            dir.path().join("state").display()
+        ),
     )
     .unwrap();
     let seen = fake_dockerd(&dir.path().join("docker.sock"));

@@ -3,6 +3,7 @@
 //! Order matters only for the messages: the privileged check runs first so `--privileged`
 //! is refused as such rather than by whichever of its parts another edit meets first.
 
+pub mod annotations;
 pub mod cdi;
 pub mod devices;
 pub mod mounts;
@@ -10,6 +11,7 @@ pub mod nvidia;
 pub mod process;
 pub mod security;
 pub mod stamp;
+pub mod system_paths;
 
 use std::path::PathBuf;
 
@@ -45,14 +47,14 @@ pub enum EditError {
         container: String,
         owner: String,
     },
-    #[error("volume at {volume} is backed by host path {device}, which is not under a bind_allow prefix in {section}")]
+    #[error("volume {volume:?} is not a plain Docker volume: {backing} is mounted on it (mounted_volumes in {section})")]
     VolumeNotAllowed {
-        volume: PathBuf,
-        device: String,
+        volume: String,
+        backing: String,
         section: String,
     },
-    #[error("cannot read volume options {path}: {reason}")]
-    VolumeOpts { path: PathBuf, reason: String },
+    #[error("volume {0:?} was not inspected in the mount table before the check")]
+    VolumeUnknown(String),
     #[error("the spec's {field} is malformed: {reason}")]
     Malformed { field: &'static str, reason: String },
 }
@@ -78,6 +80,8 @@ impl Report {
 pub fn apply_all(spec: &mut Value, d: &Decision, report: &mut Report) -> Result<(), EditError> {
     security::check_privileged(spec, d)?;
     security::apply(spec, d, report)?;
+    system_paths::apply(spec, d, report)?;
+    annotations::apply(spec, d, report)?;
     devices::apply(spec, d, report)?;
     mounts::apply(spec, d, report)?;
     nvidia::apply(spec, report);
@@ -131,7 +135,10 @@ pub(crate) mod testing {
             allow_host_network: false,
             mounts: Vec::new(),
             bind_allow: vec![PathBuf::from("/srv/datasets")],
-            docker_root: Some(PathBuf::from("/var/lib/docker")),
+            docker_root: PathBuf::from("/var/lib/docker"),
+            volume_backings: Default::default(),
+            mounted_volumes: Default::default(),
+            cpu_count: 0,
             runc_root: None,
             cdi: None,
             container_id: "cid".into(),

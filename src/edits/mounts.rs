@@ -10,6 +10,7 @@ use crate::decide::{resolve_host, Decision};
 use crate::edits::stamp::owner_in_state;
 use crate::paths::is_under;
 use crate::spec::{array_mut, str_field};
+use crate::volumes::volume_of;
 
 /// Filesystems Docker mounts itself that carry no host data.
 const PSEUDO_FS: [&str; 7] = [
@@ -131,9 +132,7 @@ fn cdi_owned(source: &Path, destination: &str, d: &Decision) -> bool {
 /// Docker's own files for this container, its named volumes, and the few files it shares
 /// between containers.
 fn docker_owned(source: &Path, destination: &str, d: &Decision) -> Result<bool, EditError> {
-    let Some(root) = &d.docker_root else {
-        return Ok(false);
-    };
+    let root = &d.docker_root;
     if let Ok(rest) = source.strip_prefix(root.join("containers")) {
         let mut parts = rest.components();
         let Some(id) = parts.next() else {
@@ -165,50 +164,32 @@ fn docker_owned(source: &Path, destination: &str, d: &Decision) -> Result<bool, 
             owner: owner.unwrap_or_else(|| "no labgpu owner".into()),
         });
     }
-    if let Ok(rest) = source.strip_prefix(root.join("volumes")) {
-        let mut parts = rest.components();
-        let (Some(name), Some(data)) = (parts.next(), parts.next()) else {
-            return Ok(false);
-        };
-        if data.as_os_str() != "_data" {
-            return Ok(false);
-        }
-        check_volume_backing(&root.join("volumes").join(name), d)?;
+    if let Some((name, _)) = volume_of(source, root) {
+        check_volume(&name, d)?;
         return Ok(true);
     }
     Ok(false)
 }
 
-/// A local volume created with `-o type=none -o o=bind -o device=/etc` (or a block device)
-/// is a host path in disguise: its `opts.json` names the real source.
-fn check_volume_backing(volume: &Path, d: &Decision) -> Result<(), EditError> {
-    let opts = volume.join("opts.json");
-    let bytes = match std::fs::read(&opts) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => {
-            return Err(EditError::VolumeOpts {
-                path: opts,
-                reason: e.to_string(),
-            })
-        }
-    };
-    let v: Value = serde_json::from_slice(&bytes).map_err(|e| EditError::VolumeOpts {
-        path: opts.clone(),
-        reason: e.to_string(),
-    })?;
-    let Some(device) = str_field(&v, "MountDevice").filter(|s| s.starts_with('/')) else {
-        return Ok(());
-    };
-    let resolved = resolve_host(Path::new(device));
-    if d.bind_allow.iter().any(|p| is_under(&resolved, p)) {
+/// A local volume must be Docker's own directory, or a tmpfs, unless the policy names it:
+/// `-o type=proc`, an overlay over someone's home or a relative bind are mounted there by
+/// dockerd as root.
+fn check_volume(name: &str, d: &Decision) -> Result<(), EditError> {
+    let backings = d
+        .volume_backings
+        .get(name)
+        .ok_or_else(|| EditError::VolumeUnknown(name.to_string()))?;
+    if d.mounted_volumes.contains(name) {
         return Ok(());
     }
-    Err(EditError::VolumeNotAllowed {
-        volume: volume.to_path_buf(),
-        device: device.to_string(),
-        section: d.section(),
-    })
+    match backings.iter().find(|b| !b.harmless()) {
+        None => Ok(()),
+        Some(b) => Err(EditError::VolumeNotAllowed {
+            volume: name.to_string(),
+            backing: b.describe(),
+            section: d.section(),
+        }),
+    }
 }
 
 #[cfg(test)]
@@ -223,7 +204,7 @@ mod tests {
 
     fn docker_decision(root: &Path) -> Decision {
         let mut d = decision();
-        d.docker_root = Some(root.to_path_buf());
+        d.docker_root = root.to_path_buf();
         d
     }
 
@@ -231,7 +212,8 @@ mod tests {
     fn docker_files_volumes_and_allowed_prefixes_pass() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
-        let d = docker_decision(root);
+        let mut d = docker_decision(root);
+        d.volume_backings.insert("v1".into(), vec![]);
         let c = |p: &str| {
             root.join("containers")
                 .join(p)
@@ -328,27 +310,65 @@ mod tests {
         assert!(err.to_string().contains("host path /etc "), "{err}");
     }
 
+    /// What the kernel has at `_data` decides, not opts.json: proc, a bind of someone's home,
+    /// a mount below `_data` are refused; tmpfs and plain directories pass; the policy can
+    /// name an admin's mounted volume.
     #[test]
-    fn bind_backed_volumes_are_checked_like_binds() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path();
-        let vol = root.join("volumes/sneaky");
-        std::fs::create_dir_all(vol.join("_data")).unwrap();
-        std::fs::write(
-            vol.join("opts.json"),
-            r#"{"MountType":"none","MountOpts":"bind","MountDevice":"/etc"}"#,
+    fn volumes_are_judged_by_what_is_mounted_on_them() {
+        use crate::volumes::Backing;
+        let root = Path::new("/var/lib/docker");
+        let backing = |mp: &str, fs: &str, src: &str, r: &str| Backing {
+            mount_point: root.join("volumes").join(mp),
+            fs_type: fs.into(),
+            source: src.into(),
+            root: r.into(),
+        };
+        let mut d = docker_decision(root);
+        d.volume_backings.insert("plain".into(), vec![]);
+        d.volume_backings.insert(
+            "tmp".into(),
+            vec![backing("tmp/_data", "tmpfs", "tmpfs", "/")],
+        );
+        d.volume_backings
+            .insert("p".into(), vec![backing("p/_data", "proc", "proc", "/")]);
+        d.volume_backings.insert(
+            "b".into(),
+            vec![backing("b/_data", "ext4", "/dev/sda1", "/home/bob")],
+        );
+        d.volume_backings.insert(
+            "deep".into(),
+            vec![backing("deep/_data/x", "sysfs", "sysfs", "/")],
+        );
+        d.volume_backings.insert(
+            "nfs".into(),
+            vec![backing("nfs/_data", "nfs4", "srv:/data", "/")],
+        );
+        let vol = |name: &str| bind(&format!("/var/lib/docker/volumes/{name}/_data"), "/v");
+        for ok in ["plain", "tmp"] {
+            apply(
+                &mut json!({"mounts": [vol(ok)]}),
+                &d,
+                &mut Report::default(),
+            )
+            .unwrap();
+        }
+        for bad in ["p", "b", "deep", "nfs", "unseen"] {
+            let err = apply(
+                &mut json!({"mounts": [vol(bad)]}),
+                &d,
+                &mut Report::default(),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains(&format!("volume {bad:?}")), "{bad}: {err}");
+        }
+        d.mounted_volumes.insert("nfs".into());
+        apply(
+            &mut json!({"mounts": [vol("nfs")]}),
+            &d,
+            &mut Report::default(),
         )
         .unwrap();
-        let d = docker_decision(root);
-        let mut spec = json!({"mounts": [bind(vol.join("_data").to_str().unwrap(), "/v")]});
-        let err = apply(&mut spec, &d, &mut Report::default()).unwrap_err();
-        assert!(matches!(err, EditError::VolumeNotAllowed { .. }), "{err}");
-        std::fs::write(
-            vol.join("opts.json"),
-            r#"{"MountType":"tmpfs","MountOpts":"size=1m","MountDevice":"tmpfs"}"#,
-        )
-        .unwrap();
-        apply(&mut spec, &d, &mut Report::default()).unwrap();
     }
 
     #[test]

@@ -174,17 +174,6 @@ fn check_confined(spec: &Value, d: &Decision) -> Result<(), EditError> {
             }
         }
     }
-    for field in ["maskedPaths", "readonlyPaths"] {
-        let empty = spec
-            .pointer(&format!("/linux/{field}"))
-            .and_then(Value::as_array)
-            .is_none_or(Vec::is_empty);
-        if empty {
-            return Err(unconfined(&format!(
-                "an empty linux.{field} (systempaths=unconfined)"
-            )));
-        }
-    }
     if spec
         .pointer("/process/apparmorProfile")
         .and_then(Value::as_str)
@@ -256,16 +245,12 @@ mod tests {
     fn unconfined_profiles_are_refused() {
         let d = decision();
         type Mutation = fn(&mut Value);
-        let cases: [(&str, Mutation); 5] = [
+        let cases: [(&str, Mutation); 3] = [
             ("seccomp", |s| {
                 s["linux"].as_object_mut().unwrap().remove("seccomp");
             }),
             ("allows by default", |s| {
                 s["linux"]["seccomp"]["defaultAction"] = json!("SCMP_ACT_ALLOW")
-            }),
-            ("maskedPaths", |s| s["linux"]["maskedPaths"] = json!([])),
-            ("readonlyPaths", |s| {
-                s["linux"].as_object_mut().unwrap().remove("readonlyPaths");
             }),
             ("apparmor", |s| {
                 s["process"]["apparmorProfile"] = json!("unconfined")

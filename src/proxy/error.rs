@@ -49,7 +49,7 @@ pub enum RuleError {
         "{field} = {value:?} is not allowed: only the administrator places containers in cgroups"
     )]
     CgroupParent { field: &'static str, value: String },
-    #[error("security option {opt:?} is not allowed for {user} (allow_unconfined in {section})")]
+    #[error("{opt} is not allowed for {user} (allow_unconfined in {section})")]
     Unconfined {
         opt: String,
         user: String,
@@ -73,6 +73,18 @@ pub enum RuleError {
     BuildRemote(String),
     #[error("container name {0:?} is not a valid container name or id")]
     BadContainerRef(String),
+    #[error("BuildKit builds run their steps outside the labgpu runtime and are not allowed through the labgpu proxy; build with the classic builder: DOCKER_BUILDKIT=0 docker build …")]
+    BuildKit,
+    #[error("{field} is not a field the labgpu proxy knows; it refuses what it cannot check")]
+    UnknownField { field: String },
+    #[error("{field} is not allowed through the labgpu proxy: {reason}")]
+    FieldRefused { field: String, reason: &'static str },
+    #[error("{field} = {value:?} is not allowed through the labgpu proxy: {reason}")]
+    ValueRefused {
+        field: String,
+        value: String,
+        reason: String,
+    },
 }
 
 impl RuleError {
@@ -86,7 +98,8 @@ impl RuleError {
             | RuleError::BadField { .. }
             | RuleError::DuplicateKey { .. }
             | RuleError::BadFilters(_)
-            | RuleError::BadContainerRef(_) => 400,
+            | RuleError::BadContainerRef(_)
+            | RuleError::UnknownField { .. } => 400,
             _ => 403,
         }
     }
@@ -125,6 +138,12 @@ pub enum ProxyError {
     Body(String),
     #[error("query parameter {0} is missing")]
     MissingParam(&'static str),
+    #[error("the container was created but could not be recorded, so it was removed again: {0}")]
+    Record(#[from] crate::records::RecordError),
+    #[error("builds are not allowed: their steps are containers nobody owns, and {policy} [runtime] unlabeled = \"deny\" refuses them; the administrator sets unlabeled = \"no-gpu\" to allow builds")]
+    BuildsNeedNoGpu { policy: PathBuf },
+    #[error("builds are not allowed: dockerd's default runtime is {default:?}, so build steps would run without labgpu; the administrator runs `labgpu setup docker --default` (runtime {runtime:?})")]
+    BuildsNeedDefaultRuntime { default: String, runtime: String },
 }
 
 impl ProxyError {
@@ -139,6 +158,10 @@ impl ProxyError {
             ProxyError::NoSuchContainer(_) | ProxyError::NoSuchExec(_) => StatusCode::NOT_FOUND,
             ProxyError::UpstreamStatus { status, .. } => *status,
             ProxyError::Body(_) | ProxyError::MissingParam(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Record(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ProxyError::BuildsNeedNoGpu { .. } | ProxyError::BuildsNeedDefaultRuntime { .. } => {
+                StatusCode::FORBIDDEN
+            }
         }
     }
 }

@@ -82,7 +82,7 @@ pub fn user_ctx(policy: &Policy, name: &str) -> UserCtx {
     UserCtx {
         name: name.to_string(),
         owner_label: policy.runtime.owner_label.clone(),
-        runtime: policy.proxy.runtime.clone(),
+        runtime: policy.proxy_or_default().runtime,
         allow_privileged: flag(|u| u.allow_privileged, d.allow_privileged),
         allow_host_namespaces: flag(|u| u.allow_host_namespaces, d.allow_host_namespaces),
         allow_host_network: flag(|u| u.allow_host_network, d.allow_host_network),
@@ -256,6 +256,66 @@ pub(super) fn array_of<'a>(
     }
 }
 
+/// How the proxy treats one field of a JSON body from a policy user: the allowlist. A key
+/// that is in no table is refused, never passed on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Field {
+    /// Harmless, or cut by the runtime whatever it says.
+    Free,
+    /// Checked (and maybe rewritten) by a rule of the resource.
+    Checked,
+    /// Refused when set to anything but its zero value; the reason ends the sentence.
+    Refused(&'static str),
+}
+
+/// Whether a JSON value is set: Docker's clients send most fields with zero values.
+pub(super) fn is_set(v: &Value) -> bool {
+    match v {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_f64() != Some(0.0),
+        Value::String(s) => !s.is_empty(),
+        Value::Array(a) => !a.is_empty(),
+        Value::Object(o) => !o.is_empty(),
+    }
+}
+
+/// Canonicalizes `obj`'s keys to `table`'s names as Go would bind them, then refuses a key
+/// the table does not know and a set `Refused` field. `path` names the object in messages
+/// (`HostConfig`, `Mounts[2]`).
+pub(super) fn check_fields(
+    obj: &mut Map<String, Value>,
+    table: &[(&str, Field)],
+    path: &str,
+) -> Result<(), RuleError> {
+    let names: Vec<&str> = table.iter().map(|(n, _)| *n).collect();
+    canonicalize(obj, &names)?;
+    let field_name = |k: &str| {
+        if path.is_empty() {
+            k.to_string()
+        } else {
+            format!("{path}.{k}")
+        }
+    };
+    for (key, value) in obj.iter() {
+        match table.iter().find(|(n, _)| n == key) {
+            None => {
+                return Err(RuleError::UnknownField {
+                    field: field_name(key),
+                })
+            }
+            Some((_, Field::Refused(reason))) if is_set(value) => {
+                return Err(RuleError::FieldRefused {
+                    field: field_name(key),
+                    reason,
+                })
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Container names and ids as Docker accepts them (`[a-zA-Z0-9][a-zA-Z0-9_.-]*`, with an
 /// optional leading `/`).
 pub fn valid_container_ref(s: &str) -> bool {
@@ -285,8 +345,8 @@ pub fn test_ctx() -> UserCtx {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
     use serde_json::json;
+    use std::path::Path;
 
     #[test]
     fn form_bodies_are_refused() {

@@ -118,12 +118,15 @@ pub fn classify(method: &Method, path: &str) -> Result<Route, RuleError> {
         ["networks", ..] => Ok(Route::Forward),
         ["volumes", "create"] if post => Ok(Route::VolumeCreate),
         ["volumes", ..] => Ok(Route::Forward),
-        // The client's side of a build: the daemon calls back into the client (file sync,
-        // registry auth); it gives the caller nothing the build itself does not.
-        ["session"] if post => Ok(Route::Forward),
+        // BuildKit's session (the client's side of a build) and its control API: BuildKit
+        // runs build steps with runc directly, outside labgpu.
+        ["session"] => Err(admin(
+            "BuildKit sessions (/session)",
+            "BuildKit runs build steps outside the labgpu runtime; build with `DOCKER_BUILDKIT=0 docker build`",
+        )),
         ["grpc"] => Err(admin(
             "the BuildKit gRPC API (/grpc)",
-            "its build requests cannot be checked here; build with `DOCKER_BUILDKIT=0 docker build`",
+            "BuildKit runs build steps outside the labgpu runtime; build with `DOCKER_BUILDKIT=0 docker build`",
         )),
         ["plugins", ..] => Err(admin(
             "plugins",
@@ -197,7 +200,10 @@ mod tests {
         assert_eq!(c(Method::POST, "/v1.41/commit"), Ok(Route::Commit));
         assert_eq!(c(Method::GET, "/v1.41/system/df"), Ok(Route::DiskUsage));
         assert_eq!(c(Method::POST, "/v1.41/build"), Ok(Route::Build));
-        assert_eq!(c(Method::POST, "/v1.41/session"), Ok(Route::Forward));
+        assert!(matches!(
+            c(Method::POST, "/v1.41/session"),
+            Err(RuleError::AdminOnly { .. })
+        ));
         assert_eq!(c(Method::HEAD, "/_ping"), Ok(Route::Forward));
         assert_eq!(
             c(

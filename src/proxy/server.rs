@@ -14,7 +14,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::service::service_fn;
-use hyper::{Request, Response};
+use hyper::{Method, Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{UnixListener, UnixStream};
 use tracing::{info, warn};
@@ -49,6 +49,7 @@ pub async fn serve(opts: Options) -> anyhow::Result<()> {
     );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
+    tokio::spawn(prune_records(opts.policy.clone()));
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -70,10 +71,43 @@ pub async fn serve(opts: Options) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How often the records of containers Docker no longer has are removed.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
+
+/// Removes, now and every `PRUNE_EVERY`, the records of containers removed without the proxy
+/// (`--rm`, `docker container prune`, the administrator's `docker rm`).
+async fn prune_records(policy: PathBuf) {
+    let mut tick = tokio::time::interval(PRUNE_EVERY);
+    loop {
+        tick.tick().await;
+        let policy = policy.clone();
+        let pruned = tokio::task::spawn_blocking(move || {
+            let policy = Policy::load(&policy).ok()?;
+            let root =
+                crate::owner::docker_root(policy.runtime.docker_root.as_ref().map(|r| r.as_path()));
+            Some(crate::records::prune(
+                policy.proxy_or_default().state_dir.as_path(),
+                &root,
+            ))
+        })
+        .await;
+        if let Ok(Some(n)) = pruned.map(|n| n.filter(|n| *n > 0)) {
+            info!(records = n, "pruned the records of removed containers");
+        }
+    }
+}
+
 /// Binds the socket, replacing a stale one but never a live proxy or a non-socket file,
 /// then applies the policy's [proxy] group and mode.
 fn listen(opts: &Options) -> anyhow::Result<UnixListener> {
     let policy = Policy::load(&opts.policy)?;
+    let Some(proxy) = &policy.proxy else {
+        anyhow::bail!(
+            "{} has no [proxy] table: add one (with it the runtime trusts an owner only on \
+             containers the proxy created, so users cannot forge the owner label)",
+            opts.policy.display()
+        );
+    };
     let path = &opts.listen;
     if let Some(dir) = path.parent() {
         if !dir.exists() {
@@ -95,10 +129,10 @@ fn listen(opts: &Options) -> anyhow::Result<UnixListener> {
     }
     let listener =
         UnixListener::bind(path).with_context(|| format!("listening on {}", path.display()))?;
-    let mode = policy.proxy.mode();
+    let mode = proxy.mode();
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("setting mode {mode:o} on {}", path.display()))?;
-    if let Some(group) = &policy.proxy.socket_group {
+    if let Some(group) = &proxy.socket_group {
         let gid = match group.parse::<u32>() {
             Ok(g) => nix::unistd::Gid::from_raw(g),
             Err(_) => nix::unistd::Group::from_name(group)
@@ -184,6 +218,7 @@ fn error_response(e: &ProxyError) -> Response<Body> {
 /// One policy user's request, as the resources' rules see it.
 pub struct Call<'a> {
     pub state: &'a State,
+    pub policy: &'a Policy,
     pub ctx: &'a UserCtx,
     /// The request path as sent, version prefix included (`/v1.41/containers/json`).
     pub path: String,
@@ -198,6 +233,10 @@ async fn route(
     req: Request<Body>,
 ) -> Result<Response<Body>, ProxyError> {
     if *caller == Caller::Admin {
+        let path = routes::strip_version(req.uri().path());
+        if req.method() == Method::POST && path == "/containers/create" {
+            return containers::admin_create(state, req).await;
+        }
         return forward(state, req).await;
     }
     // Per request, so an edit to the policy applies to the next request, not the next login.
@@ -213,6 +252,7 @@ async fn route(
     let path = req.uri().path().to_string();
     let call = Call {
         state,
+        policy: &policy,
         ctx: &ctx,
         prefix: path[..path.len() - routes::strip_version(&path).len()].to_string(),
         query: req.uri().query().map(str::to_string),
@@ -277,6 +317,9 @@ mod tests {
     fn stale_socket_is_replaced_live_one_and_files_are_not() {
         let dir = tempfile::tempdir().unwrap();
         let o = opts(dir.path(), "version = 1\n");
+        let err = rt().block_on(async { listen(&o).unwrap_err().to_string() });
+        assert!(err.contains("has no [proxy] table"), "{err}");
+        let o = opts(dir.path(), "version = 1\n[proxy]\n");
         rt().block_on(async {
             let live = listen(&o).unwrap();
             let err = listen(&o).unwrap_err().to_string();

@@ -61,6 +61,15 @@ pub async fn forward(state: &State, mut req: Request<Body>) -> Result<Response<B
     Ok(resp.map(|b| b.map_err(box_err).boxed()))
 }
 
+/// `DELETE path` on Docker, for the proxy's own clean-up; the status Docker answered.
+pub async fn delete(state: &State, path: &str) -> Result<StatusCode, ProxyError> {
+    let req = Request::delete(path)
+        .header(HOST, "docker")
+        .body(full(Bytes::new()))
+        .map_err(|_| RuleError::BadPath(path.to_string()))?;
+    Ok(send(state, req).await?.status())
+}
+
 /// `GET path` on Docker, for the proxy's own lookups.
 pub async fn get_json(state: &State, path: &str) -> Result<(StatusCode, Value), ProxyError> {
     let req = Request::get(path)

@@ -1,0 +1,221 @@
+//! Containers: `POST /containers/create` is checked against the caller's policy and rewritten
+//! (owner label, runtime, pinned references); `/containers/{id}/…` needs the caller to own
+//! `id`, and `update` may not touch devices.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use bytes::Bytes;
+use hyper::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::Value;
+use tracing::{info, warn};
+
+mod create;
+mod mounts;
+
+pub use create::{create_container_refs, rewrite_create, ContainerRef};
+
+use super::body::{full, read_json, with_json, with_uri, Body, MAX_JSON_BODY};
+use super::error::{ProxyError, RuleError};
+use super::request::{as_object_mut, canonicalize};
+use super::server::{Call, State};
+use super::upstream::{delete, forward, owned_container};
+use crate::decide::resolve_host;
+use crate::policy::Policy;
+use crate::records;
+
+/// `POST /containers/create`.
+pub async fn create(call: &Call<'_>, req: Request<Body>) -> Result<Response<Body>, ProxyError> {
+    let (parts, body) = req.into_parts();
+    let mut v = read_json(body, MAX_JSON_BODY).await?;
+    let mut owned = BTreeMap::new();
+    for r in create_container_refs(&mut v)? {
+        let full_id = owned_container(call.state, call.ctx, &r.name).await?;
+        owned.insert(r.name, full_id);
+    }
+    rewrite_create(&mut v, call.ctx, &owned, &resolve_host)?;
+    let image = v.get("Image").and_then(|i| i.as_str()).unwrap_or("?");
+    info!(user = %call.ctx.name, %image, "create");
+    let resp = forward(call.state, with_json(parts, &v)).await?;
+    let state_dir = call.policy.proxy_or_default().state_dir.0;
+    record_created(call.state, resp, &state_dir, &call.ctx.name).await
+}
+
+/// `POST /containers/create` from the administrator: forwarded as sent; a container with an
+/// owner label is recorded like a user's, so the runtime believes its label. A policy that
+/// does not load leaves the container unrecorded (and so unlabeled to the runtime).
+pub async fn admin_create(state: &State, req: Request<Body>) -> Result<Response<Body>, ProxyError> {
+    let (parts, body) = req.into_parts();
+    let mut v = read_json(body, MAX_JSON_BODY).await?;
+    let policy = match Policy::load(&state.policy) {
+        Ok(p) => p,
+        Err(e) => {
+            warn!(error = %e, "administrator's create not recorded: the policy does not load");
+            return forward(state, with_json(parts, &v)).await;
+        }
+    };
+    let key = policy.runtime.owner_label.clone();
+    let owner = as_object_mut(&mut v, "body")?
+        .map(|top| {
+            canonicalize(top, &["Labels"])?;
+            Ok::<_, RuleError>(
+                top.get("Labels")
+                    .and_then(|l| l.get(&key))
+                    .and_then(Value::as_str)
+                    .filter(|o| !o.is_empty())
+                    .map(str::to_string),
+            )
+        })
+        .transpose()?
+        .flatten();
+    let resp = forward(state, with_json(parts, &v)).await?;
+    match owner {
+        Some(owner) => {
+            record_created(state, resp, &policy.proxy_or_default().state_dir.0, &owner).await
+        }
+        None => Ok(resp),
+    }
+}
+
+/// Records a created container (Docker's `201 {"Id": …}`) for `owner`. If the record cannot
+/// be written the container is removed again: without it the runtime would not believe
+/// its owner, and the user would meet a stranger's refusal at start.
+async fn record_created(
+    state: &State,
+    resp: Response<Body>,
+    state_dir: &Path,
+    owner: &str,
+) -> Result<Response<Body>, ProxyError> {
+    if resp.status() != StatusCode::CREATED {
+        return Ok(resp);
+    }
+    let (mut parts, body) = resp.into_parts();
+    let created = read_json(body, MAX_JSON_BODY).await?;
+    let id = created
+        .get("Id")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let (dir, who, rid) = (state_dir.to_path_buf(), owner.to_string(), id.clone());
+    let written = tokio::task::spawn_blocking(move || records::record(&dir, &rid, &who))
+        .await
+        .map_err(|e| ProxyError::Body(e.to_string()))?;
+    if let Err(e) = written {
+        warn!(container = %id, error = %e, "cannot record the new container; removing it");
+        let _ = delete(state, &format!("/containers/{id}?force=1")).await;
+        return Err(ProxyError::Record(e));
+    }
+    let bytes = Bytes::from(created.to_string());
+    parts.headers.remove(TRANSFER_ENCODING);
+    parts.headers.insert(CONTENT_LENGTH, bytes.len().into());
+    Ok(Response::from_parts(parts, full(bytes)))
+}
+
+/// `/containers/{id}/{rest}`: any method, on the caller's own container only, sent on by
+/// full id.
+pub async fn by_id(
+    call: &Call<'_>,
+    id: &str,
+    rest: &str,
+    req: Request<Body>,
+) -> Result<Response<Body>, ProxyError> {
+    let full_id = owned_container(call.state, call.ctx, id).await?;
+    let path = if rest.is_empty() {
+        format!("{}/containers/{full_id}", call.prefix)
+    } else {
+        format!("{}/containers/{full_id}/{rest}", call.prefix)
+    };
+    let req = with_uri(req, &path, call.query.as_deref())?;
+    if rest == "update" && req.method() == Method::POST {
+        let (parts, body) = req.into_parts();
+        let mut v = read_json(body, MAX_JSON_BODY).await?;
+        check_update(&mut v)?;
+        return forward(call.state, with_json(parts, &v)).await;
+    }
+    let removing = rest.is_empty() && req.method() == Method::DELETE;
+    let resp = forward(call.state, req).await?;
+    if removing && resp.status().is_success() {
+        let dir = call.policy.proxy_or_default().state_dir.0;
+        let _ = tokio::task::spawn_blocking(move || records::forget(&dir, &full_id)).await;
+    }
+    Ok(resp)
+}
+
+/// `POST /containers/{id}/update`: resource limits may change, devices may not (the
+/// runtime refuses device changes too; this says so before Docker half-applies them).
+pub fn check_update(body: &mut Value) -> Result<(), RuleError> {
+    let Some(obj) = as_object_mut(body, "body")? else {
+        return Ok(());
+    };
+    let fields = [
+        "Devices",
+        "DeviceCgroupRules",
+        "DeviceRequests",
+        "CgroupParent",
+        "Runtime",
+        "Privileged",
+    ];
+    canonicalize(obj, &fields)?;
+    for f in fields {
+        let set = match obj.get(f) {
+            None | Some(Value::Null) | Some(Value::Bool(false)) => false,
+            Some(Value::Array(a)) => !a.is_empty(),
+            Some(Value::String(s)) => !s.is_empty(),
+            Some(_) => true,
+        };
+        if set {
+            return Err(RuleError::UpdateRefused {
+                field: f.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+/// Whether an inspected container (`GET /containers/{id}/json`) is the caller's.
+pub fn owned_by(inspect: &Value, owner_label: &str, name: &str) -> bool {
+    inspect
+        .get("Config")
+        .and_then(|c| c.get("Labels"))
+        .and_then(|l| l.get(owner_label))
+        .and_then(Value::as_str)
+        == Some(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn update_may_not_touch_devices() {
+        check_update(&mut json!({"Memory": 1000000, "CpuShares": 2})).unwrap();
+        check_update(&mut json!({"Devices": [], "DeviceCgroupRules": null})).unwrap();
+        for body in [
+            json!({"Devices": [{"PathOnHost": "/dev/nvidia1"}]}),
+            json!({"devicecgrouprules": ["c 195:* rwm"]}),
+            json!({"DeviceRequests": [{"Count": -1}]}),
+            json!({"Runtime": "runc"}),
+        ] {
+            assert!(
+                matches!(
+                    check_update(&mut body.clone()),
+                    Err(RuleError::UpdateRefused { .. })
+                ),
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
+    fn ownership_is_read_from_the_label() {
+        let c = json!({"Id": "abc", "Config": {"Labels": {"labgpu.user": "alice"}}});
+        assert!(owned_by(&c, "labgpu.user", "alice"));
+        assert!(!owned_by(&c, "labgpu.user", "bob"));
+        assert!(!owned_by(
+            &json!({"Config": {"Labels": null}}),
+            "labgpu.user",
+            "bob"
+        ));
+    }
+}

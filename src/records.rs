@@ -1,0 +1,208 @@
+//! The proxy's record of the containers it created, and for whom: one root-only file per
+//! container under `<[proxy] state_dir>/containers/`. With the proxy in use the runtime
+//! believes these records, not labels: a label is text anyone with the Docker socket (or a
+//! Dockerfile `LABEL` in a build) can write, a file in a root-only directory is not.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::owner::valid_container_id;
+use crate::paths::open_beneath;
+
+const DIR: &str = "containers";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("container id {0:?} is not a valid container id")]
+    BadId(String),
+    #[error("proxy record directory {path} must be root's and writable by no one else (it is uid {uid}, mode {mode:o})")]
+    Untrusted { path: PathBuf, uid: u32, mode: u32 },
+    #[error("cannot read proxy record {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("proxy record {path} is malformed: {reason}")]
+    Malformed { path: PathBuf, reason: String },
+    #[error("cannot write proxy record {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// What the proxy knew when it created the container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Record {
+    pub owner: String,
+}
+
+fn records_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join(DIR)
+}
+
+/// Records that the proxy created container `id` for `owner` (atomically; the directory is
+/// created root-only).
+pub fn record(state_dir: &Path, id: &str, owner: &str) -> Result<(), RecordError> {
+    if !valid_container_id(id) {
+        return Err(RecordError::BadId(id.to_string()));
+    }
+    let dir = records_dir(state_dir);
+    let path = dir.join(id);
+    let write_err = |source| RecordError::Write {
+        path: path.clone(),
+        source,
+    };
+    std::fs::create_dir_all(&dir).map_err(write_err)?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(write_err)?;
+    let bytes = serde_json::to_vec(&Record {
+        owner: owner.to_string(),
+    })
+    .map_err(|e| write_err(std::io::Error::other(e)))?;
+    let tmp = dir.join(format!(".{id}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(write_err)
+}
+
+/// The owner the proxy recorded for `id`; `None` when it did not create it (or there are no
+/// records yet).
+pub fn recorded_owner(state_dir: &Path, id: &str) -> Result<Option<String>, RecordError> {
+    if !valid_container_id(id) {
+        return Err(RecordError::BadId(id.to_string()));
+    }
+    let dir = records_dir(state_dir);
+    match std::fs::symlink_metadata(&dir) {
+        Ok(m) if m.is_dir() && m.uid() == 0 && m.mode() & 0o022 == 0 => {}
+        Ok(m) => {
+            return Err(RecordError::Untrusted {
+                path: dir,
+                uid: m.uid(),
+                mode: m.mode() & 0o7777,
+            })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(RecordError::Read { path: dir, source }),
+    }
+    let path = dir.join(id);
+    let read_err = |source| RecordError::Read {
+        path: path.clone(),
+        source,
+    };
+    let mut file = match open_beneath(state_dir, &Path::new(DIR).join(id)) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(read_err(e)),
+    };
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).map_err(read_err)?;
+    let record: Record = serde_json::from_slice(&bytes).map_err(|e| RecordError::Malformed {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    Ok(Some(record.owner))
+}
+
+/// Forgets container `id` (removed through the proxy); a missing record is not an error.
+pub fn forget(state_dir: &Path, id: &str) -> Result<(), RecordError> {
+    if !valid_container_id(id) {
+        return Err(RecordError::BadId(id.to_string()));
+    }
+    let path = records_dir(state_dir).join(id);
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(RecordError::Write { path, source: e })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Removes the records of containers Docker no longer has (`<docker_root>/containers/<id>`
+/// gone: removed straight through Docker, or by `--rm`). A record is written only after its
+/// container exists, so a live container's record is never pruned. Returns how many went.
+pub fn prune(state_dir: &Path, docker_root: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(records_dir(state_dir)) else {
+        return 0;
+    };
+    let containers = docker_root.join("containers");
+    if !containers.is_dir() {
+        return 0;
+    }
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|id| valid_container_id(id) && !id.starts_with('.'))
+        .filter(|id| !containers.join(id).exists())
+        .filter(|id| forget(state_dir, id).is_ok())
+        .count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_read_forget() {
+        let d = tempfile::tempdir().unwrap();
+        assert_eq!(recorded_owner(d.path(), "c1").unwrap(), None);
+        record(d.path(), "c1", "alice").unwrap();
+        assert_eq!(
+            recorded_owner(d.path(), "c1").unwrap().as_deref(),
+            Some("alice")
+        );
+        let mode = std::fs::metadata(d.path().join(DIR)).unwrap().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        assert_eq!(recorded_owner(d.path(), "c2").unwrap(), None);
+        forget(d.path(), "c1").unwrap();
+        forget(d.path(), "c1").unwrap();
+        assert_eq!(recorded_owner(d.path(), "c1").unwrap(), None);
+        assert!(record(d.path(), "../x", "alice").is_err());
+        assert!(recorded_owner(d.path(), "..").is_err());
+    }
+
+    #[test]
+    fn a_writable_directory_or_a_symlinked_record_is_not_believed() {
+        let d = tempfile::tempdir().unwrap();
+        record(d.path(), "c1", "alice").unwrap();
+        let dir = d.path().join(DIR);
+        std::fs::write(d.path().join("planted"), r#"{"owner":"bob"}"#).unwrap();
+        std::os::unix::fs::symlink(d.path().join("planted"), dir.join("c2")).unwrap();
+        assert!(recorded_owner(d.path(), "c2").is_err());
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        if nix::unistd::geteuid().is_root() {
+            assert!(matches!(
+                recorded_owner(d.path(), "c1"),
+                Err(RecordError::Untrusted { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn prune_keeps_records_of_existing_containers() {
+        let d = tempfile::tempdir().unwrap();
+        let state = d.path().join("state");
+        let root = d.path().join("docker");
+        std::fs::create_dir_all(root.join("containers/live")).unwrap();
+        record(&state, "live", "alice").unwrap();
+        record(&state, "gone", "bob").unwrap();
+        assert_eq!(prune(&state, &root), 1);
+        assert!(recorded_owner(&state, "live").unwrap().is_some());
+        assert!(recorded_owner(&state, "gone").unwrap().is_none());
+    }
+}
