@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The test command: formatting, clippy, the Rust tests, then the real-Docker e2e and proxy suites.
+# The test command: formatting, clippy, the Rust tests, then the real-Docker e2e, proxy and
+# seccomp suites.
 # Every step runs even if an earlier one failed; exits non-zero if any failed.
 #
 #   bash integration/run-tests.sh     (as root, for the e2e suite)
@@ -38,6 +39,7 @@ fi
 step cargo-test cargo test --release
 step e2e timeout 600 bash "$LG_REPO/integration/e2e.sh"
 step proxy timeout 600 bash "$LG_REPO/integration/proxy.sh"
+step seccomp-docker timeout 600 bash "$LG_REPO/integration/seccomp-docker.sh"
 
 echo
 if ((${#failed[@]})); then

@@ -60,6 +60,7 @@ pub fn main(argv: Vec<OsString>) -> i32 {
                     path,
                 },
         } => setup::docker_cli(&config, default, dry_run, remove, path),
+        Command_::Seccomp { command } => crate::seccomp::cmd::run(command),
     };
     match result {
         Ok(code) => code,

@@ -86,6 +86,11 @@ pub enum Command_ {
         #[command(subcommand)]
         command: SetupCommand,
     },
+    /// Docker's default seccomp profiles, and the hashes the policy lists profiles by.
+    Seccomp {
+        #[command(subcommand)]
+        command: SeccompCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -120,4 +125,48 @@ pub enum SetupCommand {
         #[arg(long, value_name = "P", conflicts_with = "remove")]
         path: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SeccompCommand {
+    /// Print Docker's default seccomp profile as that dockerd writes it into config.json.
+    Default {
+        #[command(flatten)]
+        target: SeccompTarget,
+    },
+    /// Print the sha256 the runtime sees for a container run with FILE as its profile.
+    ///
+    /// FILE is a Docker-format profile (what `--security-opt seccomp=FILE` reads), resolved
+    /// as that Docker resolves it for the capabilities given; with --oci, a runtime-spec
+    /// seccomp object or a whole config.json, hashed as it is.
+    Hash {
+        /// The profile file.
+        file: PathBuf,
+        /// FILE is a runtime-spec seccomp object or config.json.
+        #[arg(long)]
+        oci: bool,
+        #[command(flatten)]
+        target: SeccompTarget,
+    },
+}
+
+/// The container a Docker-format profile is resolved for.
+#[derive(Debug, clap::Args)]
+pub struct SeccompTarget {
+    /// Docker version as `docker version` prints it (20.10.24, 26.1.5), or a series (26)
+    /// whose releases share one default profile.
+    #[arg(long, value_name = "VERSION")]
+    pub docker: Option<String>,
+    /// Like `docker run --cap-add` (repeatable; ALL allowed).
+    #[arg(long = "cap-add", value_name = "CAP")]
+    pub cap_add: Vec<String>,
+    /// Like `docker run --cap-drop` (repeatable; ALL allowed).
+    #[arg(long = "cap-drop", value_name = "CAP")]
+    pub cap_drop: Vec<String>,
+    /// x86_64 or aarch64 (default: this machine's).
+    #[arg(long, value_name = "ARCH")]
+    pub arch: Option<String>,
+    /// Kernel release, X.Y or as `uname -r` prints it (default: this machine's).
+    #[arg(long, value_name = "RELEASE")]
+    pub kernel: Option<String>,
 }

@@ -3,7 +3,9 @@
 //! Flow: `argv` decides the face; the runtime face (`runtime`) loads the `policy`, finds the
 //! `owner`, scans the `gpu` inventory, `decide`s, applies the `edits` to the `spec`, and execs
 //! runc; refusals go out through `refusal`. The admin CLI lives in `cli`;
-//! `proxy` is the identity-aware Docker socket in front of it all.
+//! `proxy` is the identity-aware Docker socket in front of it all. `seccomp` models Docker's
+//! default seccomp profiles, so that a default resolved for capabilities labgpu cuts is
+//! replaced, and a custom profile allows no more than the default would.
 
 pub mod argv;
 pub mod cdi;
@@ -20,6 +22,7 @@ pub mod proxy;
 pub mod records;
 pub mod refusal;
 pub mod runtime;
+pub mod seccomp;
 pub mod setup;
 pub mod spec;
 pub mod verify;
