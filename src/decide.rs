@@ -9,6 +9,7 @@ use crate::cdi::{self, CdiError};
 use crate::gpu::{DevNode, GpuError, Inventory};
 use crate::paths::normalize;
 use crate::policy::{Policy, RunAs, Unlabeled, UserMount, UserPolicy};
+use crate::seccomp::{KernelVersion, NativeArch};
 use crate::volumes::Backing;
 
 #[derive(Debug, thiserror::Error)]
@@ -62,12 +63,48 @@ pub struct Decision {
     pub mounted_volumes: BTreeSet<String>,
     /// Possible CPUs (for Docker's per-CPU masked paths).
     pub cpu_count: u32,
+    /// The host as Docker's default seccomp profile depends on it.
+    pub host: Host,
+    /// sha256 of the seccomp profiles the policy lets run as they are.
+    pub seccomp_profiles: Vec<String>,
     /// runc's state root, to find the containers whose namespaces a new one joins.
     pub runc_root: Option<PathBuf>,
     /// Driver files for the owned GPUs from NVIDIA's CDI spec.
     pub cdi: Option<cdi::Edits>,
     pub container_id: String,
     pub policy_sha256: String,
+}
+
+/// Architecture and kernel, which Docker's default seccomp profile depends on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Host {
+    /// `None` on an architecture labgpu has no Docker profile model for.
+    pub arch: Option<NativeArch>,
+    pub kernel: KernelVersion,
+}
+
+impl Default for Host {
+    /// x86_64 with a recent kernel (tests).
+    fn default() -> Self {
+        Host {
+            arch: Some(NativeArch::X86_64),
+            kernel: KernelVersion::new(6, 1),
+        }
+    }
+}
+
+impl Host {
+    /// This machine; an unreadable kernel release counts as 0.0 (no kernel-gated rules).
+    pub fn current() -> Self {
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .ok()
+            .and_then(|r| KernelVersion::parse_release(&r).ok())
+            .unwrap_or(KernelVersion::new(0, 0));
+        Host {
+            arch: NativeArch::native().ok(),
+            kernel,
+        }
+    }
 }
 
 /// What every process of the container (init and exec) is cut to.
@@ -229,6 +266,13 @@ pub fn decide_for_user(
         docker_root: resolve_host(&docker_root),
         volume_backings: BTreeMap::new(),
         cpu_count: possible_cpus(),
+        host: Host::current(),
+        seccomp_profiles: d
+            .seccomp_profiles
+            .iter()
+            .chain(user.map(|u| &u.seccomp_profiles).into_iter().flatten())
+            .map(|h| h.0.clone())
+            .collect(),
         mounted_volumes: d
             .mounted_volumes
             .iter()

@@ -333,6 +333,9 @@ pub struct Defaults {
     /// Named volumes backed by a mount of the admin's (NFS, a bind) that containers may use.
     #[serde(default)]
     pub mounted_volumes: Vec<VolumeName>,
+    /// Seccomp profiles allowed as they are (`labgpu seccomp hash FILE` prints the sha256).
+    #[serde(default)]
+    pub seccomp_profiles: Vec<ProfileHash>,
 }
 
 impl Default for Defaults {
@@ -348,6 +351,7 @@ impl Default for Defaults {
             bind_allow: Vec::new(),
             devices: Vec::new(),
             mounted_volumes: Vec::new(),
+            seccomp_profiles: Vec::new(),
         }
     }
 }
@@ -401,6 +405,8 @@ pub struct UserPolicy {
     pub mounts: Vec<UserMount>,
     #[serde(default)]
     pub mounted_volumes: Vec<VolumeName>,
+    #[serde(default)]
+    pub seccomp_profiles: Vec<ProfileHash>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -431,6 +437,23 @@ impl<'de> Deserialize<'de> for AbsPath {
             )));
         }
         Ok(AbsPath(PathBuf::from(s)))
+    }
+}
+
+/// A sha256 in hex (64 digits, lower-cased on reading).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProfileHash(pub String);
+
+impl<'de> Deserialize<'de> for ProfileHash {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let hex = s.strip_prefix("sha256:").unwrap_or(&s);
+        if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(serde::de::Error::custom(format!(
+                "{s:?} is not a sha256 (64 hex digits, as `labgpu seccomp hash` prints)"
+            )));
+        }
+        Ok(ProfileHash(hex.to_ascii_lowercase()))
     }
 }
 

@@ -9,6 +9,7 @@ pub mod devices;
 pub mod mounts;
 pub mod nvidia;
 pub mod process;
+pub mod seccomp;
 pub mod security;
 pub mod stamp;
 pub mod system_paths;
@@ -55,6 +56,11 @@ pub enum EditError {
     },
     #[error("volume {0:?} was not inspected in the mount table before the check")]
     VolumeUnknown(String),
+    #[error("{source} (seccomp_profiles in {section})")]
+    Seccomp {
+        source: crate::seccomp::SeccompError,
+        section: String,
+    },
     #[error("the spec's {field} is malformed: {reason}")]
     Malformed { field: &'static str, reason: String },
 }
@@ -80,6 +86,7 @@ impl Report {
 pub fn apply_all(spec: &mut Value, d: &Decision, report: &mut Report) -> Result<(), EditError> {
     security::check_privileged(spec, d)?;
     security::apply(spec, d, report)?;
+    seccomp::apply(spec, d, report)?;
     system_paths::apply(spec, d, report)?;
     annotations::apply(spec, d, report)?;
     devices::apply(spec, d, report)?;
@@ -139,6 +146,8 @@ pub(crate) mod testing {
             volume_backings: Default::default(),
             mounted_volumes: Default::default(),
             cpu_count: 0,
+            host: crate::decide::Host::default(),
+            seccomp_profiles: Vec::new(),
             runc_root: None,
             cdi: None,
             container_id: "cid".into(),
