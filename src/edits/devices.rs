@@ -31,7 +31,7 @@ pub fn apply(spec: &mut Value, d: &Decision, report: &mut Report) -> Result<(), 
 }
 
 /// Whether the container may read/write `kind major:minor` (`minor` None = any minor).
-fn may_access(d: &Decision, kind: char, major: i64, minor: Option<i64>) -> bool {
+pub fn may_access(d: &Decision, kind: char, major: i64, minor: Option<i64>) -> bool {
     let owned = |minor| d.nodes.iter().any(|n| n.major == major && n.minor == minor);
     if kind == 'c' && d.nvidia_majors.contains(&major) {
         return minor.is_some_and(owned);

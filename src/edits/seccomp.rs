@@ -45,7 +45,11 @@ pub fn apply(spec: &mut Value, d: &Decision, report: &mut Report) -> Result<(), 
         source,
         section: d.section(),
     })?;
-    if let Outcome::ReplaceDefault { generation, profile } = outcome {
+    if let Outcome::ReplaceDefault {
+        generation,
+        profile,
+    } = outcome
+    {
         if requested.len() != kept.len() {
             report.removed(format!(
                 "seccomp rules for dropped capabilities (Docker {generation:?} default)"

@@ -2,19 +2,20 @@
 //! state (runc's state files, /proc, the devices cgroup), not from what labgpu believes it did.
 //! No Docker API call: the audit must work while dockerd is wedged and stay fast.
 
-use std::collections::{BTreeSet, HashMap};
+mod container;
+mod devices;
+mod mounts;
+mod namespaces;
+mod owner;
+mod process;
+mod system_paths;
+
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
-use procfs::process::{MountInfo, Process};
+use procfs::process::MountInfo;
 use serde::Serialize;
-use serde_json::Value;
 
-use crate::decide::{decide_for_user, process_rules, resolve_host, Decision};
-use crate::edits::mounts::host_path_allowed;
-use crate::edits::stamp;
-use crate::gpu::{inventory_for, nvml, Inventory, Purpose, Snapshot};
-use crate::owner;
+use crate::gpu::{inventory_for, nvml, Purpose};
 use crate::policy::{GpuRef, Policy};
 
 /// runc state roots of Docker, containerd (k8s.io and default namespaces) and plain runc.
@@ -24,10 +25,6 @@ pub const DEFAULT_ROOTS: [&str; 4] = [
     "/run/containerd/runc/default",
     "/run/runc",
 ];
-
-/// Filesystems whose mounts in a container are its own instances or the cgroup view, not
-/// host data.
-const NOT_HOST_DATA: [&str; 6] = ["proc", "sysfs", "devpts", "mqueue", "cgroup", "cgroup2"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
@@ -126,7 +123,19 @@ pub enum Kind {
     Capabilities,
     NoNewPrivileges,
     User,
+    /// Runs without a seccomp filter.
+    Seccomp,
+    /// Shares a host namespace the policy does not allow.
+    Namespace,
+    /// Can open a host device (a block device, /dev/mem) the policy does not give it.
+    Device,
+    /// /proc/sys writable, or a masked path visible.
+    SystemPaths,
     Mount,
+    /// A local volume with proc, an overlay, a bind ... mounted on it.
+    Volume,
+    /// Its owner is not the one the labgpu proxy recorded creating it for.
+    Owner,
     /// The container could not be audited.
     Unreadable,
 }
@@ -154,11 +163,14 @@ pub fn run(opts: &Options) -> Result<Audit, VerifyError> {
             path: host_mounts_path.clone(),
             reason,
         })?;
-    let ctx = Ctx {
+    let docker_root =
+        crate::owner::docker_root(policy.runtime.docker_root.as_ref().map(|r| r.as_path()));
+    let ctx = container::Ctx {
         policy: &policy,
         inventory: &inventory,
         host_mounts: &host_mounts,
         proc_root: &opts.proc_root,
+        docker_root: &docker_root,
     };
     let mut containers = Vec::new();
     for root in &opts.roots {
@@ -269,271 +281,8 @@ fn settle(audit: &mut ContainerAudit) {
     }
 }
 
-struct Ctx<'a> {
-    policy: &'a Policy,
-    inventory: &'a Snapshot,
-    host_mounts: &'a [MountInfo],
-    proc_root: &'a Path,
-}
-
-impl Ctx<'_> {
-    fn audit(&self, root: &Path, id: &str) -> ContainerAudit {
-        let mut audit = ContainerAudit {
-            id: id.to_string(),
-            root: root.to_path_buf(),
-            pid: None,
-            status: Status::Ok,
-            labgpu: false,
-            owner: None,
-            granted_gpus: Vec::new(),
-            reachable_gpus: Vec::new(),
-            findings: Vec::new(),
-        };
-        if let Err(reason) = self.audit_into(root, id, &mut audit) {
-            audit.findings.push(Finding {
-                kind: Kind::Unreadable,
-                detail: reason,
-            });
-        }
-        settle(&mut audit);
-        audit
-    }
-
-    fn audit_into(&self, root: &Path, id: &str, a: &mut ContainerAudit) -> Result<(), String> {
-        let state_path = root.join(id).join("state.json");
-        let state: Value = std::fs::read(&state_path)
-            .map_err(|e| e.to_string())
-            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-            .map_err(|e| format!("cannot read {}: {e}", state_path.display()))?;
-        let pid = state["init_process_pid"].as_i64().unwrap_or(0) as i32;
-        let start = state["init_process_start"].as_u64();
-        let process = Process::new_with_root(self.proc_root.join(pid.to_string()));
-        // A pid whose start time differs is a recycled pid, not the container.
-        let alive = process
-            .as_ref()
-            .ok()
-            .and_then(|p| p.stat().ok())
-            .filter(|s| Some(s.starttime) == start);
-        let (Some(_), Ok(process)) = (alive, process) else {
-            a.status = Status::Stopped;
-            return Ok(());
-        };
-        a.pid = Some(pid);
-        let labels = labels(&state);
-        a.labgpu = labels.contains_key(stamp::POLICY_SHA256);
-        a.owner = labels.get(stamp::OWNER).filter(|o| !o.is_empty()).cloned();
-        let stamped_gpus: BTreeSet<u32> = labels
-            .get(stamp::GPUS)
-            .map(|g| g.split(',').filter_map(|n| n.parse().ok()).collect())
-            .unwrap_or_default();
-
-        let user = match &a.owner {
-            Some(o) => match self.policy.user(o) {
-                Some(u) => Some(u),
-                None => {
-                    a.findings.push(finding(
-                        Kind::Drift,
-                        format!("owner {o:?} is no longer in the policy"),
-                    ));
-                    None
-                }
-            },
-            None => None,
-        };
-        for r in user.map(|u| u.gpus.as_slice()).unwrap_or_default() {
-            match self.inventory.resolve(r) {
-                Ok(g) => a.granted_gpus.push(g.minor),
-                Err(e) => a.findings.push(finding(
-                    Kind::Drift,
-                    format!("the policy's GPU {r} cannot be resolved: {e}"),
-                )),
-            }
-        }
-        a.granted_gpus.sort_unstable();
-        a.granted_gpus.dedup();
-        a.reachable_gpus = self.reachable_gpus(&state, pid)?;
-        for gpu in &a.reachable_gpus {
-            let f = if !a.labgpu {
-                finding(
-                    Kind::Bypass,
-                    format!("not created through labgpu and can reach GPU {gpu}"),
-                )
-            } else if a.granted_gpus.contains(gpu) {
-                continue;
-            } else if stamped_gpus.contains(gpu) {
-                finding(
-                    Kind::Drift,
-                    format!("holds GPU {gpu}, which the policy no longer grants its owner"),
-                )
-            } else {
-                finding(
-                    Kind::ForeignGpu,
-                    format!("can reach GPU {gpu}, which its owner was never granted"),
-                )
-            };
-            a.findings.push(f);
-        }
-
-        let owner = user.and(a.owner.as_deref());
-        let rules = process_rules(self.policy, owner, user).map_err(|e| e.to_string())?;
-        let status = process
-            .status()
-            .map_err(|e| format!("cannot read /proc/{pid}/status: {e}"))?;
-        let allowed_mask = rules
-            .capabilities
-            .iter()
-            .filter_map(|c| caps::Capability::from_str(c).ok())
-            .fold(0u64, |m, c| m | c.bitmask());
-        let extra: Vec<String> = caps::all()
-            .into_iter()
-            .filter(|c| status.capeff & c.bitmask() != 0 && allowed_mask & c.bitmask() == 0)
-            .map(|c| c.to_string())
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        if !extra.is_empty() {
-            a.findings.push(finding(
-                Kind::Capabilities,
-                format!("pid 1 has {} beyond the allowlist", extra.join(",")),
-            ));
-        }
-        if rules.no_new_privileges && status.nonewprivs != Some(1) {
-            a.findings.push(finding(
-                Kind::NoNewPrivileges,
-                "pid 1 runs without no-new-privileges".into(),
-            ));
-        }
-        if let Some((uid, _)) = rules.user {
-            if status.euid != uid {
-                a.findings.push(finding(
-                    Kind::User,
-                    format!("pid 1 runs as uid {}, not the owner's {uid}", status.euid),
-                ));
-            }
-        }
-
-        let docker_root = owner::docker_root(
-            self.policy
-                .runtime
-                .docker_root
-                .as_ref()
-                .map(|r| r.as_path()),
-        );
-        let decision = decide_for_user(self.policy, owner, user, self.inventory, docker_root, id)
-            .map(|mut d| {
-                // Where the containers whose files it may share (container:X) are found.
-                d.runc_root = Some(root.to_path_buf());
-                d
-            })
-            .map_err(|e| e.to_string());
-        match decision {
-            Ok(d) => self.check_mounts(&process, pid, &d, a)?,
-            Err(e) => a.findings.push(finding(
-                Kind::Drift,
-                format!("the policy cannot be applied to it: {e}"),
-            )),
-        }
-        Ok(())
-    }
-
-    /// GPU ids the container may open: its devices cgroup on v1, its /dev on v2.
-    fn reachable_gpus(&self, state: &Value, pid: i32) -> Result<Vec<u32>, String> {
-        let gpus = self.inventory.gpus();
-        if let Some(cg) = state
-            .pointer("/cgroup_paths/devices")
-            .and_then(Value::as_str)
-        {
-            let list = Path::new(cg).join("devices.list");
-            let text = std::fs::read_to_string(&list)
-                .map_err(|e| format!("cannot read {}: {e}", list.display()))?;
-            let rules = parse_devices_list(&text);
-            return Ok(gpus
-                .iter()
-                .filter(|g| {
-                    g.nodes
-                        .iter()
-                        .any(|n| cgroup_allows_rw(&rules, n.major, n.minor))
-                })
-                .map(|g| g.minor)
-                .collect());
-        }
-        // cgroup v2 has no readable device list (it is an eBPF program): fall back to the
-        // nodes present in the container's /dev.
-        let dev = self.proc_root.join(pid.to_string()).join("root/dev");
-        let present: BTreeSet<(i64, i64)> = std::fs::read_dir(&dev)
-            .map_err(|e| format!("cannot list {}: {e}", dev.display()))?
-            .flatten()
-            .filter_map(|e| {
-                use std::os::unix::fs::MetadataExt;
-                let m = std::fs::metadata(e.path()).ok()?;
-                Some((
-                    i64::from(libc::major(m.rdev())),
-                    i64::from(libc::minor(m.rdev())),
-                ))
-            })
-            .collect();
-        Ok(gpus
-            .iter()
-            .filter(|g| {
-                g.nodes
-                    .iter()
-                    .any(|n| present.contains(&(n.major, n.minor)))
-            })
-            .map(|g| g.minor)
-            .collect())
-    }
-
-    /// Every container mount backed by a host filesystem must map to a host path the
-    /// policy allows.
-    fn check_mounts(
-        &self,
-        process: &Process,
-        pid: i32,
-        d: &Decision,
-        a: &mut ContainerAudit,
-    ) -> Result<(), String> {
-        let mounts = process
-            .mountinfo()
-            .map_err(|e| format!("cannot read /proc/{pid}/mountinfo: {e}"))?;
-        for m in mounts.iter() {
-            if m.mount_point == Path::new("/") || NOT_HOST_DATA.contains(&m.fs_type.as_str()) {
-                continue;
-            }
-            let Some(host) = host_path(self.host_mounts, m) else {
-                continue;
-            };
-            let destination = m.mount_point.to_string_lossy();
-            match host_path_allowed(&resolve_host(&host), &destination, d) {
-                Ok(true) => {}
-                Ok(false) => a.findings.push(finding(
-                    Kind::Mount,
-                    format!(
-                        "host path {} is mounted at {destination}, which the policy does not allow",
-                        host.display()
-                    ),
-                )),
-                Err(e) => a.findings.push(finding(Kind::Mount, e.to_string())),
-            }
-        }
-        Ok(())
-    }
-}
-
 fn finding(kind: Kind, detail: String) -> Finding {
     Finding { kind, detail }
-}
-
-/// runc's `config.labels` (`key=value`, the spec annotations plus `bundle=`).
-fn labels(state: &Value) -> HashMap<String, String> {
-    state
-        .pointer("/config/labels")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
 }
 
 fn read_mountinfo(path: &Path) -> Result<Vec<MountInfo>, String> {
@@ -542,54 +291,6 @@ fn read_mountinfo(path: &Path) -> Result<Vec<MountInfo>, String> {
         .filter(|l| !l.trim().is_empty())
         .map(|l| MountInfo::from_line(l).map_err(|e| format!("{e}: {l}")))
         .collect()
-}
-
-/// The host path behind a container mount: a host mount of the same filesystem whose root
-/// is a prefix of the container mount's root. `None` for filesystems only the container has.
-fn host_path(host: &[MountInfo], m: &MountInfo) -> Option<PathBuf> {
-    host.iter()
-        .filter(|h| h.majmin == m.majmin)
-        .filter_map(|h| {
-            let rest = Path::new(&m.root).strip_prefix(&h.root).ok()?;
-            Some((h.root.len(), h.mount_point.join(rest)))
-        })
-        .max_by_key(|(len, _)| *len)
-        .map(|(_, p)| p)
-}
-
-/// One line of a v1 `devices.list`: `c 195:0 rwm`, `a *:* rwm`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct DevRule {
-    kind: char,
-    major: Option<i64>,
-    minor: Option<i64>,
-    access: String,
-}
-
-fn parse_devices_list(text: &str) -> Vec<DevRule> {
-    text.lines()
-        .filter_map(|l| {
-            let mut it = l.split_whitespace();
-            let kind = it.next()?.chars().next()?;
-            let (major, minor) = it.next()?.split_once(':')?;
-            let num = |s: &str| if s == "*" { None } else { s.parse().ok() };
-            Some(DevRule {
-                kind,
-                major: num(major),
-                minor: num(minor),
-                access: it.next().unwrap_or("").to_string(),
-            })
-        })
-        .collect()
-}
-
-fn cgroup_allows_rw(rules: &[DevRule], major: i64, minor: i64) -> bool {
-    rules.iter().any(|r| {
-        (r.kind == 'a' || r.kind == 'c')
-            && r.major.is_none_or(|m| m == major)
-            && r.minor.is_none_or(|m| m == minor)
-            && (r.access.contains('r') || r.access.contains('w'))
-    })
 }
 
 /// The table an admin reads.
@@ -651,39 +352,6 @@ pub fn render_table(audit: &Audit) -> String {
         s.containers, s.ok, s.violations, s.errors, s.stopped
     ));
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn devices_list_grants() {
-        let rules = parse_devices_list("c 1:3 rwm\nc 195:0 rwm\nc 195:* m\nc 136:* rwm\n");
-        assert!(cgroup_allows_rw(&rules, 195, 0));
-        assert!(!cgroup_allows_rw(&rules, 195, 2));
-        assert!(cgroup_allows_rw(&parse_devices_list("a *:* rwm\n"), 195, 2));
-        assert!(cgroup_allows_rw(
-            &parse_devices_list("c 195:* rw\n"),
-            195,
-            3
-        ));
-    }
-
-    #[test]
-    fn host_path_maps_through_the_longest_root() {
-        let host = [
-            MountInfo::from_line("22 1 8:1 / / rw - ext4 /dev/sda1 rw").unwrap(),
-            MountInfo::from_line("40 22 8:1 /srv /data rw - ext4 /dev/sda1 rw").unwrap(),
-            MountInfo::from_line("41 22 0:50 / /run/x rw - tmpfs tmpfs rw").unwrap(),
-        ];
-        let c = MountInfo::from_line("100 90 8:1 /srv/a /mnt rw - ext4 /dev/sda1 rw").unwrap();
-        assert_eq!(host_path(&host, &c), Some(PathBuf::from("/data/a")));
-        let private = MountInfo::from_line("101 90 0:99 / /dev rw - tmpfs tmpfs rw").unwrap();
-        assert_eq!(host_path(&host, &private), None);
-        let shm = MountInfo::from_line("102 90 0:50 / /dev/shm rw - tmpfs tmpfs rw").unwrap();
-        assert_eq!(host_path(&host, &shm), Some(PathBuf::from("/run/x")));
-    }
 }
 
 #[cfg(test)]
@@ -756,6 +424,7 @@ mod fixture_tests {
                     Some("CapEff") => format!("CapEff:\t{cap_eff}"),
                     Some("NoNewPrivs") => format!("NoNewPrivs:\t{nnp}"),
                     Some("Uid") => "Uid:\t1001\t1001\t1001\t1001".into(),
+                    Some("Seccomp") => "Seccomp:\t2".into(),
                     _ => l.to_string(),
                 })
                 .collect::<Vec<_>>()
@@ -853,5 +522,123 @@ mod fixture_tests {
         assert!(audit.containers[0].findings[0]
             .detail
             .contains("\"alice\" is no longer in the policy"));
+    }
+
+    /// Marks a host file the audit looks for (under the fixture's /proc).
+    fn host_proc_file(f: &Fixture, name: &str) {
+        std::fs::write(f.proc().join(name), "").unwrap();
+    }
+
+    fn kinds(audit: &Audit) -> Vec<Kind> {
+        audit.containers[0]
+            .findings
+            .iter()
+            .map(|f| f.kind)
+            .collect()
+    }
+
+    fn edit_status(f: &Fixture, field: &str, value: &str) {
+        let p = f.proc().join(format!("{PID}/status"));
+        let text: String = std::fs::read_to_string(&p)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                if l.starts_with(&format!("{field}:")) {
+                    format!("{field}:\t{value}")
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        std::fs::write(p, text + "\n").unwrap();
+    }
+
+    #[test]
+    fn no_seccomp_host_namespaces_and_writable_proc_sys_are_findings() {
+        let f = Fixture::new();
+        let policy = f.write_policy("");
+        host_proc_file(&f, "kcore");
+        std::fs::create_dir_all(f.proc().join("sys")).unwrap();
+        let masked = "510 500 0:5 /null /proc/kcore ro - devtmpfs udev rw\n";
+        let root = f.container(
+            "00000000200405fb",
+            1,
+            &format!("{DOCKER_MOUNTS}{masked}"),
+            START,
+        );
+        // /proc/sys has no read-only mount: writable.
+        edit_status(&f, "Seccomp", "0");
+        std::fs::create_dir_all(f.proc().join("self/ns")).unwrap();
+        std::fs::create_dir_all(f.proc().join(format!("{PID}/ns"))).unwrap();
+        for (ns, host, theirs) in [("pid", "pid:[1]", "pid:[1]"), ("net", "net:[2]", "net:[9]")] {
+            std::os::unix::fs::symlink(host, f.proc().join("self/ns").join(ns)).unwrap();
+            std::os::unix::fs::symlink(theirs, f.proc().join(format!("{PID}/ns/{ns}"))).unwrap();
+        }
+        let audit = f.run(&policy, &root);
+        assert_eq!(
+            kinds(&audit),
+            [Kind::Namespace, Kind::Seccomp, Kind::SystemPaths],
+            "{:?}",
+            audit.containers[0].findings
+        );
+        let text = render_table(&audit);
+        assert!(text.contains("shares the host's pid namespace"), "{text}");
+        assert!(text.contains("/proc/sys is writable"), "{text}");
+    }
+
+    #[test]
+    fn a_proc_volume_and_a_block_device_are_findings() {
+        let f = Fixture::new();
+        let policy = f.write_policy("");
+        let root = f.container(
+            "00000000200405fb",
+            1,
+            &format!("{DOCKER_MOUNTS}520 500 0:77 / /x rw - proc proc rw\n"),
+            START,
+        );
+        std::fs::write(
+            f.dir.path().join("cgroup/c1/devices.list"),
+            "c 1:3 rwm\nc *:* m\nb 7:0 rwm\n",
+        )
+        .unwrap();
+        let audit = f.run(&policy, &root);
+        assert_eq!(
+            kinds(&audit),
+            [Kind::Device, Kind::Volume],
+            "{:?}",
+            audit.containers[0].findings
+        );
+        let text = render_table(&audit);
+        assert!(text.contains("can open block device"), "{text}");
+        assert!(
+            text.contains("a proc filesystem is mounted at /x"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn with_the_proxy_an_unrecorded_owner_is_a_finding() {
+        let f = Fixture::new();
+        let state = f.dir.path().join("state");
+        let policy = f.write_policy("");
+        let text = std::fs::read_to_string(&policy).unwrap().replace(
+            "[gpus]",
+            &format!("[proxy]\nstate_dir = \"{}\"\n[gpus]", state.display()),
+        );
+        std::fs::write(&policy, text).unwrap();
+        let root = f.container("00000000200405fb", 1, DOCKER_MOUNTS, START);
+        let audit = f.run(&policy, &root);
+        assert_eq!(kinds(&audit), [Kind::Owner]);
+        assert!(audit.containers[0].findings[0]
+            .detail
+            .contains("not created through the labgpu proxy"));
+        crate::records::record(&state, "c1", "bob").unwrap();
+        let audit = f.run(&policy, &root);
+        assert!(audit.containers[0].findings[0]
+            .detail
+            .contains("differs from \"bob\""));
+        crate::records::record(&state, "c1", "alice").unwrap();
+        assert_eq!(f.run(&policy, &root).containers[0].findings, vec![]);
     }
 }
