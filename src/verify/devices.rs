@@ -16,6 +16,10 @@ use crate::decide::Decision;
 use crate::edits::devices::may_access;
 use crate::gpu::Inventory;
 
+/// Rules runc adds to every container on its own (runc up to 1.1 allows /dev/net/tun, which
+/// needs CAP_NET_ADMIN to use): not the spec's doing, not a finding.
+const RUNC_DEFAULTS: [(char, i64, i64); 1] = [('c', 10, 200)];
+
 /// One line of a v1 `devices.list`: `c 195:0 rwm`, `a *:* rwm`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DevRule {
@@ -159,6 +163,9 @@ pub fn other_devices(ctx: &Ctx, s: &Subject, d: &Decision) -> Result<Vec<Finding
                 continue;
             }
             let allowed = match (r.major, r.minor) {
+                (Some(major), Some(minor)) if RUNC_DEFAULTS.contains(&(kind, major, minor)) => {
+                    true
+                }
                 (Some(major), minor) => may_access(d, kind, major, minor),
                 (None, _) => false,
             };
