@@ -3,11 +3,14 @@
 //! Users leave the docker group and talk to this socket instead. `identity` turns the peer's
 //! SO_PEERCRED into a caller (host root is the admin; anyone else is a policy user or
 //! nobody), `rules` decides per request what a policy user may do and how the request is
-//! rewritten, and `server` moves bytes between the caller and Docker's own socket.
+//! rewritten, `archive` rewrites `docker cp` uploads so that dockerd extracts only what the
+//! caller could have made, and `server` moves bytes between the caller and Docker's own
+//! socket.
 //!
 //! The tokio runtime is built here, and only here: the runtime face (`labgpu create …`,
 //! started by the shim for every container) stays synchronous and quick to start.
 
+pub mod archive;
 pub mod identity;
 pub mod rules;
 pub mod server;

@@ -23,6 +23,7 @@ use serde_json::Value;
 use tokio::net::{UnixListener, UnixStream};
 use tracing::{info, warn};
 
+use super::archive::{self, ArchiveError};
 use super::identity::{self, Caller, IdentityError};
 use super::rules::{self, Route, RuleError, UserCtx};
 use super::{user_ctx, Options};
@@ -43,6 +44,8 @@ pub enum ProxyError {
     Rule(#[from] RuleError),
     #[error(transparent)]
     Identity(#[from] IdentityError),
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
     #[error("the proxy cannot use its policy: {0}")]
     Policy(#[from] PolicyError),
     #[error("cannot reach docker at {path}: {source}")]
@@ -77,6 +80,9 @@ impl ProxyError {
                 StatusCode::from_u16(e.status()).unwrap_or(StatusCode::FORBIDDEN)
             }
             ProxyError::Identity(_) | ProxyError::NotYours(_) => StatusCode::FORBIDDEN,
+            ProxyError::Archive(e) => {
+                StatusCode::from_u16(e.status()).unwrap_or(StatusCode::FORBIDDEN)
+            }
             ProxyError::Policy(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamConnect { .. } | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ProxyError::NoSuchContainer(_) | ProxyError::NoSuchExec(_) => StatusCode::NOT_FOUND,
@@ -221,8 +227,14 @@ async fn handle(state: Arc<State>, caller: Arc<Caller>, req: Request<Incoming>) 
         Err(e) => {
             warn!(caller = %caller.describe(), %method, %uri, "refused: {e}");
             let unread = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
-            if let Some(body) = unread {
-                drain(body).await;
+            match unread {
+                // An upload of any size, which the client means to send in full: answer now
+                // and read the rest meanwhile.
+                Some(body) if matches!(e, ProxyError::Archive(_)) => {
+                    tokio::spawn(drain_upload(body));
+                }
+                Some(body) => drain(body).await,
+                None => {}
             }
             error_response(&e)
         }
@@ -246,6 +258,19 @@ async fn drain(mut body: Incoming) {
             }
             left -= n;
         }
+    })
+    .await;
+}
+
+/// How long a refused archive upload is read for; a client still sending after that gets a
+/// broken pipe.
+const UPLOAD_DRAIN_TIME: Duration = Duration::from_secs(600);
+
+/// Go's HTTP client (docker cp) reports a failed body write rather than the answer that came
+/// while it was writing: a refused upload is read to its end, not just its first MiB.
+async fn drain_upload(mut body: Incoming) {
+    let _ = tokio::time::timeout(UPLOAD_DRAIN_TIME, async {
+        while let Some(Ok(_)) = body.frame().await {}
     })
     .await;
 }
@@ -349,6 +374,11 @@ async fn route(
                 format!("{prefix}/containers/{full_id}/{rest}")
             };
             let req = with_uri(req, &path, query.as_deref())?;
+            if rest == "archive" && req.method() == Method::PUT {
+                archive::check_query(query.as_deref())?;
+                let owner = archive::owner_of(&policy, &name, caller_uid(caller)).await?;
+                return put_archive(state, req, owner).await;
+            }
             if rest == "update" && req.method() == Method::POST {
                 let (parts, body) = req.into_parts();
                 let mut v = read_json(body, MAX_JSON_BODY).await?;
@@ -400,6 +430,33 @@ async fn route(
             info!(user = %name, %image, "create");
             forward(state, with_json(parts, &v)).await
         }
+    }
+}
+
+/// `docker cp` into a container: the upload reaches dockerd rewritten (see `archive`).
+async fn put_archive(
+    state: &State,
+    req: Request<Body>,
+    owner: archive::Owner,
+) -> Result<Response<Body>, ProxyError> {
+    let (mut parts, body) = req.into_parts();
+    // Another length than the caller's: hyper sends it chunked.
+    parts.headers.remove(CONTENT_LENGTH);
+    parts.headers.remove(TRANSFER_ENCODING);
+    let (body, refusal) = archive::rewrite_archive(body, owner);
+    let resp = forward(state, Request::from_parts(parts, body)).await;
+    // A refusal aborted the upload to dockerd: whatever hyper or dockerd made of that, the
+    // refusal is the answer.
+    match refusal.take() {
+        Some(e) => Err(e.into()),
+        None => resp,
+    }
+}
+
+fn caller_uid(caller: &Caller) -> u32 {
+    match caller {
+        Caller::Uid { uid, .. } => *uid,
+        Caller::Admin => unreachable!("admins are forwarded before the rules"),
     }
 }
 
