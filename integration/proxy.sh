@@ -407,6 +407,205 @@ case_load() {
     fi
 }
 
+# A tar of the file $2 under the name $3 in $1, as `tar --owner=0 --group=0 --mode=4755`
+# makes it: readable by the test users.
+arc_suid_tar() {
+    local dir="$1" tarname="$2" member="$3"
+    mkdir -p "$dir/m"
+    printf '#!/bin/sh\nid\n' >"$dir/m/$member"
+    tar --owner=0 --group=0 --mode=4755 -C "$dir/m" -cf "$dir/$tarname" "$member"
+    chmod 644 "$dir/$tarname"
+}
+
+# arc_put USER TAR PATH: the raw API, as curl sends a tar; the body, then the status.
+arc_put() {
+    as "$1" curl -sS --unix-socket "$PSOCK" -X PUT -H 'Content-Type: application/x-tar' \
+        --data-binary "@$2" -w '\n%{http_code}\n' "http://docker/v1.41/containers/parc/archive?path=$3"
+}
+
+# expect_owner NAME HOSTPATH "UID:GID MODE"
+expect_owner() {
+    expect_eq "$1" "$3" "$(stat -c '%u:%g %a' "$2" 2>&1)"
+}
+
+case_archive() {
+    local home dir me out
+    home="$(lg_home alice)"
+    me="$(id -u alice):$(id -g alice)"
+    dir="$LG_TMP/arc"
+    mkdir -p "$dir"
+    chmod 755 "$dir"
+    # dockerd extracts into the binds it knows, those of the create request (the policy's
+    # `mounts` are added by the runtime, out of dockerd's sight): alice's home as /h, her data
+    # directory as /h/data.
+    expect_ok arc-run dk alice run -d --name parc -v "$home:/h" -v "$LG_TMP/data/alice:/h/data" \
+        "$I" sleep 300 || return 0
+    # A root-owned 4755 file into alice's home: straight to dockerd (the admin, unchanged) it
+    # lands setuid root, which is what the proxy is there to stop.
+    arc_suid_tar "$dir" admin.tar .labgpu-e2e-admin
+    if real cp - parc:/h <"$dir/admin.tar" >/dev/null 2>&1; then
+        expect_owner arc-admin-unchanged "$home/.labgpu-e2e-admin" "0:0 4755"
+    else
+        fail arc-admin-unchanged "the admin's docker cp failed"
+    fi
+    rm -f "$home/.labgpu-e2e-admin"
+    arc_suid_tar "$dir" suid.tar .labgpu-e2e-suid
+    expect_ok arc-cp-setuid dk alice cp - parc:/h <"$dir/suid.tar" &&
+        expect_owner arc-cp-setuid-owner "$home/.labgpu-e2e-suid" "$me 755"
+    arc_suid_tar "$dir" curl.tar .labgpu-e2e-curl
+    out="$(arc_put alice "$dir/curl.tar" /h 2>&1)"
+    if [[ $out == *$'\n200' ]]; then
+        expect_owner arc-curl-setuid-owner "$home/.labgpu-e2e-curl" "$me 755"
+    else
+        fail arc-curl-setuid "$out"
+    fi
+    # Destination / with an entry h/x, and a destination that is a symlink planted in
+    # the container pointing into the bind: both land in the home, rewritten.
+    mkdir -p "$dir/root/h"
+    printf 'x\n' >"$dir/root/h/.labgpu-e2e-via-root"
+    tar --owner=0 --group=0 --mode=4755 -C "$dir/root" -cf "$dir/via-root.tar" h/.labgpu-e2e-via-root
+    chmod 644 "$dir/via-root.tar"
+    out="$(arc_put alice "$dir/via-root.tar" / 2>&1)"
+    if [[ $out == *$'\n200' ]]; then
+        expect_owner arc-dest-root-owner "$home/.labgpu-e2e-via-root" "$me 755"
+    else
+        fail arc-dest-root "$out"
+    fi
+    arc_suid_tar "$dir" planted.tar .labgpu-e2e-planted-suid
+    if expect_ok arc-plant-symlink dk alice exec parc ln -s /h /tmp/planted; then
+        out="$(arc_put alice "$dir/planted.tar" /tmp/planted 2>&1)"
+        if [[ $out == *$'\n200' ]]; then
+            expect_owner arc-planted-symlink-owner "$home/.labgpu-e2e-planted-suid" "$me 755"
+        else
+            fail arc-planted-symlink "$out"
+        fi
+    fi
+    # A character device entry (/dev/mem's numbers): refused, nothing created.
+    mkdir -p "$dir/dev"
+    mknod "$dir/dev/.labgpu-e2e-mem" c 1 1
+    tar --owner=0 --group=0 -C "$dir/dev" -cf "$dir/dev.tar" .labgpu-e2e-mem
+    chmod 644 "$dir/dev.tar"
+    expect_fail arc-char-device 'archive entry ".labgpu-e2e-mem" is a character device; device nodes cannot be copied' \
+        dk alice cp - parc:/h <"$dir/dev.tar"
+    if [[ -e $home/.labgpu-e2e-mem || -L $home/.labgpu-e2e-mem ]]; then
+        fail arc-char-device-host "$(ls -l "$home/.labgpu-e2e-mem")"
+    else
+        pass arc-char-device-host
+    fi
+    out="$(arc_put alice "$dir/dev.tar" /h 2>&1)"
+    if [[ $out == *'is a character device'* && $out == *$'\n403' ]]; then pass arc-char-device-curl; else
+        fail arc-char-device-curl "$out"
+    fi
+    # Mid-stream: a 20 MiB file, then the device. The upload to dockerd is aborted; the file
+    # before it may be there (dockerd extracts as it reads), the device is not. And the device
+    # first, with 20 MiB after it still on its way.
+    head -c $((20 << 20)) /dev/zero >"$dir/dev/.labgpu-e2e-before"
+    tar --owner=0 --group=0 -C "$dir/dev" -cf "$dir/dev-late.tar" .labgpu-e2e-before .labgpu-e2e-mem
+    tar --owner=0 --group=0 -C "$dir/dev" -cf "$dir/dev-early.tar" .labgpu-e2e-mem .labgpu-e2e-before
+    chmod 644 "$dir/dev-late.tar" "$dir/dev-early.tar"
+    expect_fail arc-char-device-late 'archive entry ".labgpu-e2e-mem" is a character device' \
+        dk alice cp - parc:/h <"$dir/dev-late.tar"
+    expect_fail arc-char-device-early 'archive entry ".labgpu-e2e-mem" is a character device' \
+        dk alice cp - parc:/h <"$dir/dev-early.tar"
+    if [[ -e $home/.labgpu-e2e-mem || -L $home/.labgpu-e2e-mem ]]; then
+        fail arc-char-device-stream-host "$(ls -l "$home/.labgpu-e2e-mem")"
+    else
+        pass arc-char-device-stream-host
+    fi
+    rm -f "$home/.labgpu-e2e-before"
+    # 20 MiB with curl (which sends Expect: 100-continue past 1 MiB), rewritten all the same.
+    tar --owner=0 --group=0 --mode=4755 -C "$dir/dev" -cf "$dir/big.tar" .labgpu-e2e-before
+    chmod 644 "$dir/big.tar"
+    out="$(arc_put alice "$dir/big.tar" /h 2>&1)"
+    if [[ $out == *$'\n200' ]]; then
+        expect_eq arc-curl-big "$me 755 $((20 << 20))" \
+            "$(stat -c '%u:%g %a %s' "$home/.labgpu-e2e-before" 2>&1)"
+    else
+        fail arc-curl-big "$out"
+    fi
+    rm -f "$home/.labgpu-e2e-before"
+    # docker cp -a: dockerd would chown to the container's user.
+    head -c 100000 /dev/urandom >"$dir/plain"
+    chmod 644 "$dir/plain"
+    expect_fail arc-cp-a 'copyUIDGID (docker cp -a) is not allowed' \
+        dk alice cp -a "$dir/plain" parc:/h/.labgpu-e2e-a
+    if [[ -e $home/.labgpu-e2e-a ]]; then fail arc-cp-a-host "$(ls -l "$home/.labgpu-e2e-a")"; else
+        pass arc-cp-a-host
+    fi
+    # An ordinary docker cp still works, content and all.
+    if expect_ok arc-cp-plain dk alice cp "$dir/plain" parc:/h/.labgpu-e2e-plain; then
+        if cmp -s "$dir/plain" "$home/.labgpu-e2e-plain"; then pass arc-cp-plain-content; else
+            fail arc-cp-plain-content "$(ls -l "$home/.labgpu-e2e-plain")"
+        fi
+        expect_owner arc-cp-plain-owner "$home/.labgpu-e2e-plain" "$me 644"
+        expect_ok arc-cp-plain-inside dk alice exec parc md5sum /h/.labgpu-e2e-plain &&
+            expect_eq arc-cp-plain-inside "$(md5sum <"$dir/plain" | cut -d' ' -f1)" "${OUT%% *}"
+    fi
+    # A directory with a hard link inside it and a symlink pointing out of it.
+    mkdir -p "$dir/tree/.labgpu-e2e-tree/sub"
+    printf 'one\n' >"$dir/tree/.labgpu-e2e-tree/sub/a"
+    ln "$dir/tree/.labgpu-e2e-tree/sub/a" "$dir/tree/.labgpu-e2e-tree/b"
+    ln -s /etc/shadow "$dir/tree/.labgpu-e2e-tree/shadow"
+    chmod -R a+rX "$dir/tree"
+    if expect_ok arc-cp-tree dk alice cp "$dir/tree/.labgpu-e2e-tree" parc:/h/; then
+        local t="$home/.labgpu-e2e-tree"
+        expect_eq arc-tree-hard-link "$(stat -c %i "$t/sub/a")" "$(stat -c %i "$t/b" 2>&1)"
+        expect_eq arc-tree-symlink "/etc/shadow $(id -u alice)" "$(readlink "$t/shadow") $(stat -c %u "$t/shadow")"
+        expect_eq arc-tree-owners "$me" "$(find "$t" -printf '%U:%G\n' | sort -u | tr -d '\n')"
+    fi
+    # A hard link to a file the archive did not bring: dockerd would link it and chown it to
+    # the caller (here root's file in alice's home).
+    printf 'secret\n' >"$home/.labgpu-e2e-rootfile"
+    chown 0:0 "$home/.labgpu-e2e-rootfile"
+    chmod 600 "$home/.labgpu-e2e-rootfile"
+    mkdir -p "$dir/steal"
+    printf 'x\n' >"$dir/steal/x"
+    ln "$dir/steal/x" "$dir/steal/.labgpu-e2e-steal"
+    tar -P --owner=alice --group=alice --transform 'flags=h;s,^x$,.labgpu-e2e-rootfile,' \
+        -C "$dir/steal" -cf "$dir/steal.tar" x .labgpu-e2e-steal
+    tar --delete -f "$dir/steal.tar" x
+    chmod 644 "$dir/steal.tar"
+    # Straight to dockerd, root's file becomes alice's.
+    real cp - parc:/h <"$dir/steal.tar" >/dev/null 2>&1
+    expect_eq arc-hard-link-steal-admin "$me 2" "$(stat -c '%u:%g %h' "$home/.labgpu-e2e-rootfile")"
+    rm -f "$home/.labgpu-e2e-steal"
+    chown 0:0 "$home/.labgpu-e2e-rootfile"
+    expect_fail arc-hard-link-steal 'is a hard link to ".labgpu-e2e-rootfile", which is not a file earlier in the archive' \
+        dk alice cp - parc:/h <"$dir/steal.tar"
+    expect_eq arc-hard-link-steal-host "0:0 600 1" "$(stat -c '%u:%g %a %h' "$home/.labgpu-e2e-rootfile")"
+    tar -P --transform 'flags=h;s,^x$,../../../../etc/passwd,' -C "$dir/steal" -cf "$dir/up.tar" x .labgpu-e2e-steal
+    tar --delete -f "$dir/up.tar" x
+    chmod 644 "$dir/up.tar"
+    local passwd_links
+    passwd_links="$(stat -c %h /etc/passwd)"
+    expect_fail arc-hard-link-up 'is a hard link to a name with a ".." component' \
+        dk alice cp - parc:/h <"$dir/up.tar"
+    expect_eq arc-hard-link-up-host "$passwd_links" "$(stat -c %h /etc/passwd)"
+    if [[ -e $home/.labgpu-e2e-steal ]]; then fail arc-hard-link-none "$(ls -l "$home/.labgpu-e2e-steal")"; else
+        pass arc-hard-link-none
+    fi
+    # A symlink out of the destination (/h/data, a bind of its own) and an entry through it:
+    # the entry would land in /h, the home.
+    mkdir -p "$dir/esc/a" "$dir/esc/b/.labgpu-e2e-up"
+    ln -s /h "$dir/esc/a/.labgpu-e2e-up"
+    printf 'e\n' >"$dir/esc/b/.labgpu-e2e-up/.labgpu-e2e-escaped"
+    tar -cf "$dir/esc.tar" -C "$dir/esc/a" .labgpu-e2e-up -C "$dir/esc/b" .labgpu-e2e-up/.labgpu-e2e-escaped
+    chmod 644 "$dir/esc.tar"
+    # Straight to dockerd the entry does land there: dockerd 20.10 checks the symlink's
+    # target as if rooted at the destination, then writes through it.
+    real cp - parc:/h/data <"$dir/esc.tar" >/dev/null 2>&1
+    if [[ -e $home/.labgpu-e2e-escaped ]]; then pass arc-through-symlink-admin; else
+        fail arc-through-symlink-admin "no $home/.labgpu-e2e-escaped"
+    fi
+    rm -f "$home/.labgpu-e2e-escaped" "$LG_TMP/data/alice/.labgpu-e2e-up"
+    expect_fail arc-through-symlink 'lies under ".labgpu-e2e-up", a symlink earlier in the archive' \
+        dk alice cp - parc:/h/data <"$dir/esc.tar"
+    if [[ -e $home/.labgpu-e2e-escaped ]]; then fail arc-through-symlink-host "$(ls -l "$home/.labgpu-e2e-escaped")"; else
+        pass arc-through-symlink-host
+    fi
+    expect_ok arc-rm dk alice rm -f parc && pass arc-rm
+}
+
 case_cleanup() {
     # Owners can remove their own containers; the proxy is still alive and its fds settle.
     expect_ok cleanup-rm dk alice rm -f pa1 pa2 plog pwait pbuilt2 && pass cleanup-rm
@@ -428,7 +627,7 @@ $(ss -xp 2>/dev/null | grep "pid=$PROXY_PID,")"
 
 # ---------------------------------------------------------------------------------------------
 
-ALL_CASES="owner isolation refusals streams build buildkit policy keepalive load cleanup"
+ALL_CASES="owner isolation refusals streams build buildkit policy keepalive archive load cleanup"
 START=$SECONDS
 START_TS="$(date +%s)"
 setup_all

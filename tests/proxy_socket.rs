@@ -55,6 +55,7 @@ fn serve_one(stream: UnixStream, log: &Mutex<Vec<Seen>>) {
         let line = line.trim_end().to_string();
         let mut length = 0;
         let mut upgrade = false;
+        let mut chunked = false;
         loop {
             let mut h = String::new();
             reader.read_line(&mut h).unwrap();
@@ -66,9 +67,19 @@ fn serve_one(stream: UnixStream, log: &Mutex<Vec<Seen>>) {
                 length = v.trim().parse().unwrap();
             }
             upgrade |= h.starts_with("upgrade:");
+            chunked |= h.starts_with("transfer-encoding:") && h.contains("chunked");
         }
-        let mut body = vec![0; length];
-        reader.read_exact(&mut body).unwrap();
+        let body = if chunked {
+            // A rewritten archive; an aborted one ends the connection here.
+            match read_chunked(&mut reader) {
+                Some(body) => body,
+                None => return,
+            }
+        } else {
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).unwrap();
+            body
+        };
         let body = String::from_utf8(body).unwrap();
         log.lock().unwrap().push(Seen {
             line: line.clone(),
@@ -117,6 +128,24 @@ fn serve_one(stream: UnixStream, log: &Mutex<Vec<Seen>>) {
             body.len()
         )
         .unwrap();
+    }
+}
+
+/// A chunked request body, or None if the connection ends before its last chunk.
+fn read_chunked(reader: &mut impl BufRead) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        let mut size = String::new();
+        if reader.read_line(&mut size).ok()? == 0 {
+            return None;
+        }
+        let size = usize::from_str_radix(size.trim_end(), 16).ok()?;
+        let mut chunk = vec![0; size + 2];
+        reader.read_exact(&mut chunk).ok()?;
+        if size == 0 {
+            return Some(body);
+        }
+        body.extend_from_slice(&chunk[..size]);
     }
 }
 
@@ -204,6 +233,27 @@ fn helper_client() {
         v["after"].as_str(),
     );
     println!("RESULT {}", json!({"code": code, "rest": rest}));
+}
+
+/// A tar of empty root-owned entries (name, type, mode); ASCII throughout, so it travels in
+/// the helper's JSON.
+fn tar_of(entries: &[(&str, tar::EntryType, u32)]) -> String {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, kind, mode) in entries {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(*kind);
+        h.set_mode(*mode);
+        h.set_size(0);
+        b.append_data(&mut h, name, std::io::empty()).unwrap();
+    }
+    String::from_utf8(b.into_inner().unwrap()).unwrap()
+}
+
+fn put_archive(id: &str, extra_query: &str, tar: &str) -> String {
+    format!(
+        "PUT /v1.41/containers/{id}/archive?path=%2Fw{extra_query} HTTP/1.1\r\nHost: docker\r\nConnection: close\r\nContent-Type: application/x-tar\r\nContent-Length: {}\r\n\r\n{tar}",
+        tar.len()
+    )
 }
 
 struct Proxy {
@@ -334,6 +384,43 @@ fn proxy_over_real_sockets() {
     assert_eq!(code, 200);
     let line = last("GET /v1.41/containers/json").line;
     assert!(line.contains("labgpu.user%3Dnobody"), "{line}");
+
+    // docker cp into one's own container: dockerd gets the tar rewritten (and chunked), owned
+    // by the caller's uid and the policy's gid, without the setuid bit.
+    let suid = tar_of(&[("x", tar::EntryType::Regular, 0o4755)]);
+    let (code, rest) = as_uid(NOBODY, &sock, &put_archive("mine", "", &suid), None);
+    assert_eq!(code, 200, "{rest}");
+    let sent = last("PUT /v1.41/containers/mine-full/archive?path=%2Fw").body;
+    let mut archive = tar::Archive::new(sent.as_bytes());
+    let entry = archive.entries().unwrap().next().unwrap().unwrap();
+    let h = entry.header();
+    assert_eq!(
+        (h.uid().unwrap(), h.gid().unwrap(), h.mode().unwrap()),
+        (NOBODY.into(), NOBODY.into(), 0o755)
+    );
+    let before = seen.lock().unwrap().len();
+    let dev = tar_of(&[("mem", tar::EntryType::Char, 0o666)]);
+    let (code, rest) = as_uid(NOBODY, &sock, &put_archive("mine", "", &dev), None);
+    assert_eq!(code, 403, "{rest}");
+    assert!(
+        rest.contains(r#"archive entry \"mem\" is a character device"#),
+        "{rest}"
+    );
+    let (code, rest) = as_uid(
+        NOBODY,
+        &sock,
+        &put_archive("mine", "&copyUIDGID=1", &suid),
+        None,
+    );
+    assert_eq!(code, 403, "{rest}");
+    assert!(
+        rest.contains("copyUIDGID (docker cp -a) is not allowed"),
+        "{rest}"
+    );
+    // Neither reached dockerd whole (the aborted upload is not in its log), only inspects.
+    assert!(seen.lock().unwrap()[before..]
+        .iter()
+        .all(|s| s.line.starts_with("GET ")));
 
     // Root in our pid namespace is the admin: passed through untouched.
     let (code, _) = exchange(

@@ -44,6 +44,19 @@ pub async fn drain(mut body: Incoming) {
     .await;
 }
 
+/// How long a refused archive upload is read for; a client still sending after that gets a
+/// broken pipe.
+const UPLOAD_DRAIN_TIME: Duration = Duration::from_secs(600);
+
+/// Go's HTTP client (docker cp) reports a failed body write rather than the answer that came
+/// while it was writing: a refused upload is read to its end, not just its first MiB.
+pub async fn drain_upload(mut body: Incoming) {
+    let _ = tokio::time::timeout(UPLOAD_DRAIN_TIME, async {
+        while let Some(Ok(_)) = body.frame().await {}
+    })
+    .await;
+}
+
 /// The request body, with `handle` keeping a way back to it: what the route did not read is
 /// still in the slot when the request is refused.
 pub struct SharedBody(pub Arc<Mutex<Option<Incoming>>>);

@@ -113,6 +113,8 @@ pub enum ProxyError {
     Rule(#[from] RuleError),
     #[error(transparent)]
     Identity(#[from] IdentityError),
+    #[error(transparent)]
+    Archive(#[from] super::archive::ArchiveError),
     #[error("the proxy cannot use its policy: {0}")]
     Policy(#[from] PolicyError),
     #[error("cannot reach docker at {path}: {source}")]
@@ -153,6 +155,9 @@ impl ProxyError {
                 StatusCode::from_u16(e.status()).unwrap_or(StatusCode::FORBIDDEN)
             }
             ProxyError::Identity(_) | ProxyError::NotYours(_) => StatusCode::FORBIDDEN,
+            ProxyError::Archive(e) => {
+                StatusCode::from_u16(e.status()).unwrap_or(StatusCode::FORBIDDEN)
+            }
             ProxyError::Policy(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamConnect { .. } | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ProxyError::NoSuchContainer(_) | ProxyError::NoSuchExec(_) => StatusCode::NOT_FOUND,

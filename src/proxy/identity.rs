@@ -76,6 +76,14 @@ pub fn passwd_name(uid: u32) -> Option<String> {
         .map(|u| u.name)
 }
 
+/// The uid's primary group in the host's passwd. May block, like `passwd_name`.
+pub fn primary_gid(uid: u32) -> Option<u32> {
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map(|u| u.gid.as_raw())
+}
+
 fn pid_ns(proc_pid: &Path) -> Option<String> {
     std::fs::read_link(proc_pid.join("ns/pid"))
         .ok()

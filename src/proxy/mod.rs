@@ -4,12 +4,14 @@
 //! SO_PEERCRED into a caller (host root is the admin; anyone else is a policy user or
 //! nobody); `routes` is the table of API paths a user may call; one module per API resource
 //! (`containers`, `exec`, `images`, `volumes`, `networks`, `system`) decides what a policy
-//! user may do there and how the request is rewritten; `server` accepts and dispatches, and
-//! `upstream` moves bytes to and from Docker's own socket.
+//! user may do there and how the request is rewritten, `archive` rewrites `docker cp`
+//! uploads so that dockerd extracts only what the caller could have made; `server` accepts
+//! and dispatches, and `upstream` moves bytes to and from Docker's own socket.
 //!
 //! The tokio runtime is built here, and only here: the runtime face (`labgpu create …`,
 //! started by the shim for every container) stays synchronous and quick to start.
 
+pub mod archive;
 pub mod body;
 pub mod containers;
 pub mod error;

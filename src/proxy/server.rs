@@ -19,7 +19,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{UnixListener, UnixStream};
 use tracing::{info, warn};
 
-use super::body::{box_err, drain, full, Body, SharedBody};
+use super::body::{box_err, drain, drain_upload, full, Body, SharedBody};
 use super::error::ProxyError;
 use super::identity::{self, Caller};
 use super::request::{check_content_types, user_ctx, UserCtx};
@@ -197,8 +197,14 @@ async fn handle(state: Arc<State>, caller: Arc<Caller>, req: Request<Incoming>) 
         Err(e) => {
             warn!(caller = %caller.describe(), %method, %uri, "refused: {e}");
             let unread = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
-            if let Some(body) = unread {
-                drain(body).await;
+            match unread {
+                // An upload of any size, which the client means to send in full: answer now
+                // and read the rest meanwhile.
+                Some(body) if matches!(e, ProxyError::Archive(_)) => {
+                    tokio::spawn(drain_upload(body));
+                }
+                Some(body) => drain(body).await,
+                None => {}
             }
             error_response(&e)
         }
@@ -220,6 +226,8 @@ pub struct Call<'a> {
     pub state: &'a State,
     pub policy: &'a Policy,
     pub ctx: &'a UserCtx,
+    /// The caller's host uid (SO_PEERCRED).
+    pub uid: u32,
     /// The request path as sent, version prefix included (`/v1.41/containers/json`).
     pub path: String,
     /// The version prefix alone (`/v1.41`, or empty).
@@ -242,6 +250,9 @@ async fn route(
     // Per request, so an edit to the policy applies to the next request, not the next login.
     let policy = Policy::load(&state.policy)?;
     let name = identity::policy_user(&policy, caller)?.to_string();
+    let Caller::Uid { uid, .. } = *caller else {
+        unreachable!("the administrator was forwarded above");
+    };
     let ctx = user_ctx(&policy, &name);
     check_content_types(
         req.headers()
@@ -254,6 +265,7 @@ async fn route(
         state,
         policy: &policy,
         ctx: &ctx,
+        uid,
         prefix: path[..path.len() - routes::strip_version(&path).len()].to_string(),
         query: req.uri().query().map(str::to_string),
         path,

@@ -163,9 +163,7 @@ pub fn other_devices(ctx: &Ctx, s: &Subject, d: &Decision) -> Result<Vec<Finding
                 continue;
             }
             let allowed = match (r.major, r.minor) {
-                (Some(major), Some(minor)) if RUNC_DEFAULTS.contains(&(kind, major, minor)) => {
-                    true
-                }
+                (Some(major), Some(minor)) if RUNC_DEFAULTS.contains(&(kind, major, minor)) => true,
                 (Some(major), minor) => may_access(d, kind, major, minor),
                 (None, _) => false,
             };

@@ -16,6 +16,7 @@ mod mounts;
 
 pub use create::{create_container_refs, rewrite_create, ContainerRef};
 
+use super::archive;
 use super::body::{full, read_json, with_json, with_uri, Body, MAX_JSON_BODY};
 use super::error::{ProxyError, RuleError};
 use super::request::{as_object_mut, canonicalize};
@@ -40,6 +41,26 @@ pub async fn create(call: &Call<'_>, req: Request<Body>) -> Result<Response<Body
     let resp = forward(call.state, with_json(parts, &v)).await?;
     let state_dir = call.policy.proxy_or_default().state_dir.0;
     record_created(call.state, resp, &state_dir, &call.ctx.name).await
+}
+
+/// `docker cp` into a container: the upload reaches dockerd rewritten (see `archive`).
+async fn put_archive(
+    state: &State,
+    req: Request<Body>,
+    owner: archive::Owner,
+) -> Result<Response<Body>, ProxyError> {
+    let (mut parts, body) = req.into_parts();
+    // Another length than the caller's: hyper sends it chunked.
+    parts.headers.remove(CONTENT_LENGTH);
+    parts.headers.remove(TRANSFER_ENCODING);
+    let (body, refusal) = archive::rewrite_archive(body, owner);
+    let resp = forward(state, Request::from_parts(parts, body)).await;
+    // A refusal aborted the upload to dockerd: whatever hyper or dockerd made of that, the
+    // refusal is the answer.
+    match refusal.take() {
+        Some(e) => Err(e.into()),
+        None => resp,
+    }
 }
 
 /// `POST /containers/create` from the administrator: forwarded as sent; a container with an
@@ -127,6 +148,11 @@ pub async fn by_id(
         format!("{}/containers/{full_id}/{rest}", call.prefix)
     };
     let req = with_uri(req, &path, call.query.as_deref())?;
+    if rest == "archive" && req.method() == Method::PUT {
+        archive::check_query(call.query.as_deref())?;
+        let owner = archive::owner_of(call.policy, &call.ctx.name, call.uid).await?;
+        return put_archive(call.state, req, owner).await;
+    }
     if rest == "update" && req.method() == Method::POST {
         let (parts, body) = req.into_parts();
         let mut v = read_json(body, MAX_JSON_BODY).await?;
