@@ -468,13 +468,202 @@ case_cdi() {
     lg_write_policy
 }
 
+# ---------------------------------------------------------------------------------------------
+# Routes to host root a docker-group member (or a proxy user, see proxy.sh) could try: the
+# runtime must refuse or neutralise each whatever Docker was asked.
+
+# Local volumes: what the kernel has mounted at _data decides, not the options file.
+case_volumes() {
+    local v
+    docker volume create -o type=proc -o device=proc lgv-proc >/dev/null
+    expect_refused volume-type-proc 'volume "lgv-proc" is not a plain Docker volume' \
+        "${A[@]}" -v lgv-proc:/x "$I" cat /x/sys/kernel/core_pattern
+    docker volume create -o type=sysfs -o device=sysfs lgv-sysfs >/dev/null
+    expect_refused volume-type-sysfs 'a sysfs mount of sysfs' "${B[@]}" -v lgv-sysfs:/x "$I" true
+    mkdir -p "$LG_TMP/ovl/u" "$LG_TMP/ovl/w"
+    docker volume create -o type=overlay -o device=overlay \
+        -o "o=lowerdir=$LG_TMP/data/bob,upperdir=$LG_TMP/ovl/u,workdir=$LG_TMP/ovl/w" lgv-ovl >/dev/null
+    echo "bob's secret" >"$LG_TMP/data/bob/secret"
+    expect_refused volume-overlay-other-home 'a overlay mount' "${A[@]}" -v lgv-ovl:/x "$I" cat /x/secret
+    # A relative device is resolved against dockerd's working directory.
+    docker volume create -o type=none -o o=bind -o device=. lgv-rel >/dev/null
+    expect_refused volume-relative-bind 'is not a plain Docker volume' "${A[@]}" -v lgv-rel:/x "$I" ls /x
+    expect_refused volume-inline-proc 'is not a plain Docker volume' "${A[@]}" \
+        --mount type=volume,src=lgv-inline,dst=/x,volume-opt=type=proc,volume-opt=device=proc "$I" true
+    docker volume create -o type=tmpfs -o device=tmpfs -o o=size=1m lgv-tmpfs >/dev/null
+    if expect_run_ok volume-tmpfs "${B[@]}" -v lgv-tmpfs:/t "$I" sh -c 'grep -c " /t tmpfs " /proc/mounts'; then
+        expect_eq volume-tmpfs 1 "$RUN_OUT"
+    fi
+    # The administrator's bind-backed volume, named in alice's mounted_volumes: hers only.
+    docker volume create -o type=none -o o=bind -o "device=$LG_TMP/data/alice" lgv-admin >/dev/null
+    lg_policy_text | sed '/^\[users.alice\]/a mounted_volumes = ["lgv-admin"]' >"$LG_TMP/policy.toml"
+    expect_run_ok volume-mounted-listed "${A[@]}" -v lgv-admin:/x "$I" ls /x && pass volume-mounted-listed
+    expect_refused volume-mounted-unlisted 'mounted_volumes' "${B[@]}" -v lgv-admin:/x "$I" ls /x
+    lg_write_policy
+    for v in lgv-proc lgv-sysfs lgv-ovl lgv-rel lgv-inline lgv-tmpfs lgv-admin; do
+        docker volume rm -f "$v" >/dev/null 2>&1
+    done
+}
+
+# api_run NAME JSON: creates and runs a container through the raw API (fields the CLI never
+# sends), as the docker-group member; sets RUN_OUT, RUN_ERR, RUN_RC like run_ctr.
+api_run() {
+    local name="$1" body="$2" out
+    docker rm -f "$name" >/dev/null 2>&1
+    out="$(curl -sS --unix-socket "$LG_SOCK" -X POST -H 'Content-Type: application/json' \
+        -d "$body" "http://docker/v1.41/containers/create?name=$name" 2>&1)"
+    if [[ $out != *'"Id"'* ]]; then
+        RUN_RC=1 RUN_OUT="" RUN_ERR="create: $out"
+        return
+    fi
+    RUN_RC=0
+    RUN_ERR="$(docker start -a "$name" 2>&1 >/dev/null)" || RUN_RC=$?
+    RUN_OUT="$(docker logs "$name" 2>&1)"
+    docker rm -f "$name" >/dev/null 2>&1
+}
+
+# HostConfig.MaskedPaths/ReadonlyPaths replace Docker's defaults when set: /proc/sys would be
+# writable (core_pattern: host root). The probe writes core_pattern's own value back, so a
+# failure of the rule changes nothing on the host.
+SYSPATHS_PROBE='grep -E " /proc/(sys|keys|kcore) " /proc/self/mountinfo | cut -d" " -f5,6 | sort;
+    cat /proc/sys/kernel/core_pattern >/tmp/cp && { cat /tmp/cp >/proc/sys/kernel/core_pattern; } 2>&1; true'
+
+case_system_paths() {
+    local probe name hc
+    probe="$(printf '%s' "$SYSPATHS_PROBE" | python3 -c 'import json,sys; print(json.dumps(sys.stdin.read()))')"
+    for name in masked readonly both; do
+        case $name in
+        masked) hc='"MaskedPaths":["/proc/kcore"]' ;;
+        readonly) hc='"ReadonlyPaths":["/proc/bus"]' ;;
+        both) hc='"MaskedPaths":["/proc/kcore"],"ReadonlyPaths":["/proc/irq"]' ;;
+        esac
+        api_run lg-sp "{\"Image\":\"$I\",\"Cmd\":[\"sh\",\"-c\",$probe],
+            \"Labels\":{\"labgpu.user\":\"bob\"},\"HostConfig\":{\"Runtime\":\"$RT\",$hc}}"
+        local bad=""
+        [[ $RUN_RC == 0 ]] || bad+="exit $RUN_RC: $RUN_ERR"$'\n'
+        printf '%s\n' "$RUN_OUT" | grep -q '^/proc/sys ro,' || bad+="/proc/sys is not mounted read-only"$'\n'
+        printf '%s\n' "$RUN_OUT" | grep -q '^/proc/keys ' || bad+="/proc/keys is not masked"$'\n'
+        [[ $RUN_OUT == *"Read-only file system"* ]] || bad+="core_pattern was writable"$'\n'
+        if [[ -z $bad ]]; then pass "syspaths-$name"; else fail "syspaths-$name" "$bad$RUN_OUT"; fi
+    done
+}
+
+# With --cap-add SYS_ADMIN dockerd's profile allows unshare, mount, setns, bpf and unfiltered
+# clone; labgpu cuts SYS_ADMIN, and the profile with it. The probe: an unprivileged user
+# namespace, which needs no capability, only the syscall.
+USERNS_PROBE='unshare -U true 2>&1 && echo userns-created; grep ^Seccomp: /proc/self/status'
+
+case_seccomp() {
+    local c
+    if ! unshare -U true 2>/dev/null; then
+        printf 'skip seccomp-userns cases (this kernel refuses unprivileged user namespaces)\n'
+    else
+        for c in "SYS_ADMIN" "ALL"; do
+            if expect_run_ok "seccomp-cap-add-$c" "${B[@]}" --cap-add "$c" "$I" sh -c "$USERNS_PROBE"; then
+                if [[ $RUN_OUT != *userns-created* && $RUN_OUT == *"Seccomp:"*2* ]]; then
+                    pass "seccomp-cap-add-$c"
+                else
+                    fail "seccomp-cap-add-$c" "unshare -U worked or no filter: $RUN_OUT"
+                fi
+            fi
+        done
+    fi
+    # A profile that allows every syscall Docker allows with all capabilities, by name.
+    local gen
+    gen="$(docker version -f '{{.Server.Version}}')"
+    "$LG_BIN" seccomp default --docker "$gen" --cap-add ALL >"$LG_TMP/seccomp-all.json"
+    expect_refused seccomp-custom-all-caps 'seccomp_profiles' "${B[@]}" \
+        --security-opt "seccomp=$LG_TMP/seccomp-all.json" "$I" true
+    echo '{"defaultAction": "SCMP_ACT_TRACE"}' >"$LG_TMP/seccomp-trace.json"
+    expect_refused seccomp-trace-default 'allows every syscall it does not list' "${B[@]}" \
+        --security-opt "seccomp=$LG_TMP/seccomp-trace.json" "$I" true
+    # The administrator lists a profile by the hash `labgpu seccomp hash` prints: it runs.
+    local hash
+    hash="$("$LG_BIN" seccomp hash --docker "$gen" "$LG_TMP/seccomp-all.json")"
+    lg_policy_text | sed "/^\[users.bob\]/a seccomp_profiles = [\"$hash\"]" >"$LG_TMP/policy.toml"
+    expect_run_ok seccomp-listed-profile "${B[@]}" --security-opt "seccomp=$LG_TMP/seccomp-all.json" \
+        "$I" true && pass seccomp-listed-profile
+    expect_refused seccomp-listed-for-bob-only 'seccomp_profiles' "${A[@]}" \
+        --security-opt "seccomp=$LG_TMP/seccomp-all.json" "$I" true
+    lg_write_policy
+}
+
+# The owner label is read from Docker's data root, never from a path a mount names: a fake
+# containers/<id>/config.v2.json in alice's home, bound at /etc/hostname, must not make her
+# container bob's.
+case_provenance() {
+    local home fake id f
+    home="$(lg_home alice)"
+    for f in hostname resolv.conf; do
+        fake="$home/.labgpu-e2e-fake"
+        rm -rf "$fake"
+        mkdir -p "$fake/containers/x"
+        : >"$fake/containers/x/$f"
+        id="$(docker create --runtime "$RT" "${A[@]}" -v "$fake/containers/x/$f:/etc/$f" "$I" \
+            sh -c "$LS_NVIDIA" 2>&1)" || { fail "owner-forged-$f" "create: $id"; continue; }
+        mkdir -p "$fake/containers/$id"
+        echo '{"Config":{"Labels":{"labgpu.user":"bob"}}}' >"$fake/containers/$id/config.v2.json"
+        # Root's, as container root (or an archive upload) makes them.
+        chown -R 0:0 "$fake"
+        chmod -R go-w "$fake"
+        local out
+        out="$(docker start -a "$id" 2>&1)"
+        expect_eq "owner-forged-$f" "$ALICE_DEVS" "$(nvidia_set "$out")" "$out"
+        docker rm -f "$id" >/dev/null 2>&1
+        rm -rf "$fake"
+    done
+}
+
 # labgpu verify against what dockerd runs: clean, then a --runtime runc bypass, then drift.
 VERIFY_ROOT() { printf '%s' "$LG_TMP/exec/runtime-runc/moby"; }
 
 # run_verify: sets VERIFY_OUT and VERIFY_RC.
 run_verify() {
+    # In dockerd's network namespace, as an administrator runs it next to the real dockerd.
+    local in_ns=()
+    [[ -n ${LG_NETNS_PID:-} ]] && in_ns=(nsenter "--net=/proc/$LG_NETNS_PID/ns/net" --)
     VERIFY_RC=0
-    VERIFY_OUT="$("$LG_BIN" verify --policy "$LG_TMP/policy.toml" --root "$(VERIFY_ROOT)" 2>&1)" || VERIFY_RC=$?
+    VERIFY_OUT="$(${in_ns[@]+"${in_ns[@]}"} "$LG_BIN" verify --policy "$LG_TMP/policy.toml" \
+        --root "$(VERIFY_ROOT)" 2>&1)" || VERIFY_RC=$?
+}
+
+# verify_finding NAME PATTERN RUN-ARGS...: a --runtime runc container (a docker-group member
+# walking around labgpu) started with RUN-ARGS makes verify exit 1 with PATTERN in its row.
+verify_finding() {
+    local name="$1" pattern="$2" id row
+    shift 2
+    id="$(docker run -d --runtime runc "$@" "$I" sleep 300 2>&1)" || {
+        fail "$name" "docker run: $id"
+        return
+    }
+    run_verify
+    row="$(printf '%s\n' "$VERIFY_OUT" | grep "^${id:0:12}")"
+    if [[ $VERIFY_RC == 1 && $row == *"$pattern"* ]]; then pass "$name"; else
+        fail "$name" "exit $VERIFY_RC, want 1 and '$pattern' in its row:
+$VERIFY_OUT"
+    fi
+    docker rm -f "$id" >/dev/null 2>&1
+}
+
+case_verify_bypass() {
+    if [[ $RT != labgpu ]]; then
+        printf 'skip verify_bypass (runtime %s)\n' "$RT"
+        return
+    fi
+    verify_finding verify-host-pid "shares the host's pid namespace" --pid host
+    verify_finding verify-host-network "shares the host's network namespace" --network host
+    [[ -e $LG_TMP/dev/loopx ]] || mknod -m 660 "$LG_TMP/dev/loopx" b 7 222
+    verify_finding verify-block-device "can open block device" --device "$LG_TMP/dev/loopx:/dev/loopx"
+    verify_finding verify-no-seccomp "without a seccomp filter" --security-opt seccomp=unconfined
+    verify_finding verify-writable-proc-sys "/proc/sys is writable" --security-opt systempaths=unconfined
+    docker volume create -o type=proc -o device=proc lgv-vproc >/dev/null
+    verify_finding verify-proc-volume "a proc filesystem is mounted at /x" -v lgv-vproc:/x
+    docker volume rm -f lgv-vproc >/dev/null 2>&1
+    # What labgpu itself runs stays clean.
+    docker run -d --name lg-vb-ok --runtime "$RT" "${B[@]}" --cap-add SYS_ADMIN "$I" sleep 300 >/dev/null
+    run_verify
+    if [[ $VERIFY_RC == 0 ]]; then pass verify-labgpu-clean; else fail verify-labgpu-clean "$VERIFY_OUT"; fi
+    docker rm -f lg-vb-ok >/dev/null 2>&1
 }
 
 case_verify() {
@@ -554,7 +743,7 @@ case_log() {
 
 # ---------------------------------------------------------------------------------------------
 
-ALL_CASES="devices device_flags caps refusals mounts namespaces exec passthrough cdi verify concurrency log"
+ALL_CASES="devices device_flags caps refusals mounts volumes system_paths seccomp provenance namespaces exec passthrough cdi verify verify_bypass concurrency log"
 START=$SECONDS
 setup_all
 lg_say "suite starts ($((SECONDS - START))s setup); runtime $RT"

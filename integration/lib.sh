@@ -244,8 +244,9 @@ version = 1
 
 [runtime]
 owner_label = "labgpu.user"
-unlabeled = "deny"
+unlabeled = "${LG_POLICY_UNLABELED:-deny}"
 log = "$LG_TMP/labgpu.log"
+docker_root = "$LG_TMP/docker"
 
 [gpus]
 dev_root = "$LG_TMP/dev"
@@ -278,6 +279,10 @@ uid = $(lg_uid carol)
 gid = $(lg_gid carol)
 gpus = []
 EOF
+    # proxy.sh: with [proxy] the runtime believes only the proxy's records of who owns what.
+    if [[ ${LG_POLICY_PROXY:-0} == 1 ]]; then
+        printf '\n[proxy]\nstate_dir = "%s"\n' "$LG_TMP/state"
+    fi
 }
 
 lg_write_policy() {
@@ -303,6 +308,10 @@ lg_write_daemon_json() {
     local key=""
     if grep -qa 'deprecated-key-path' "$(command -v dockerd)"; then
         key=", \"deprecated-key-path\": \"$LG_TMP/key.json\""
+    fi
+    # LG_DEFAULT_RUNTIME: dockerd's default runtime (proxy.sh: builds need labgpu's).
+    if [[ -n ${LG_DEFAULT_RUNTIME:-} ]]; then
+        key+=", \"default-runtime\": \"$LG_DEFAULT_RUNTIME\""
     fi
     printf '{"runtimes": {"%s": {"path": "%s"}}%s}\n' "$1" "$2" "$key" >"$LG_TMP/daemon.json"
 }

@@ -12,6 +12,11 @@ set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 I="$LG_IMAGE"
+# The policy has a [proxy] table (owners only from the proxy's records), builds run as
+# unlabeled containers with no GPU, under labgpu as dockerd's default runtime.
+LG_POLICY_PROXY=1
+LG_POLICY_UNLABELED=no-gpu
+LG_DEFAULT_RUNTIME=labgpu
 PSOCK=""
 PROXY_PID=""
 PROXY_FDS0=0
@@ -35,6 +40,18 @@ real() { lg_docker "$@"; }
 # api USER METHOD PATH: curl through the proxy; prints the body, then the status on its own line.
 api() {
     as "$1" curl -sS --unix-socket "$PSOCK" -X "$2" -w '\n%{http_code}\n' "http://docker$3"
+}
+
+# api_json USER METHOD PATH JSON: like api, with a JSON body.
+api_json() {
+    as "$1" curl -sS --unix-socket "$PSOCK" -X "$2" -H 'Content-Type: application/json' \
+        -d "$4" -w '\n%{http_code}\n' "http://docker$3"
+}
+
+# expect_status NAME CODE PATTERN OUTPUT: an api/api_json answer with that HTTP status and
+# PATTERN in its message.
+expect_status() {
+    if [[ $4 == *"$3"* && $4 == *$'\n'"$2" ]]; then pass "$1"; else fail "$1" "want $2 and '$3': $4"; fi
 }
 
 start_proxy() {
@@ -317,32 +334,155 @@ second" && $lrc == 0 ]]; then
 case_build() {
     local ctx="$LG_TMP/build"
     mkdir -p "$ctx"
-    printf 'FROM %s\nRUN echo built-by-proxy > /built\nLABEL labgpu.user=bob\n' "$I" >"$ctx/Dockerfile"
+    # The LABEL names bob: with labgpu as the default runtime, the RUN step used to run as
+    # bob's container, with his GPU. Build steps are unlabeled now: no GPU at all.
+    printf 'FROM %s\nLABEL labgpu.user=bob\nRUN echo built-by-proxy > /built; ls /dev >/devs\n' "$I" >"$ctx/Dockerfile"
     chown -R "$(lg_user alice)" "$ctx"
-    if expect_ok build-legacy as alice env DOCKER_BUILDKIT=0 "$LG_DOCKER_CLI" build -q -t proxy-built "$ctx"; then
+    if expect_ok build-legacy as alice env DOCKER_BUILDKIT=0 "$LG_DOCKER_CLI" build -q -t alice/built "$ctx"; then
         pass build-legacy
-        # The image's label does not make bob the owner of alice's container.
-        if expect_ok build-run-image dk alice run --rm proxy-built cat /built; then
+        if expect_ok build-run-image dk alice run --rm alice/built cat /built; then
             expect_eq build-run-image built-by-proxy "$OUT"
         fi
-        if expect_ok build-run-label dk alice create --name pbuilt2 proxy-built true; then
+        if expect_ok build-step-no-gpu dk alice run --rm alice/built cat /devs; then
+            if [[ $OUT == *nvidia* ]]; then fail build-step-no-gpu "the RUN step saw GPUs: $OUT"; else
+                pass build-step-no-gpu
+            fi
+        fi
+        # The image's label does not make bob the owner of alice's container.
+        if expect_ok build-run-label dk alice create --name pbuilt2 alice/built true; then
             expect_eq build-label-overridden alice \
                 "$(real inspect -f '{{index .Config.Labels "labgpu.user"}}' pbuilt2 2>&1)"
         fi
     fi
+    # --ulimit is a create option a build may use; security options and cgroup parents not.
+    expect_ok build-ulimit as alice env DOCKER_BUILDKIT=0 "$LG_DOCKER_CLI" build -q --ulimit nofile=1024:1024 \
+        -t alice/built2 "$ctx" && pass build-ulimit
+    expect_status build-securityopt 403 "build option securityopt is not allowed" \
+        "$(api alice POST '/v1.41/build?securityopt=seccomp%3Dunconfined' 2>&1)"
+    expect_status build-isolation 403 'build option isolation' \
+        "$(api alice POST '/v1.41/build?isolation=hyperv' 2>&1)"
+    expect_status build-unknown-option 400 "build option bogus is not a field" \
+        "$(api alice POST '/v1.41/build?bogus=1' 2>&1)"
+    expect_status build-network-container 403 "cannot join another container's network" \
+        "$(api alice POST '/v1.41/build?networkmode=container%3Apa1' 2>&1)"
+    # With unlabeled = "deny" build steps could not run: the proxy says so first.
+    lg_policy_text | sed 's/^unlabeled = .*/unlabeled = "deny"/' >"$LG_TMP/policy.toml"
+    expect_fail build-needs-no-gpu 'unlabeled = "no-gpu"' \
+        as alice env DOCKER_BUILDKIT=0 "$LG_DOCKER_CLI" build -q -t alice/built3 "$ctx"
+    lg_write_policy
 }
 
 case_buildkit() {
-    # BuildKit through /build?version=2 and the /session upgrade (h2c), as Docker 20.10's
-    # CLI does with DOCKER_BUILDKIT=1. --network none: the private dockerd has no bridge.
+    # BuildKit (DOCKER_BUILDKIT=1, /build?version=2 and /session) runs RUN steps with runc
+    # directly: refused, with the way to build meanwhile.
     local ctx="$LG_TMP/build-bk"
     mkdir -p "$ctx"
     printf 'FROM %s\nRUN echo bk > /bk\n' "$I" >"$ctx/Dockerfile"
     chown -R "$(lg_user alice)" "$ctx"
-    if expect_ok build-buildkit as alice env DOCKER_BUILDKIT=1 "$LG_DOCKER_CLI" build --progress plain --network none \
-        -t proxy-bk "$ctx"; then
-        pass build-buildkit
+    expect_fail build-buildkit-refused "DOCKER_BUILDKIT=0 docker build" \
+        as alice env DOCKER_BUILDKIT=1 "$LG_DOCKER_CLI" build --progress plain --network none -t alice/bk "$ctx"
+    expect_status build-version-2 403 "BuildKit builds run their steps outside the labgpu runtime" \
+        "$(api alice POST '/v1.41/build?version=2&remote=client-session' 2>&1)"
+    expect_status build-grpc 403 "BuildKit gRPC API" "$(api alice POST /grpc 2>&1)"
+}
+
+# Local volume options are mount(8) run by dockerd as root.
+case_volumes() {
+    expect_fail vol-create-proc "volume option type" dk alice volume create -o type=proc -o device=proc pv-proc
+    expect_fail vol-create-overlay "volume option type" dk alice volume create -o type=overlay \
+        -o device=overlay -o "o=lowerdir=$(lg_home bob),upperdir=/tmp/u,workdir=/tmp/w" pv-ovl
+    expect_fail vol-create-relative-bind "volume option device" dk alice volume create -o o=bind -o device=rel pv-rel
+    expect_fail vol-create-bind "volume option type" dk alice volume create -o type=none -o o=bind \
+        -o "device=$(lg_home bob)" pv-bind
+    expect_fail vol-create-tmpfs-exec "tmpfs volumes take only" dk alice volume create -o type=tmpfs \
+        -o device=tmpfs -o o=size=1m,exec pv-tx
+    expect_fail vol-driver-plugin "only the local driver" dk alice volume create --driver sshfs pv-sshfs
+    expect_fail vol-inline-sysfs "volume option type" dk alice run --rm \
+        --mount type=volume,src=pv-inline,dst=/x,volume-opt=type=sysfs,volume-opt=device=sysfs "$I" true
+    if real volume inspect pv-proc pv-ovl pv-rel pv-bind pv-inline >/dev/null 2>&1; then
+        fail vol-none-created "a refused volume exists: $(real volume ls -q | tr '\n' ' ')"
+    else
+        pass vol-none-created
     fi
+    if expect_ok vol-tmpfs dk alice volume create -o type=tmpfs -o device=tmpfs -o "o=size=1m,uid=$(lg_uid alice)" pv-t &&
+        expect_ok vol-tmpfs-run dk alice run --rm -v pv-t:/t "$I" sh -c 'grep -c " /t tmpfs " /proc/mounts'; then
+        expect_eq vol-tmpfs 1 "$OUT"
+    fi
+    if expect_ok vol-plain dk bob run --rm -v pv-plain:/v "$I" sh -c 'echo hi >/v/f && cat /v/f'; then
+        expect_eq vol-plain hi "$OUT"
+    fi
+    real volume rm -f pv-t pv-plain >/dev/null 2>&1
+    true
+}
+
+# Fields the CLI never sends, straight from the API.
+case_rawfields() {
+    local base="{\"Image\":\"$I\",\"Cmd\":[\"true\"],\"HostConfig\":"
+    expect_status raw-masked-paths 403 "HostConfig.MaskedPaths" \
+        "$(api_json alice POST /v1.41/containers/create "$base{\"MaskedPaths\":[\"/proc/kcore\"]}}")"
+    expect_status raw-readonly-paths 403 "HostConfig.ReadonlyPaths" \
+        "$(api_json alice POST /v1.41/containers/create "$base{\"ReadonlyPaths\":[]}}")"
+    expect_status raw-writable-cgroups 403 "allow_unconfined" \
+        "$(api_json alice POST /v1.41/containers/create "$base{\"SecurityOpt\":[\"writable-cgroups=true\"]}}")"
+    expect_status raw-systemd-annotation 403 "org.systemd.property.DeviceAllow" \
+        "$(api_json alice POST /v1.41/containers/create "$base{\"Annotations\":{\"org.systemd.property.DeviceAllow\":\"char-* rwm\"}}}")"
+    expect_status raw-log-driver 403 "LogConfig.Type" \
+        "$(api_json alice POST /v1.41/containers/create "$base{\"LogConfig\":{\"Type\":\"syslog\",\"Config\":{\"syslog-address\":\"udp://10.9.9.9:514\"}}}}")"
+    expect_status raw-unknown-field 400 "HostConfig.Bogus is not a field" \
+        "$(api_json alice POST /v1.41/containers/create "$base{\"Bogus\":1}}")"
+    expect_status raw-oom-kill-disable 403 "OomKillDisable" \
+        "$(api_json alice POST /v1.41/containers/create "$base{\"OomKillDisable\":true}}")"
+}
+
+# dockerd resolved its default seccomp profile for SYS_ADMIN; labgpu cuts both.
+case_seccomp() {
+    if ! unshare -U true 2>/dev/null; then
+        printf 'skip seccomp (no unprivileged user namespaces on this kernel)\n'
+        return
+    fi
+    if expect_ok seccomp-cap-add dk alice run --rm --cap-add SYS_ADMIN "$I" \
+        sh -c 'unshare -U true 2>&1 && echo userns-created; true'; then
+        if [[ $OUT == *userns-created* ]]; then fail seccomp-cap-add "unshare -U worked: $OUT"; else
+            pass seccomp-cap-add
+        fi
+    fi
+    "$LG_BIN" seccomp default --docker "$(real version -f '{{.Server.Version}}')" --cap-add ALL \
+        >"$LG_TMP/cli-alice/all.json"
+    chmod 644 "$LG_TMP/cli-alice/all.json"
+    expect_fail seccomp-custom-profile "seccomp_profiles in [defaults] or [users.alice]" \
+        dk alice run --rm --security-opt "seccomp=$LG_TMP/cli-alice/all.json" "$I" true
+}
+
+# Owners come from the proxy's records: a docker-group member's label is not one.
+case_provenance() {
+    local id out
+    out="$(real run --rm --runtime labgpu --label labgpu.user=bob "$I" sh -c 'ls /dev' 2>&1)"
+    if [[ $out == *nvidia* ]]; then fail owner-group-member-label "got GPUs: $out"; else pass owner-group-member-label; fi
+    if grep -q 'ignored_label="bob"' "$LG_TMP/labgpu.log"; then pass owner-label-ignored-logged; else
+        fail owner-label-ignored-logged "$(tail -n 3 "$LG_TMP/labgpu.log")"
+    fi
+    id="$(real inspect -f '{{.Id}}' pa1 2>/dev/null)"
+    if [[ -n $id && "$(cat "$LG_TMP/state/containers/$id" 2>&1)" == '{"owner":"alice"}' ]]; then
+        pass owner-recorded
+    else
+        fail owner-recorded "no record for pa1 ($id): $(ls "$LG_TMP/state/containers" 2>&1)"
+    fi
+    # The administrator through the proxy: a labelled container is recorded too.
+    if out="$(DOCKER_HOST="unix://$PSOCK" lg_docker run --rm --runtime labgpu --label labgpu.user=bob "$I" sh -c 'ls /dev' 2>&1)" &&
+        [[ $out == *nvidia2* ]]; then
+        pass owner-admin-through-proxy
+    else
+        fail owner-admin-through-proxy "$out"
+    fi
+    # verify names the container that claims an owner the proxy did not record.
+    id="$(real run -d --runtime labgpu --label labgpu.user=bob "$I" sleep 60 2>&1)"
+    out="$("$LG_BIN" verify --policy "$LG_TMP/policy.toml" --root "$LG_TMP/exec/runtime-runc/moby" 2>&1)"
+    if [[ $(printf '%s\n' "$out" | grep "^${id:0:12}") == *"not created through the labgpu proxy"* ]]; then
+        pass verify-unrecorded-owner
+    else
+        fail verify-unrecorded-owner "$out"
+    fi
+    real rm -f "$id" >/dev/null 2>&1
 }
 
 case_policy() {
@@ -431,7 +571,7 @@ expect_owner() {
 case_archive() {
     local home dir me out
     home="$(lg_home alice)"
-    me="$(id -u alice):$(id -g alice)"
+    me="$(lg_uid alice):$(lg_gid alice)"
     dir="$LG_TMP/arc"
     mkdir -p "$dir"
     chmod 755 "$dir"
@@ -550,7 +690,7 @@ case_archive() {
     if expect_ok arc-cp-tree dk alice cp "$dir/tree/.labgpu-e2e-tree" parc:/h/; then
         local t="$home/.labgpu-e2e-tree"
         expect_eq arc-tree-hard-link "$(stat -c %i "$t/sub/a")" "$(stat -c %i "$t/b" 2>&1)"
-        expect_eq arc-tree-symlink "/etc/shadow $(id -u alice)" "$(readlink "$t/shadow") $(stat -c %u "$t/shadow")"
+        expect_eq arc-tree-symlink "/etc/shadow $(lg_uid alice)" "$(readlink "$t/shadow") $(stat -c %u "$t/shadow")"
         expect_eq arc-tree-owners "$me" "$(find "$t" -printf '%U:%G\n' | sort -u | tr -d '\n')"
     fi
     # A hard link to a file the archive did not bring: dockerd would link it and chown it to
@@ -561,7 +701,7 @@ case_archive() {
     mkdir -p "$dir/steal"
     printf 'x\n' >"$dir/steal/x"
     ln "$dir/steal/x" "$dir/steal/.labgpu-e2e-steal"
-    tar -P --owner=alice --group=alice --transform 'flags=h;s,^x$,.labgpu-e2e-rootfile,' \
+    tar -P --owner="$(lg_uid alice)" --group="$(lg_gid alice)" --numeric-owner --transform 'flags=h;s,^x$,.labgpu-e2e-rootfile,' \
         -C "$dir/steal" -cf "$dir/steal.tar" x .labgpu-e2e-steal
     tar --delete -f "$dir/steal.tar" x
     chmod 644 "$dir/steal.tar"
@@ -627,7 +767,7 @@ $(ss -xp 2>/dev/null | grep "pid=$PROXY_PID,")"
 
 # ---------------------------------------------------------------------------------------------
 
-ALL_CASES="owner isolation refusals streams build buildkit policy keepalive archive load cleanup"
+ALL_CASES="owner isolation refusals streams build buildkit volumes rawfields seccomp provenance policy keepalive archive load cleanup"
 START=$SECONDS
 START_TS="$(date +%s)"
 setup_all

@@ -118,12 +118,11 @@ pub fn classify(method: &Method, path: &str) -> Result<Route, RuleError> {
         ["networks", ..] => Ok(Route::Forward),
         ["volumes", "create"] if post => Ok(Route::VolumeCreate),
         ["volumes", ..] => Ok(Route::Forward),
-        // BuildKit's session (the client's side of a build) and its control API: BuildKit
-        // runs build steps with runc directly, outside labgpu.
-        ["session"] => Err(admin(
-            "BuildKit sessions (/session)",
-            "BuildKit runs build steps outside the labgpu runtime; build with `DOCKER_BUILDKIT=0 docker build`",
-        )),
+        // The client's side of a build: the daemon calls back into the client (file sync,
+        // registry auth). Inert without a BuildKit build, which `images` refuses; forwarding
+        // it lets a DOCKER_BUILDKIT=1 client reach that refusal and print its sentence.
+        ["session"] if post => Ok(Route::Forward),
+        // BuildKit's control API: it runs build steps with runc directly, outside labgpu.
         ["grpc"] => Err(admin(
             "the BuildKit gRPC API (/grpc)",
             "BuildKit runs build steps outside the labgpu runtime; build with `DOCKER_BUILDKIT=0 docker build`",
@@ -200,10 +199,7 @@ mod tests {
         assert_eq!(c(Method::POST, "/v1.41/commit"), Ok(Route::Commit));
         assert_eq!(c(Method::GET, "/v1.41/system/df"), Ok(Route::DiskUsage));
         assert_eq!(c(Method::POST, "/v1.41/build"), Ok(Route::Build));
-        assert!(matches!(
-            c(Method::POST, "/v1.41/session"),
-            Err(RuleError::AdminOnly { .. })
-        ));
+        assert_eq!(c(Method::POST, "/v1.41/session"), Ok(Route::Forward));
         assert_eq!(c(Method::HEAD, "/_ping"), Ok(Route::Forward));
         assert_eq!(
             c(
