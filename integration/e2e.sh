@@ -546,6 +546,17 @@ case_system_paths() {
         [[ $RUN_OUT == *"Read-only file system"* ]] || bad+="core_pattern was writable"$'\n'
         if [[ -z $bad ]]; then pass "syspaths-$name"; else fail "syspaths-$name" "$bad$RUN_OUT"; fi
     done
+    # Docker 25+: --security-opt writable-cgroups=true drops ro from the cgroup mount.
+    local version
+    version="$(docker version -f '{{.Server.Version}}')"
+    if ((${version%%.*} >= 25)); then
+        if expect_run_ok syspaths-writable-cgroups "${B[@]}" --security-opt writable-cgroups=true "$I" \
+            sh -c 'grep " /sys/fs/cgroup " /proc/self/mountinfo | cut -d" " -f6 | cut -d, -f1'; then
+            expect_eq syspaths-writable-cgroups ro "$RUN_OUT"
+        fi
+    else
+        printf 'skip syspaths-writable-cgroups (Docker %s has no writable-cgroups)\n' "$version"
+    fi
 }
 
 # With --cap-add SYS_ADMIN dockerd's profile allows unshare, mount, setns, bpf and unfiltered
@@ -612,6 +623,18 @@ case_provenance() {
         docker rm -f "$id" >/dev/null 2>&1
         rm -rf "$fake"
     done
+    # `labgpu policy check` compares the pinned data root with the one Docker reports.
+    local out
+    out="$("$LG_BIN" policy check --docker "$LG_SOCK" "$LG_TMP/policy.toml" 2>&1)"
+    if [[ $out != *docker_root* ]]; then pass policy-check-docker-root; else fail policy-check-docker-root "$out"; fi
+    lg_policy_text | sed "s|^docker_root = .*|docker_root = \"/var/lib/docker\"|" >"$LG_TMP/policy.toml"
+    out="$("$LG_BIN" policy check --docker "$LG_SOCK" "$LG_TMP/policy.toml" 2>&1)"
+    if [[ $out == *"error: [runtime] docker_root is /var/lib/docker but Docker's data root is $LG_TMP/docker"* ]]; then
+        pass policy-check-docker-root-differs
+    else
+        fail policy-check-docker-root-differs "$out"
+    fi
+    lg_write_policy
 }
 
 # labgpu verify against what dockerd runs: clean, then a --runtime runc bypass, then drift.

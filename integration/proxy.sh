@@ -284,6 +284,11 @@ case_refusals() {
     expect_ok ref-update-memory dk alice update --memory 256m --memory-swap 512m pa1 && pass ref-update-memory
     expect_fail ref-plugins "only the administrator" dk alice plugin ls
     expect_fail ref-swarm "only the administrator" dk alice swarm init
+    # Normal use: --tmpfs, an allowed capability, Docker's seccomp default.
+    if expect_ok ref-tmpfs-cap dk alice run --rm --tmpfs /t --cap-add NET_BIND_SERVICE "$I" \
+        sh -c 'grep -c " /t tmpfs " /proc/mounts; grep ^Seccomp: /proc/self/status'; then
+        expect_eq ref-tmpfs-cap "1 Seccomp: 2" "$(printf '%s' "$OUT" | tr '\n\t' '  ' | tr -s ' ')"
+    fi
     # The user's own bind (a policy mount source) is allowed.
     expect_ok ref-bind-own dk alice run --rm -v "$LG_TMP/data/alice:/d" "$I" true && pass ref-bind-own
 }
@@ -451,6 +456,13 @@ case_seccomp() {
     chmod 644 "$LG_TMP/cli-alice/all.json"
     expect_fail seccomp-custom-profile "seccomp_profiles in [defaults] or [users.alice]" \
         dk alice run --rm --security-opt "seccomp=$LG_TMP/cli-alice/all.json" "$I" true
+    # Listed by the administrator (by the hash `labgpu seccomp hash` prints): it runs.
+    local hash
+    hash="$("$LG_BIN" seccomp hash --docker "$(real version -f '{{.Server.Version}}')" "$LG_TMP/cli-alice/all.json")"
+    lg_policy_text | sed "/^\[users.alice\]/a seccomp_profiles = [\"$hash\"]" >"$LG_TMP/policy.toml"
+    expect_ok seccomp-listed-profile dk alice run --rm --security-opt "seccomp=$LG_TMP/cli-alice/all.json" "$I" true &&
+        pass seccomp-listed-profile
+    lg_write_policy
 }
 
 # Owners come from the proxy's records: a docker-group member's label is not one.

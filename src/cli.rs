@@ -39,8 +39,8 @@ pub fn main(argv: Vec<OsString>) -> i32 {
         ),
         Command_::Gpus { policy, json } => gpus(&policy.unwrap_or_else(policy_path), json),
         Command_::Policy {
-            command: PolicyCommand::Check { file },
-        } => policy_check(&file.unwrap_or_else(policy_path)),
+            command: PolicyCommand::Check { file, docker },
+        } => policy_check(&file.unwrap_or_else(policy_path), &docker),
         Command_::Proxy {
             listen,
             upstream,
@@ -108,6 +108,35 @@ fn verify(opts: verify::Options, json: bool) -> anyhow::Result<i32> {
         print!("{}", verify::render_table(&audit));
     }
     Ok(audit.exit_code())
+}
+
+/// The runtime reads owner labels and volumes under the data root the policy pins (or
+/// daemon.json names): it must be the one Docker uses. 1 when they differ.
+fn check_docker_root(policy: &Policy, docker: &Path) -> usize {
+    let pinned = crate::owner::docker_root(policy.runtime.docker_root.as_ref().map(|r| r.as_path()));
+    let reported = crate::docker_api::get_json(docker, "/info")
+        .ok()
+        .and_then(|info| info.get("DockerRootDir")?.as_str().map(PathBuf::from));
+    match reported {
+        None => {
+            println!(
+                "note: Docker did not answer on {}: [runtime] docker_root ({}) not compared with its data root",
+                docker.display(),
+                pinned.display()
+            );
+            0
+        }
+        Some(r) if crate::decide::resolve_host(&r) == crate::decide::resolve_host(&pinned) => 0,
+        Some(r) => {
+            println!(
+                "error: [runtime] docker_root is {} but Docker's data root is {} (docker info): set docker_root = \"{}\"",
+                pinned.display(),
+                r.display(),
+                r.display()
+            );
+            1
+        }
+    }
 }
 
 /// Policy users owning `minor` (whole GPU or a MIG slice of it).
@@ -204,7 +233,7 @@ fn gpus(path: &Path, json: bool) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-fn policy_check(path: &Path) -> anyhow::Result<i32> {
+fn policy_check(path: &Path, docker: &Path) -> anyhow::Result<i32> {
     let policy = match Policy::load(path) {
         Ok(p) => p,
         Err(e) => {
@@ -251,6 +280,7 @@ fn policy_check(path: &Path) -> anyhow::Result<i32> {
             errors += 1;
         }
     }
+    errors += check_docker_root(&policy, docker);
     for gpu in inventory.gpus() {
         let owners = owners_of(&policy, &inventory, gpu.minor);
         if owners.len() > 1 {

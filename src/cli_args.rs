@@ -96,7 +96,15 @@ pub enum Command_ {
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
     /// Validate FILE (default: $LABGPU_POLICY or /etc/labgpu/policy.toml); exit 1 on errors.
-    Check { file: Option<PathBuf> },
+    ///
+    /// Also asks Docker (`GET /info` on --docker) for its data root and compares it with the
+    /// docker_root the runtime will read owner labels and volumes from.
+    Check {
+        file: Option<PathBuf>,
+        /// Docker's API socket.
+        #[arg(long, value_name = "SOCKET", default_value = "/var/run/docker.sock")]
+        docker: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]

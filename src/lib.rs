@@ -12,6 +12,7 @@ pub mod cdi;
 pub mod cli;
 pub mod cli_args;
 pub mod decide;
+pub mod docker_api;
 pub mod edits;
 pub mod gpu;
 pub mod log;
