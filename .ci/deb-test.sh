@@ -278,6 +278,11 @@ check "runtime registered again" jqt '.runtimes.labgpu.path == "/usr/bin/labgpu"
 check "labgpu setup docker --default succeeds" /usr/bin/labgpu setup docker --config "$cfg" --default
 check "default-runtime is labgpu" jqt '."default-runtime" == "labgpu"' "$cfg"
 [ "$touch_log" = 1 ] && echo "create allowed (test line)" >/var/log/labgpu.log
+state_made=0
+if [ ! -e /var/lib/labgpu ]; then
+  state_made=1
+  mkdir -p /var/lib/labgpu/containers && echo '{"owner":"x"}' >/var/lib/labgpu/containers/abc
+fi
 check "dpkg --purge succeeds" dpkg_cfg "$cfg" --purge labgpu
 check "package is gone from dpkg" not_installed
 check "/usr/bin/labgpu removed" test ! -e /usr/bin/labgpu
@@ -290,6 +295,11 @@ if [ "$touch_log" = 1 ]; then
   check "decision log /var/log/labgpu.log removed" test ! -e /var/log/labgpu.log
 else
   skip "decision log removal: /var/log/labgpu.log existed before the test"
+fi
+if [ "$state_made" = 1 ]; then
+  check "the proxy's records /var/lib/labgpu removed" test ! -e /var/lib/labgpu
+else
+  skip "records removal: /var/lib/labgpu existed before the test"
 fi
 check "dpkg lists no labgpu files" sh -c '! dpkg -L labgpu >/dev/null 2>&1'
 
