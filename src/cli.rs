@@ -113,7 +113,8 @@ fn verify(opts: verify::Options, json: bool) -> anyhow::Result<i32> {
 /// The runtime reads owner labels and volumes under the data root the policy pins (or
 /// daemon.json names): it must be the one Docker uses. 1 when they differ.
 fn check_docker_root(policy: &Policy, docker: &Path) -> usize {
-    let pinned = crate::owner::docker_root(policy.runtime.docker_root.as_ref().map(|r| r.as_path()));
+    let pinned =
+        crate::owner::docker_root(policy.runtime.docker_root.as_ref().map(|r| r.as_path()));
     let reported = crate::docker_api::get_json(docker, "/info")
         .ok()
         .and_then(|info| info.get("DockerRootDir")?.as_str().map(PathBuf::from));

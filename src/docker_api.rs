@@ -76,7 +76,11 @@ pub fn request(socket: &Path, method: &str, path: &str) -> Result<Value, DockerA
             socket: socket.to_path_buf(),
             path: path.to_string(),
             status,
-            body: String::from_utf8_lossy(body).trim().chars().take(300).collect(),
+            body: String::from_utf8_lossy(body)
+                .trim()
+                .chars()
+                .take(300)
+                .collect(),
         });
     }
     if body.iter().all(u8::is_ascii_whitespace) {
