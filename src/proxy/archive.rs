@@ -24,30 +24,14 @@ use std::ffi::OsStr;
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes};
-use http_body_util::{combinators::BoxBody, BodyExt};
-use hyper::body::Frame;
 use sha2::{Digest, Sha256};
-use tokio::sync::mpsc;
 
+use super::body::Body;
 use super::request::query_pairs;
+use super::stream;
 use crate::policy::Policy;
-
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-pub type Body = BoxBody<Bytes, BoxError>;
-
-/// Request-body chunks queued for the rewrite (hyper hands over at most a few hundred KiB at
-/// a time).
-const IN_CHUNKS: usize = 4;
-/// The rewritten archive goes to dockerd in chunks of this size, at most `OUT_CHUNKS` queued.
-const OUT_CHUNK: usize = 64 << 10;
-const OUT_CHUNKS: usize = 4;
 /// What one entry's headers (GNU long names, PAX records) may take; file data is not limited.
 const MAX_META: u64 = 1 << 20;
 /// The latest mtime written: 11 octal digits, which every tar reader takes (year 2242).
@@ -139,231 +123,23 @@ pub async fn owner_of(policy: &Policy, name: &str, uid: u32) -> Result<Owner, Ar
 }
 
 // ---------------------------------------------------------------------------------------------
-// The async side: request body in, rewritten body out.
+// The async side: request body in, rewritten body out (`stream` does the plumbing).
 
 /// Where a refusal made mid-stream is left for the route to answer with.
-#[derive(Debug, Clone, Default)]
-pub struct Refusal(Arc<Mutex<Option<ArchiveError>>>);
-
-impl Refusal {
-    pub fn take(&self) -> Option<ArchiveError> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
-    }
-
-    fn set(&self, e: ArchiveError) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
-    }
-}
+pub type Refusal = stream::Refusal<ArchiveError>;
 
 /// The upload `body` rewritten for dockerd (see the module comment), and the slot where a
 /// refusal is left. Send the body upstream; if the slot holds a refusal afterwards, answer
 /// with it: the upstream request was aborted because of it. Must be called on the runtime.
 pub fn rewrite_archive(body: Body, owner: Owner) -> (Body, Refusal) {
-    rewrite_metered(body, owner, Arc::new(Meter::default()))
-}
-
-fn rewrite_metered(body: Body, owner: Owner, meter: Arc<Meter>) -> (Body, Refusal) {
-    let (in_tx, in_rx) = mpsc::channel(IN_CHUNKS);
-    let (out_tx, out_rx) = mpsc::channel(OUT_CHUNKS);
-    let refusal = Refusal::default();
-    tokio::spawn(pump(body, in_tx, meter.clone()));
-    let slot = refusal.clone();
-    let m = meter.clone();
-    tokio::task::spawn_blocking(move || run(in_rx, out_tx, owner, &slot, m));
-    (OutBody { rx: out_rx, meter }.boxed(), refusal)
-}
-
-/// Bytes between the caller's body and dockerd's: queued in either channel, or held by the
-/// reader or writer of the rewrite.
-#[derive(Debug, Default)]
-struct Meter {
-    now: AtomicUsize,
-    peak: AtomicUsize,
-}
-
-impl Meter {
-    fn add(&self, n: usize) {
-        let now = self.now.fetch_add(n, Ordering::SeqCst) + n;
-        self.peak.fetch_max(now, Ordering::SeqCst);
-    }
-
-    fn sub(&self, n: usize) {
-        self.now.fetch_sub(n, Ordering::SeqCst);
-    }
-}
-
-/// Feeds the request body to the rewrite; stops as soon as the rewrite stops listening, so
-/// what is left stays in the body for `server::handle` to drain after a refusal.
-async fn pump(mut body: Body, tx: mpsc::Sender<io::Result<Bytes>>, meter: Arc<Meter>) {
-    loop {
-        let frame = tokio::select! {
-            frame = body.frame() => frame,
-            () = tx.closed() => return,
-        };
-        let item = match frame {
-            None => return,
-            Some(Err(e)) => Err(io::Error::other(e)),
-            Some(Ok(frame)) => match frame.into_data() {
-                Ok(data) if !data.is_empty() => Ok(data),
-                _ => continue,
-            },
-        };
-        let (n, last) = match &item {
-            Ok(data) => (data.len(), false),
-            Err(_) => (0, true),
-        };
-        meter.add(n);
-        if tx.send(item).await.is_err() {
-            meter.sub(n);
-            return;
-        }
-        if last {
-            return;
-        }
-    }
-}
-
-/// The blocking half: rewrites, then tells the body how it ended.
-fn run(
-    in_rx: mpsc::Receiver<io::Result<Bytes>>,
-    out_tx: mpsc::Sender<Result<Bytes, BoxError>>,
-    owner: Owner,
-    slot: &Refusal,
-    meter: Arc<Meter>,
-) {
-    let mut reader = ChannelReader {
-        rx: in_rx,
-        chunk: Bytes::new(),
-        meter: meter.clone(),
-    };
-    let writer = ChannelWriter {
-        tx: out_tx.clone(),
-        buf: Vec::with_capacity(OUT_CHUNK),
-        meter,
-    };
-    match rewrite(&mut reader, writer, owner) {
-        Ok(stats) => {
-            // The last sender: dockerd sees the end of the body and can answer while
-            // whatever trails the archive is read and dropped.
-            drop(out_tx);
-            tracing::debug!(
-                entries = stats.entries,
-                dropped = stats.dropped,
-                "archive rewritten"
-            );
-            let _ = io::copy(&mut reader, &mut io::sink());
-        }
-        Err(Failure::Refused(e)) => {
-            let msg = e.to_string();
-            slot.set(e);
-            let _ = out_tx.blocking_send(Err(msg.into()));
-        }
-        Err(Failure::Input(e)) => {
-            let _ = out_tx.blocking_send(Err(format!("reading the upload failed: {e}").into()));
-        }
-        // dockerd stopped reading (it answered early, or went away): its answer is the one.
-        Err(Failure::Output(_)) => {}
-    }
-}
-
-struct ChannelReader {
-    rx: mpsc::Receiver<io::Result<Bytes>>,
-    chunk: Bytes,
-    meter: Arc<Meter>,
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if buf.is_empty() {
-            return Ok(0);
-        }
-        while self.chunk.is_empty() {
-            match self.rx.blocking_recv() {
-                Some(Ok(chunk)) => self.chunk = chunk,
-                Some(Err(e)) => return Err(e),
-                None => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.chunk.len());
-        buf[..n].copy_from_slice(&self.chunk[..n]);
-        self.chunk.advance(n);
-        self.meter.sub(n);
-        Ok(n)
-    }
-}
-
-struct ChannelWriter {
-    tx: mpsc::Sender<Result<Bytes, BoxError>>,
-    buf: Vec<u8>,
-    meter: Arc<Meter>,
-}
-
-impl ChannelWriter {
-    fn send(&mut self) -> io::Result<()> {
-        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(OUT_CHUNK));
-        self.tx
-            .blocking_send(Ok(Bytes::from(chunk)))
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "docker stopped reading"))
-    }
-}
-
-impl Write for ChannelWriter {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let n = data.len().min(OUT_CHUNK - self.buf.len());
-        self.buf.extend_from_slice(&data[..n]);
-        self.meter.add(n);
-        if self.buf.len() == OUT_CHUNK {
-            self.send()?;
-        }
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        self.send()
-    }
-}
-
-struct OutBody {
-    rx: mpsc::Receiver<Result<Bytes, BoxError>>,
-    meter: Arc<Meter>,
-}
-
-impl hyper::body::Body for OutBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        this.rx.poll_recv(cx).map(|item| {
-            item.map(|r| {
-                r.map(|chunk| {
-                    this.meter.sub(chunk.len());
-                    Frame::data(chunk)
-                })
-            })
-        })
-    }
+    stream::transform(body, move |r, w| rewrite(r, w, owner).map(|_| ()))
 }
 
 // ---------------------------------------------------------------------------------------------
 // The rewrite itself.
 
 /// How a rewrite ended badly.
-#[derive(Debug)]
-pub enum Failure {
-    /// The archive is refused; the sentence for the caller.
-    Refused(ArchiveError),
-    /// Reading the upload failed (the caller went away).
-    Input(io::Error),
-    /// Writing the rewritten archive failed (dockerd stopped reading).
-    Output(io::Error),
-}
+pub type Failure = stream::Failure<ArchiveError>;
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Stats {
@@ -945,6 +721,15 @@ impl Seen {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proxy::body::BoxError;
+    use crate::proxy::stream::{transform_metered, Meter};
+    use bytes::Bytes;
+    use http_body_util::BodyExt;
+    use hyper::body::Frame;
+    use std::pin::Pin;
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+    use std::task::{Context, Poll};
     use tar::{EntryType, Header};
 
     const ME: Owner = Owner {
@@ -1580,7 +1365,11 @@ mod tests {
             1 << 30
         };
         let meter = Arc::new(Meter::default());
-        let (mut body, refusal) = rewrite_metered(Generated::new(size).boxed(), ME, meter.clone());
+        let (mut body, refusal) = transform_metered(
+            Generated::new(size).boxed(),
+            move |r, w| rewrite(r, w, ME).map(|_| ()),
+            meter.clone(),
+        );
         // dockerd slow to read: unbounded buffers would fill with the whole upload by now.
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         let mut total = 0u64;

@@ -22,6 +22,7 @@ pub mod networks;
 pub mod request;
 pub mod routes;
 pub mod server;
+pub mod stream;
 pub mod system;
 pub mod upstream;
 pub mod volumes;
