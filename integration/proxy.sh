@@ -465,6 +465,137 @@ case_seccomp() {
     lg_write_policy
 }
 
+# Image names change only by their owner's hand: alice may name images alice/… (or
+# localhost/alice/…); the administrator's and bob's names, and names nobody pulled yet, are
+# not hers to make or move.
+case_images() {
+    local shared_id dir="$LG_TMP/img"
+    mkdir -p "$dir"
+    chmod 755 "$dir"
+    shared_id="$(real image inspect -f '{{.Id}}' "$I")"
+    expect_ok img-tag-own dk alice tag "$I" alice/mine:1 && pass img-tag-own
+    expect_ok img-tag-localhost dk alice tag "$I" localhost/alice/mine:2 && pass img-tag-localhost
+    expect_fail img-tag-shared "only under their own prefix" dk alice tag alice/mine:1 "$I"
+    expect_fail img-tag-squat "only under their own prefix" dk alice tag alice/mine:1 ubuntu:22.04
+    expect_fail img-tag-other-user "only under their own prefix" dk alice tag alice/mine:1 bob/x
+    expect_eq img-shared-unchanged "$shared_id" "$(real image inspect -f '{{.Id}}' "$I" 2>&1)"
+    if real image inspect ubuntu:22.04 >/dev/null 2>&1; then fail img-no-squat "ubuntu:22.04 exists"; else
+        pass img-no-squat
+    fi
+    local ctx="$LG_TMP/img-build"
+    mkdir -p "$ctx"
+    printf 'FROM %s\nRUN echo evil >/evil\n' "$I" >"$ctx/Dockerfile"
+    chown -R "$(lg_user alice)" "$ctx"
+    expect_fail img-build-shared "only under their own prefix" \
+        as alice env DOCKER_BUILDKIT=0 "$LG_DOCKER_CLI" build -q -t team/pytorch:latest "$ctx"
+    expect_ok img-commit-own dk alice commit pa1 alice/snap:1 && pass img-commit-own
+    expect_fail img-commit-shared "only under their own prefix" dk alice commit pa1 team/pytorch
+    # import: a rootfs tarball under alice's prefix only, and never from a URL dockerd fetches.
+    mkdir -p "$dir/root/bin"
+    cp /bin/busybox "$dir/root/bin/sh"
+    tar -C "$dir/root" -cf "$dir/rootfs.tar" .
+    chmod 644 "$dir/rootfs.tar"
+    expect_ok img-import-own dk alice import "$dir/rootfs.tar" alice/imported:1 && pass img-import-own
+    expect_fail img-import-shared "only under their own prefix" dk alice import "$dir/rootfs.tar" team/x
+    expect_fail img-import-url "fetch it from the host's network" dk alice import http://127.0.0.1:9/x.tar alice/x
+    # load: the names come from inside the archive.
+    real save -o "$dir/own.tar" alice/mine:1 && chmod 644 "$dir/own.tar"
+    real tag "$I" team/loaded:1 && real save -o "$dir/team.tar" team/loaded:1 && real rmi team/loaded:1 >/dev/null
+    chmod 644 "$dir/team.tar"
+    expect_ok img-load-own dk alice load -i "$dir/own.tar" && pass img-load-own
+    expect_fail img-load-shared 'names an image "team/loaded:1"' dk alice load -i "$dir/team.tar"
+    if real image inspect team/loaded:1 >/dev/null 2>&1; then fail img-load-nothing-loaded "team/loaded:1 exists"; else
+        pass img-load-nothing-loaded
+    fi
+    gzip -c "$dir/team.tar" >"$dir/team.tar.gz" && chmod 644 "$dir/team.tar.gz"
+    expect_fail img-load-gzip 'names an image "team/loaded:1"' dk alice load -i "$dir/team.tar.gz"
+    # rmi and prune: only names under the prefix.
+    expect_fail img-rm-shared "only under their own prefix" dk alice rmi "$I"
+    expect_fail img-rm-by-id "only under their own prefix" dk alice rmi -f "$shared_id"
+    expect_fail img-prune-all "users prune only dangling images" dk alice image prune -a -f
+    expect_ok img-prune-dangling dk alice image prune -f && pass img-prune-dangling
+    expect_ok img-rm-own dk alice rmi alice/mine:1 localhost/alice/mine:2 alice/imported:1 alice/snap:1 &&
+        pass img-rm-own
+    expect_eq img-shared-still-there "$shared_id" "$(real image inspect -f '{{.Id}}' "$I" 2>&1)"
+    # Everyone can still run every image.
+    expect_ok img-bob-runs-shared dk bob run --rm "$I" true && pass img-bob-runs-shared
+}
+
+# Volumes are owned like containers.
+case_owned_volumes() {
+    local out n0 n1
+    expect_ok ovol-create dk alice volume create av1 &&
+        expect_eq ovol-create-owner alice "$(real volume inspect -f '{{index .Labels "labgpu.user"}}' av1 2>&1)"
+    expect_fail ovol-mount-other "volume \"av1\" belongs to another user" dk bob run --rm -v av1:/x "$I" true
+    expect_fail ovol-mount-flag-other "volume \"av1\" belongs to another user" \
+        dk bob run --rm --mount type=volume,src=av1,dst=/x "$I" true
+    expect_fail ovol-inspect-other "belongs to another user" dk bob volume inspect av1
+    expect_fail ovol-rm-other "belongs to another user" dk bob volume rm av1
+    expect_fail ovol-create-same-name "belongs to another user" dk bob volume create av1
+    expect_ok ovol-prune-other dk bob volume prune -f && pass ovol-prune-other
+    if real volume inspect av1 >/dev/null 2>&1; then pass ovol-prune-spared; else fail ovol-prune-spared "bob's prune removed av1"; fi
+    out="$(dk bob volume ls -q 2>&1)"
+    if [[ $out == *av1* ]]; then fail ovol-ls-own "bob sees av1: $out"; else pass ovol-ls-own; fi
+    expect_ok ovol-mount-own dk alice run --rm -v av1:/x "$I" true && pass ovol-mount-own
+    # Volumes dockerd would make implicitly are made owned.
+    expect_ok ovol-implicit dk alice run --rm -v av-implicit:/x "$I" true &&
+        expect_eq ovol-implicit alice "$(real volume inspect -f '{{index .Labels "labgpu.user"}}' av-implicit 2>&1)"
+    real rm -f panon >/dev/null 2>&1
+    if expect_ok ovol-anon dk alice run -d --name panon -v /anon "$I" sleep 120; then
+        out="$(real inspect -f '{{range .Mounts}}{{.Name}} {{end}}' panon)"
+        expect_eq ovol-anon-owner alice "$(real volume inspect -f '{{index .Labels "labgpu.user"}}' ${out%% *} 2>&1)"
+    fi
+    real rm -f -v panon >/dev/null 2>&1
+    # The image's VOLUME too, and --rm still removes anonymous volumes.
+    local tmpc
+    tmpc="$(real create "$I" true)" && real commit --change 'VOLUME /data' "$tmpc" labgpu-test:vol >/dev/null &&
+        real rm "$tmpc" >/dev/null
+    if expect_ok ovol-image-volume dk alice run -d --name pimgvol labgpu-test:vol sleep 120; then
+        out="$(real inspect -f '{{range .Mounts}}{{if eq .Destination "/data"}}{{.Name}}{{end}}{{end}}' pimgvol)"
+        expect_eq ovol-image-volume-owner alice "$(real volume inspect -f '{{index .Labels "labgpu.user"}}' "$out" 2>&1)"
+    fi
+    real rm -f -v pimgvol >/dev/null 2>&1
+    n0="$(real volume ls -q | wc -l)"
+    expect_ok ovol-rm-anonymous dk alice run --rm -v /anon2 labgpu-test:vol true
+    n1="$(real volume ls -q | wc -l)"
+    expect_eq ovol-rm-anonymous-gone "$n0" "$n1"
+    # The administrator's volumes: everyone's, read-only unless listed writable.
+    real volume create adminvol >/dev/null
+    out="$(dk bob run --rm -v adminvol:/x "$I" sh -c 'touch /x/f 2>&1; ls /x' 2>&1)"
+    if [[ $out == *"Read-only file system"* ]]; then pass ovol-admin-read-only; else fail ovol-admin-read-only "$out"; fi
+    expect_fail ovol-admin-rm "made by the administrator" dk bob volume rm adminvol
+    lg_policy_text | sed '/^\[users.bob\]/a writable_volumes = ["adminvol"]' >"$LG_TMP/policy.toml"
+    expect_ok ovol-admin-writable dk bob run --rm -v adminvol:/x "$I" touch /x/f && pass ovol-admin-writable
+    lg_write_policy
+    real volume rm -f av1 av-implicit adminvol >/dev/null 2>&1
+    real rmi labgpu-test:vol >/dev/null 2>&1
+    true
+}
+
+# Networks are owned too, and users' networks take no options that change the host.
+case_owned_networks() {
+    local out
+    expect_ok onet-create dk alice network create an1 &&
+        expect_eq onet-create-owner alice "$(real network inspect -f '{{index .Labels "labgpu.user"}}' an1 2>&1)"
+    expect_fail onet-subnet "IPAM.Config" dk alice network create --subnet 10.99.0.0/24 an2
+    expect_fail onet-gateway "IPAM.Config" dk alice network create --subnet 10.98.0.0/24 --gateway 10.98.0.1 an3
+    expect_fail onet-driver-opt "Options" dk alice network create -o com.docker.network.bridge.name=eth0 an4
+    expect_fail onet-macvlan "macvlan" dk alice network create -d macvlan an5
+    expect_fail onet-connect-other "network \"an1\" belongs to another user" dk bob network connect an1 pb1
+    expect_fail onet-run-other "network \"an1\" belongs to another user" dk bob run --rm --network an1 "$I" true
+    expect_fail onet-inspect-other "belongs to another user" dk bob network inspect an1
+    expect_fail onet-rm-other "belongs to another user" dk bob network rm an1
+    out="$(dk bob network ls --format '{{.Name}}' 2>&1)"
+    if [[ $out == *an1* ]]; then fail onet-ls-own "bob sees an1: $out"; else pass onet-ls-own; fi
+    expect_ok onet-run-own dk alice run --rm --network an1 "$I" true && pass onet-run-own
+    real network create adminnet >/dev/null
+    expect_ok onet-admin-usable dk bob run --rm --network adminnet "$I" true && pass onet-admin-usable
+    expect_fail onet-admin-rm "made by the administrator" dk bob network rm adminnet
+    expect_ok onet-rm-own dk alice network rm an1 && pass onet-rm-own
+    real network rm adminnet >/dev/null 2>&1
+    true
+}
+
 # Owners come from the proxy's records: a docker-group member's label is not one.
 case_provenance() {
     local id out
@@ -779,7 +910,7 @@ $(ss -xp 2>/dev/null | grep "pid=$PROXY_PID,")"
 
 # ---------------------------------------------------------------------------------------------
 
-ALL_CASES="owner isolation refusals streams build buildkit volumes rawfields seccomp provenance policy keepalive archive load cleanup"
+ALL_CASES="owner isolation refusals streams build buildkit volumes images owned_volumes owned_networks rawfields seccomp provenance policy keepalive archive load cleanup"
 START=$SECONDS
 START_TS="$(date +%s)"
 setup_all

@@ -113,6 +113,10 @@ pub struct ProxySection {
     /// Root-only directory where the proxy records the containers it created and for whom.
     #[serde(default = "default_state_dir")]
     pub state_dir: AbsPath,
+    /// Where a user's image names must lie (`{user}` is their name): `tag`, `build -t`,
+    /// `commit`, `import` and `load` may name images only under it.
+    #[serde(default = "default_image_prefix")]
+    pub image_prefix: String,
 }
 
 impl Default for ProxySection {
@@ -122,8 +126,13 @@ impl Default for ProxySection {
             socket_mode: None,
             runtime: default_proxy_runtime(),
             state_dir: default_state_dir(),
+            image_prefix: default_image_prefix(),
         }
     }
+}
+
+fn default_image_prefix() -> String {
+    "{user}/".to_string()
 }
 
 fn default_proxy_runtime() -> String {
@@ -336,6 +345,10 @@ pub struct Defaults {
     /// Seccomp profiles allowed as they are (`labgpu seccomp hash FILE` prints the sha256).
     #[serde(default)]
     pub seccomp_profiles: Vec<ProfileHash>,
+    /// The administrator's volumes (no owner) users may mount read-write through the proxy;
+    /// others are read-only to them.
+    #[serde(default)]
+    pub writable_volumes: Vec<VolumeName>,
 }
 
 impl Default for Defaults {
@@ -352,6 +365,7 @@ impl Default for Defaults {
             devices: Vec::new(),
             mounted_volumes: Vec::new(),
             seccomp_profiles: Vec::new(),
+            writable_volumes: Vec::new(),
         }
     }
 }
@@ -407,6 +421,8 @@ pub struct UserPolicy {
     pub mounted_volumes: Vec<VolumeName>,
     #[serde(default)]
     pub seccomp_profiles: Vec<ProfileHash>,
+    #[serde(default)]
+    pub writable_volumes: Vec<VolumeName>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -546,6 +562,12 @@ impl Policy {
                         "[proxy] socket_group {g:?} is not a valid group name"
                     )));
                 }
+            }
+            if !proxy.image_prefix.contains("{user}") {
+                return Err(invalid(format!(
+                    "[proxy] image_prefix = {:?} must contain {{user}}: each user needs names of their own",
+                    proxy.image_prefix
+                )));
             }
             if proxy.runtime.is_empty() || proxy.runtime == "runc" {
                 return Err(invalid(format!(

@@ -23,33 +23,13 @@ pub const MAX_JSON_BODY: usize = 4 << 20;
 /// `docker system df` lists every image and container; still JSON, just bigger.
 pub const MAX_DF_BODY: usize = 64 << 20;
 
-/// How much of a refused request's unread body is read and dropped before answering, and for
-/// how long (Go's net/http, which dockerd uses, reads up to 256 KiB the same way).
-const MAX_DRAIN: usize = 1 << 20;
-const DRAIN_TIME: Duration = Duration::from_secs(2);
-
-/// A client still sending a body (`docker cp`'s archive) when it is refused would get a
-/// broken pipe instead of the refusal if the connection closed under it.
-pub async fn drain(mut body: Incoming) {
-    let _ = tokio::time::timeout(DRAIN_TIME, async {
-        let mut left = MAX_DRAIN;
-        while let Some(Ok(frame)) = body.frame().await {
-            let n = frame.data_ref().map_or(0, Bytes::len);
-            if n >= left {
-                break;
-            }
-            left -= n;
-        }
-    })
-    .await;
-}
-
-/// How long a refused archive upload is read for; a client still sending after that gets a
-/// broken pipe.
+/// How long a refused upload is read for; a client still sending after that gets a broken
+/// pipe.
 const UPLOAD_DRAIN_TIME: Duration = Duration::from_secs(600);
 
-/// Go's HTTP client (docker cp) reports a failed body write rather than the answer that came
-/// while it was writing: a refused upload is read to its end, not just its first MiB.
+/// Go's HTTP client (docker cp, import, load) reports a failed body write rather than the
+/// answer that came while it was writing: a refused request's body is read to its end (and
+/// dropped) while the refusal is answered.
 pub async fn drain_upload(mut body: Incoming) {
     let _ = tokio::time::timeout(UPLOAD_DRAIN_TIME, async {
         while let Some(Ok(_)) = body.frame().await {}

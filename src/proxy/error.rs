@@ -130,6 +130,16 @@ pub enum ProxyError {
     NoSuchExec(String),
     #[error("container {0:?} belongs to another user")]
     NotYours(String),
+    #[error("{what} {name:?} belongs to another user")]
+    NotYoursObject { what: &'static str, name: String },
+    #[error("{what} {name:?} was made by the administrator; {why}")]
+    Shared {
+        what: &'static str,
+        name: String,
+        why: &'static str,
+    },
+    #[error(transparent)]
+    Load(#[from] super::images::LoadError),
     #[error("docker answered {status} to {what}: {message}")]
     UpstreamStatus {
         status: StatusCode,
@@ -154,7 +164,11 @@ impl ProxyError {
             ProxyError::Rule(e) => {
                 StatusCode::from_u16(e.status()).unwrap_or(StatusCode::FORBIDDEN)
             }
-            ProxyError::Identity(_) | ProxyError::NotYours(_) => StatusCode::FORBIDDEN,
+            ProxyError::Identity(_)
+            | ProxyError::NotYours(_)
+            | ProxyError::NotYoursObject { .. }
+            | ProxyError::Shared { .. }
+            | ProxyError::Load(_) => StatusCode::FORBIDDEN,
             ProxyError::Archive(e) => {
                 StatusCode::from_u16(e.status()).unwrap_or(StatusCode::FORBIDDEN)
             }

@@ -46,6 +46,10 @@ pub struct UserCtx {
     /// Where the policy's GPU nodes live; GPU nodes are left to the runtime, which keeps
     /// the caller's own and drops the rest.
     pub gpu_dev_root: PathBuf,
+    /// Normalized repository prefixes the caller's image names must have.
+    pub image_prefixes: Vec<String>,
+    /// The administrator's volumes the caller may mount read-write.
+    pub writable_volumes: Vec<String>,
 }
 
 impl UserCtx {
@@ -58,6 +62,7 @@ impl UserCtx {
 pub fn user_ctx(policy: &Policy, name: &str) -> UserCtx {
     let user = policy.user(name);
     let d = &policy.defaults;
+    let proxy = policy.proxy_or_default();
     let flag =
         |f: fn(&UserPolicy) -> Option<bool>, default: bool| user.and_then(f).unwrap_or(default);
     let bind_allow = d
@@ -82,7 +87,7 @@ pub fn user_ctx(policy: &Policy, name: &str) -> UserCtx {
     UserCtx {
         name: name.to_string(),
         owner_label: policy.runtime.owner_label.clone(),
-        runtime: policy.proxy_or_default().runtime,
+        runtime: proxy.runtime.clone(),
         allow_privileged: flag(|u| u.allow_privileged, d.allow_privileged),
         allow_host_namespaces: flag(|u| u.allow_host_namespaces, d.allow_host_namespaces),
         allow_host_network: flag(|u| u.allow_host_network, d.allow_host_network),
@@ -90,6 +95,13 @@ pub fn user_ctx(policy: &Policy, name: &str) -> UserCtx {
         bind_allow,
         devices,
         gpu_dev_root: resolve_host(policy.gpus.dev_root.as_path()),
+        image_prefixes: super::images::prefixes(&proxy.image_prefix, name),
+        writable_volumes: d
+            .writable_volumes
+            .iter()
+            .chain(user.map(|u| &u.writable_volumes).into_iter().flatten())
+            .map(|v| v.0.clone())
+            .collect(),
     }
 }
 
@@ -339,6 +351,8 @@ pub fn test_ctx() -> UserCtx {
         bind_allow: vec![PathBuf::from("/home/alice"), PathBuf::from("/srv/data")],
         devices: vec![PathBuf::from("/dev/fuse")],
         gpu_dev_root: PathBuf::from("/tmp/fake/dev"),
+        image_prefixes: super::images::prefixes("{user}/", "alice"),
+        writable_volumes: vec!["scratch".into()],
     }
 }
 

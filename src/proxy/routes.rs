@@ -4,6 +4,9 @@
 use hyper::Method;
 
 use super::error::RuleError;
+use super::images::ImageRoute;
+use super::networks::NetworkRoute;
+use super::volumes::VolumeRoute;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
@@ -17,17 +20,22 @@ pub enum Route {
     /// `GET /system/df`: forward, then drop other owners' containers from the answer.
     DiskUsage,
     /// `/containers/{id}/…`: the caller must own `id`; `rest` is what follows it.
-    Container { id: String, rest: String },
+    Container {
+        id: String,
+        rest: String,
+    },
     /// `/exec/{id}/…`: the caller must own the exec's container.
-    Exec { id: String },
+    Exec {
+        id: String,
+    },
     /// `POST /commit?container=X`: the caller must own X.
     Commit,
-    /// `POST /networks/{id}/connect|disconnect`: the caller must own the body's Container.
-    NetworkMember,
     /// `POST /build`: forward after checking the query (cgroup parent, network mode).
     Build,
-    /// `POST /volumes/create`: the owner label is stamped on the volume.
-    VolumeCreate,
+    /// Requests that create, move or remove image names.
+    Images(ImageRoute),
+    Volumes(VolumeRoute),
+    Networks(NetworkRoute),
 }
 
 /// The path without its `/v1.41` version prefix.
@@ -112,12 +120,11 @@ pub fn classify(method: &Method, path: &str) -> Result<Route, RuleError> {
         ["system", "df"] if get => Ok(Route::DiskUsage),
         ["build"] if post => Ok(Route::Build),
         ["build", "prune" | "cancel"] if post => Ok(Route::Forward),
-        ["images", ..] | ["distribution", ..] => Ok(Route::Forward),
+        ["images", ..] => images(method, &segs[1..]).ok_or_else(not_allowed),
+        ["distribution", .., "json"] if get => Ok(Route::Forward),
         ["auth"] if post => Ok(Route::Forward),
-        ["networks", _, "connect" | "disconnect"] if post => Ok(Route::NetworkMember),
-        ["networks", ..] => Ok(Route::Forward),
-        ["volumes", "create"] if post => Ok(Route::VolumeCreate),
-        ["volumes", ..] => Ok(Route::Forward),
+        ["networks", ..] => networks(method, &segs[1..]).ok_or_else(not_allowed),
+        ["volumes", ..] => volumes(method, &segs[1..]).ok_or_else(not_allowed),
         // The client's side of a build: the daemon calls back into the client (file sync,
         // registry auth). Inert without a BuildKit build, which `images` refuses; forwarding
         // it lets a DOCKER_BUILDKIT=1 client reach that refusal and print its sentence.
@@ -138,6 +145,55 @@ pub fn classify(method: &Method, path: &str) -> Result<Route, RuleError> {
         )),
         _ => Err(not_allowed()),
     }
+}
+
+/// `/images/…` (names may have slashes: the action is the last segment, as Docker's router
+/// matches `{name:.*}/tag`).
+fn images(method: &Method, segs: &[&str]) -> Option<Route> {
+    let get = *method == Method::GET || *method == Method::HEAD;
+    let joined = |s: &[&str]| s.join("/");
+    Some(match (method.as_str(), segs) {
+        ("DELETE", [_, ..]) => Route::Images(ImageRoute::Remove { name: joined(segs) }),
+        (_, ["json" | "search" | "get"]) if get => Route::Forward,
+        ("POST", ["load"]) => Route::Images(ImageRoute::Load),
+        ("POST", ["create"]) => Route::Images(ImageRoute::Create),
+        ("POST", ["prune"]) => Route::Images(ImageRoute::Prune),
+        (_, [_, .., "json" | "history" | "get"]) if get => Route::Forward,
+        ("POST", [name @ .., "push"]) if !name.is_empty() => Route::Forward,
+        ("POST", [name @ .., "tag"]) if !name.is_empty() => {
+            Route::Images(ImageRoute::Tag { name: joined(name) })
+        }
+        _ => return None,
+    })
+}
+
+/// `/volumes/…`.
+fn volumes(method: &Method, segs: &[&str]) -> Option<Route> {
+    Some(Route::Volumes(match (method.as_str(), segs) {
+        ("GET" | "HEAD", []) => VolumeRoute::List,
+        ("POST", ["create"]) => VolumeRoute::Create,
+        ("POST", ["prune"]) => VolumeRoute::Prune,
+        ("GET" | "HEAD", [name]) => VolumeRoute::Inspect {
+            name: name.to_string(),
+        },
+        ("DELETE", [name]) => VolumeRoute::Remove {
+            name: name.to_string(),
+        },
+        _ => return None,
+    }))
+}
+
+/// `/networks/…`.
+fn networks(method: &Method, segs: &[&str]) -> Option<Route> {
+    Some(Route::Networks(match (method.as_str(), segs) {
+        ("GET" | "HEAD", []) => NetworkRoute::List,
+        ("POST", ["create"]) => NetworkRoute::Create,
+        ("POST", ["prune"]) => NetworkRoute::Prune,
+        ("GET" | "HEAD", [id]) => NetworkRoute::Inspect { id: id.to_string() },
+        ("DELETE", [id]) => NetworkRoute::Remove { id: id.to_string() },
+        ("POST", [id, "connect" | "disconnect"]) => NetworkRoute::Member { id: id.to_string() },
+        _ => return None,
+    }))
 }
 
 #[cfg(test)]
@@ -210,11 +266,11 @@ mod tests {
         );
         assert_eq!(
             c(Method::POST, "/v1.41/networks/n1/connect"),
-            Ok(Route::NetworkMember)
+            Ok(Route::Networks(NetworkRoute::Member { id: "n1".into() }))
         );
         assert_eq!(
             c(Method::POST, "/v1.41/volumes/create"),
-            Ok(Route::VolumeCreate)
+            Ok(Route::Volumes(VolumeRoute::Create))
         );
         assert!(matches!(
             c(Method::POST, "/v1.41/plugins/pull"),
@@ -236,6 +292,42 @@ mod tests {
             c(Method::GET, "/v1.41/nonsense"),
             Err(RuleError::NotAllowed { .. })
         ));
+    }
+
+    #[test]
+    fn image_names_with_slashes_and_their_actions() {
+        let c = |m: Method, p: &str| classify(&m, p);
+        let tag = |n: &str| Ok(Route::Images(ImageRoute::Tag { name: n.into() }));
+        assert_eq!(
+            c(Method::POST, "/v1.41/images/docker.io/alice/x:1/tag"),
+            tag("docker.io/alice/x:1")
+        );
+        assert_eq!(c(Method::POST, "/images/busybox/tag"), tag("busybox"));
+        assert_eq!(
+            c(Method::DELETE, "/images/alice/tag"),
+            Ok(Route::Images(ImageRoute::Remove {
+                name: "alice/tag".into()
+            }))
+        );
+        assert_eq!(
+            c(Method::DELETE, "/images/load"),
+            Ok(Route::Images(ImageRoute::Remove {
+                name: "load".into()
+            }))
+        );
+        assert_eq!(
+            c(Method::POST, "/images/load"),
+            Ok(Route::Images(ImageRoute::Load))
+        );
+        assert_eq!(c(Method::GET, "/images/alice/x/json"), Ok(Route::Forward));
+        assert_eq!(c(Method::POST, "/images/alice/x/push"), Ok(Route::Forward));
+        assert!(c(Method::POST, "/images/tag").is_err());
+        assert!(c(Method::PUT, "/images/x/json").is_err());
+        assert!(c(Method::PUT, "/volumes/x").is_err());
+        assert_eq!(
+            c(Method::DELETE, "/networks/n"),
+            Ok(Route::Networks(NetworkRoute::Remove { id: "n".into() }))
+        );
     }
 
     #[test]

@@ -19,7 +19,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{UnixListener, UnixStream};
 use tracing::{info, warn};
 
-use super::body::{box_err, drain, drain_upload, full, Body, SharedBody};
+use super::body::{box_err, drain_upload, full, Body, SharedBody};
 use super::error::ProxyError;
 use super::identity::{self, Caller};
 use super::request::{check_content_types, user_ctx, UserCtx};
@@ -197,14 +197,10 @@ async fn handle(state: Arc<State>, caller: Arc<Caller>, req: Request<Incoming>) 
         Err(e) => {
             warn!(caller = %caller.describe(), %method, %uri, "refused: {e}");
             let unread = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
-            match unread {
-                // An upload of any size, which the client means to send in full: answer now
-                // and read the rest meanwhile.
-                Some(body) if matches!(e, ProxyError::Archive(_)) => {
-                    tokio::spawn(drain_upload(body));
-                }
-                Some(body) => drain(body).await,
-                None => {}
+            // An upload of any size (docker cp, import, load, a build context), which the
+            // client means to send in full: answer now and read the rest meanwhile.
+            if let Some(body) = unread {
+                tokio::spawn(drain_upload(body));
             }
             error_response(&e)
         }
@@ -279,8 +275,9 @@ async fn route(
         Route::Exec { id } => exec::by_id(&call, &id, req).await,
         Route::Commit => images::commit(&call, req).await,
         Route::Build => images::build(&call, req).await,
-        Route::NetworkMember => networks::member(&call, req).await,
-        Route::VolumeCreate => volumes::create(&call, req).await,
+        Route::Images(r) => images::handle(&call, r, req).await,
+        Route::Volumes(r) => volumes::handle(&call, r, req).await,
+        Route::Networks(r) => networks::handle(&call, r, req).await,
     }
 }
 

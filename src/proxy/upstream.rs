@@ -126,6 +126,49 @@ pub async fn owned_container(
         .ok_or_else(|| upstream_error(status, format!("inspect of container {name_or_id:?}"), &v))
 }
 
+/// Whose a volume or network is to the caller, from its owner label.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Access {
+    Own,
+    /// No owner: the administrator's.
+    Shared,
+    Foreign,
+}
+
+pub fn access(object: &Value, ctx: &UserCtx) -> Access {
+    match object
+        .get("Labels")
+        .and_then(|l| l.get(&ctx.owner_label))
+        .and_then(Value::as_str)
+        .filter(|o| !o.is_empty())
+    {
+        None => Access::Shared,
+        Some(o) if o == ctx.name => Access::Own,
+        Some(_) => Access::Foreign,
+    }
+}
+
+/// `GET /{kind}/{name}` for a volume or network: `None` when Docker has none by that name.
+pub async fn inspect_object(
+    state: &State,
+    kind: &str,
+    name: &str,
+) -> Result<Option<Value>, ProxyError> {
+    if !valid_container_ref(name) {
+        return Err(RuleError::BadField {
+            field: format!("{kind} name {name:?}"),
+            expected: "a valid Docker object name",
+        }
+        .into());
+    }
+    let (status, v) = get_json(state, &format!("/{kind}/{name}")).await?;
+    match status {
+        StatusCode::OK => Ok(Some(v)),
+        StatusCode::NOT_FOUND => Ok(None),
+        s => Err(upstream_error(s, format!("inspect of {kind} {name:?}"), &v)),
+    }
+}
+
 /// The container an exec instance runs in.
 pub async fn exec_container(state: &State, exec_id: &str) -> Result<String, ProxyError> {
     if !valid_container_ref(exec_id) {

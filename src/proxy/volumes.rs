@@ -1,5 +1,9 @@
-//! Volumes: a user's new volume carries their owner label, and uses the `local` driver with
-//! no options, a tmpfs, or a size.
+//! Volumes, owned like containers: a user's new volume carries their owner label (the proxy
+//! stamps it, and creates the volumes a container create would make implicitly, so no user
+//! volume is unowned); only its owner may mount, inspect or remove it. Volumes with no owner
+//! (the administrator's) are usable by everyone read-only, read-write where the policy lists
+//! them (`writable_volumes`). A user's volume uses the `local` driver with no options, a
+//! tmpfs, or a size.
 //!
 //! The `local` driver's options are `mount(8)` run by dockerd as root when a container
 //! starts: `type=proc` (then `core_pattern`: host root), `type=overlay` with a `lowerdir` of
@@ -8,14 +12,16 @@
 //! the first mount. So users get no mount types but tmpfs; bind-backed volumes are the
 //! administrator's (and the runtime checks what is really mounted, see `crate::volumes`).
 
-use hyper::{Request, Response};
-use serde_json::{Map, Value};
+use bytes::Bytes;
+use hyper::header::{CONTENT_TYPE, HOST};
+use hyper::{Request, Response, StatusCode};
+use serde_json::{json, Map, Value};
 
-use super::body::{read_json, with_json, Body, MAX_JSON_BODY};
+use super::body::{full, read_json, with_json, with_uri, Body, MAX_JSON_BODY};
 use super::error::{ProxyError, RuleError};
-use super::request::{as_object_mut, check_fields, str_of, Field, UserCtx};
-use super::server::Call;
-use super::upstream::forward;
+use super::request::{as_object_mut, check_fields, merge_owner_filter, str_of, Field, UserCtx};
+use super::server::{Call, State};
+use super::upstream::{access, forward, inspect_object, send, upstream_error, Access};
 
 use Field::{Checked, Free, Refused};
 
@@ -32,12 +38,137 @@ const CREATE: &[(&str, Field)] = &[
 const TMPFS_FLAGS: [&str; 3] = ["nosuid", "nodev", "noexec"];
 const TMPFS_VALUES: [&str; 5] = ["size", "mode", "uid", "gid", "nr_inodes"];
 
-/// `POST /volumes/create`.
-pub async fn create(call: &Call<'_>, req: Request<Body>) -> Result<Response<Body>, ProxyError> {
-    let (parts, body) = req.into_parts();
-    let mut v = read_json(body, MAX_JSON_BODY).await?;
-    rewrite_volume_create(&mut v, call.ctx)?;
-    forward(call.state, with_json(parts, &v)).await
+/// What a request on `/volumes/…` does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VolumeRoute {
+    Create,
+    List,
+    Prune,
+    Inspect { name: String },
+    Remove { name: String },
+}
+
+pub async fn handle(
+    call: &Call<'_>,
+    route: VolumeRoute,
+    req: Request<Body>,
+) -> Result<Response<Body>, ProxyError> {
+    match route {
+        VolumeRoute::Create => {
+            let (parts, body) = req.into_parts();
+            let mut v = read_json(body, MAX_JSON_BODY).await?;
+            rewrite_volume_create(&mut v, call.ctx)?;
+            let name = v
+                .get("Name")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            // An existing name is answered with the existing volume: it must be the caller's.
+            if !name.is_empty() {
+                check_access(call, &name, Use::Manage).await?;
+            }
+            forward(call.state, with_json(parts, &v)).await
+        }
+        // Listing and pruning see only the caller's volumes.
+        VolumeRoute::List | VolumeRoute::Prune => {
+            let q =
+                merge_owner_filter(call.query.as_deref(), &call.ctx.owner_label, &call.ctx.name)?;
+            forward(call.state, with_uri(req, &call.path, Some(&q))?).await
+        }
+        VolumeRoute::Inspect { name } => {
+            check_access(call, &name, Use::Read).await?;
+            forward(call.state, req).await
+        }
+        VolumeRoute::Remove { name } => {
+            check_access(call, &name, Use::Manage).await?;
+            forward(call.state, req).await
+        }
+    }
+}
+
+/// What the caller wants of a volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Use {
+    /// Inspect it, or mount it read-only.
+    Read,
+    /// Mount it read-write.
+    Write,
+    /// Remove it, or create it (Docker answers a create of an existing name with it).
+    Manage,
+}
+
+/// How the caller may mount volume `name`: `Some(true)` read-only, `Some(false)` as asked,
+/// `None` when it does not exist yet. Another user's volume, or removing the
+/// administrator's, is refused.
+pub async fn check_access(
+    call: &Call<'_>,
+    name: &str,
+    want: Use,
+) -> Result<Option<bool>, ProxyError> {
+    let Some(volume) = inspect_object(call.state, "volumes", name).await? else {
+        return Ok(None);
+    };
+    match access(&volume, call.ctx) {
+        Access::Own => Ok(Some(false)),
+        Access::Foreign => Err(ProxyError::NotYoursObject {
+            what: "volume",
+            name: name.to_string(),
+        }),
+        Access::Shared if want == Use::Manage => Err(ProxyError::Shared {
+            what: "volume",
+            name: name.to_string(),
+            why: "only the administrator may remove or recreate it",
+        }),
+        Access::Shared => Ok(Some(!call.ctx.writable_volumes.iter().any(|v| v == name))),
+    }
+}
+
+/// Creates volume `name` for the caller (what dockerd would do implicitly, with no owner),
+/// with the driver and options a `--mount` gave (already checked). Docker answers a create
+/// of a name that appeared meanwhile with that volume: its owner is checked again.
+pub async fn create_owned(
+    state: &State,
+    ctx: &UserCtx,
+    name: &str,
+    driver: &str,
+    options: &Map<String, Value>,
+) -> Result<(), ProxyError> {
+    let body = json!({
+        "Name": name,
+        "Driver": if driver.is_empty() { "local" } else { driver },
+        "DriverOpts": options,
+        "Labels": {ctx.owner_label.clone(): ctx.name.clone()},
+    });
+    let req = Request::post("/volumes/create")
+        .header(HOST, "docker")
+        .header(CONTENT_TYPE, "application/json")
+        .body(full(Bytes::from(body.to_string())))
+        .map_err(|_| RuleError::BadPath("/volumes/create".into()))?;
+    let resp = send(state, req).await?;
+    let status = resp.status();
+    let v = read_json(
+        http_body_util::BodyExt::boxed(http_body_util::BodyExt::map_err(
+            resp.into_body(),
+            super::body::box_err,
+        )),
+        MAX_JSON_BODY,
+    )
+    .await
+    .unwrap_or(Value::Null);
+    if status != StatusCode::CREATED && status != StatusCode::OK {
+        return Err(upstream_error(
+            status,
+            format!("creating volume {name:?}"),
+            &v,
+        ));
+    }
+    if access(&v, ctx) != Access::Own {
+        return Err(ProxyError::NotYoursObject {
+            what: "volume",
+            name: name.to_string(),
+        });
+    }
+    Ok(())
 }
 
 /// Checks the driver and its options, and stamps the owner label.

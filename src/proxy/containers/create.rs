@@ -5,12 +5,13 @@
 //! Go's encoding/json binds keys case-insensitively, so keys are first renamed to the exact
 //! field names (`check_fields`), and the checks read what dockerd will read.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
 use super::mounts::{check_binds, check_devices, check_mounts};
+use super::storage;
 use crate::edits::{annotations, system_paths};
 use crate::proxy::error::RuleError;
 use crate::proxy::request::{
@@ -285,14 +286,62 @@ fn ref_list(obj: &Map<String, Value>, field: &'static str) -> Result<Vec<String>
         .collect()
 }
 
+/// What the server looked up for a create: facts `rewrite_create` needs and cannot know.
+#[derive(Debug, Default, Clone)]
+pub struct Resolved {
+    /// Every container the body names (`create_container_refs`), by the full id it resolved
+    /// to; all are the caller's.
+    pub containers: BTreeMap<String, String>,
+    /// The administrator's volumes the caller may mount only read-only.
+    pub read_only_volumes: BTreeSet<String>,
+    /// The image's `VOLUME`s.
+    pub image_volumes: Vec<String>,
+}
+
+/// The networks a create body joins by name (`--network NAME`, per-network settings);
+/// Docker's own modes and `container:X` are not networks.
+pub fn network_names(body: &Value) -> Vec<String> {
+    let mut names = Vec::new();
+    let mode = body
+        .pointer("/HostConfig/NetworkMode")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if !matches!(mode, "" | "default" | "bridge" | "none" | "host")
+        && !mode.starts_with("container:")
+    {
+        names.push(mode.to_string());
+    }
+    if let Some(eps) = body
+        .pointer("/NetworkingConfig/EndpointsConfig")
+        .and_then(Value::as_object)
+    {
+        names.extend(
+            eps.keys()
+                .filter(|k| !matches!(k.as_str(), "bridge" | "none" | "host"))
+                .cloned(),
+        );
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// The named volumes a create body mounts (after `create_container_refs` checked its shape).
+pub fn named_volumes(body: &Value) -> Result<Vec<storage::NamedVolume>, RuleError> {
+    match body.get("HostConfig").and_then(Value::as_object) {
+        Some(hc) => storage::named_volumes(hc),
+        None => Ok(Vec::new()),
+    }
+}
+
 /// Checks a `POST /containers/create` body against the caller's policy and rewrites it:
 /// owner label stamped, runtime forced, references to other containers pinned to the ids
-/// in `owned` (every name from `create_container_refs`, already checked to be the caller's).
+/// the server resolved, the administrator's volumes read-only, anonymous volumes owned.
 /// `resolve` turns a host path into what the kernel would open (symlinks followed).
 pub fn rewrite_create(
     body: &mut Value,
     ctx: &UserCtx,
-    owned: &BTreeMap<String, String>,
+    resolved: &Resolved,
     resolve: &dyn Fn(&Path) -> PathBuf,
 ) -> Result<(), RuleError> {
     let refs = create_container_refs(body)?;
@@ -315,9 +364,11 @@ pub fn rewrite_create(
     check_binds(hc, ctx, resolve)?;
     check_mounts(hc, ctx, resolve)?;
     check_devices(hc, ctx, resolve)?;
-    pin_refs(hc, &refs, owned)?;
+    pin_refs(hc, &refs, &resolved.containers)?;
+    storage::make_read_only(hc, &resolved.read_only_volumes);
     hc.insert("Runtime".into(), Value::String(ctx.runtime.clone()));
-    check_annotations(hc, ctx)
+    check_annotations(hc, ctx)?;
+    storage::own_anonymous(top, &resolved.image_volumes, ctx)
 }
 
 /// The owner annotation and labgpu's own stamps are dropped (the runtime trusts the proxy's
@@ -609,7 +660,11 @@ mod tests {
     }
 
     fn rewrite_with(body: &mut Value, owned: &BTreeMap<String, String>) -> Result<(), RuleError> {
-        rewrite_create(body, &ctx(), owned, &|p| normalize(p))
+        let resolved = Resolved {
+            containers: owned.clone(),
+            ..Resolved::default()
+        };
+        rewrite_create(body, &ctx(), &resolved, &|p| normalize(p))
     }
 
     #[test]

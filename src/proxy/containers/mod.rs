@@ -2,7 +2,6 @@
 //! (owner label, runtime, pinned references); `/containers/{id}/…` needs the caller to own
 //! `id`, and `update` may not touch devices.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use bytes::Bytes;
@@ -13,29 +12,29 @@ use tracing::{info, warn};
 
 mod create;
 mod mounts;
+mod storage;
 
-pub use create::{create_container_refs, rewrite_create, ContainerRef};
+pub use create::{create_container_refs, rewrite_create, ContainerRef, Resolved};
 
 use super::archive;
 use super::body::{full, read_json, with_json, with_uri, Body, MAX_JSON_BODY};
 use super::error::{ProxyError, RuleError};
 use super::request::{as_object_mut, canonicalize};
 use super::server::{Call, State};
-use super::upstream::{delete, forward, owned_container};
+use super::upstream::{delete, forward, get_json, owned_container};
+use super::{networks, volumes};
 use crate::decide::resolve_host;
 use crate::policy::Policy;
 use crate::records;
 
-/// `POST /containers/create`.
+/// `POST /containers/create`: the body's references are looked up (containers, volumes,
+/// networks, the image's volumes), missing named volumes created for the caller, then the
+/// body is checked and rewritten.
 pub async fn create(call: &Call<'_>, req: Request<Body>) -> Result<Response<Body>, ProxyError> {
     let (parts, body) = req.into_parts();
     let mut v = read_json(body, MAX_JSON_BODY).await?;
-    let mut owned = BTreeMap::new();
-    for r in create_container_refs(&mut v)? {
-        let full_id = owned_container(call.state, call.ctx, &r.name).await?;
-        owned.insert(r.name, full_id);
-    }
-    rewrite_create(&mut v, call.ctx, &owned, &resolve_host)?;
+    let resolved = resolve_refs(call, &mut v).await?;
+    rewrite_create(&mut v, call.ctx, &resolved, &resolve_host)?;
     let image = v.get("Image").and_then(|i| i.as_str()).unwrap_or("?");
     info!(user = %call.ctx.name, %image, "create");
     let resp = forward(call.state, with_json(parts, &v)).await?;
@@ -131,6 +130,58 @@ async fn record_created(
     parts.headers.remove(TRANSFER_ENCODING);
     parts.headers.insert(CONTENT_LENGTH, bytes.len().into());
     Ok(Response::from_parts(parts, full(bytes)))
+}
+
+async fn resolve_refs(call: &Call<'_>, v: &mut Value) -> Result<Resolved, ProxyError> {
+    let mut resolved = Resolved::default();
+    for r in create_container_refs(v)? {
+        let full_id = owned_container(call.state, call.ctx, &r.name).await?;
+        resolved.containers.insert(r.name, full_id);
+    }
+    for vol in create::named_volumes(v)? {
+        let want = if vol.read_only {
+            volumes::Use::Read
+        } else {
+            volumes::Use::Write
+        };
+        match volumes::check_access(call, &vol.name, want).await? {
+            None => {
+                volumes::create_owned(call.state, call.ctx, &vol.name, &vol.driver, &vol.options)
+                    .await?
+            }
+            Some(true) => {
+                resolved.read_only_volumes.insert(vol.name);
+            }
+            Some(false) => {}
+        }
+    }
+    for network in create::network_names(v) {
+        networks::check_network(call, &network, false).await?;
+    }
+    if let Some(image) = v
+        .get("Image")
+        .and_then(Value::as_str)
+        .filter(|i| !i.is_empty())
+    {
+        resolved.image_volumes = image_volumes(call.state, image).await?;
+    }
+    Ok(resolved)
+}
+
+/// The image's `VOLUME`s; none when Docker does not have the image (the create then fails,
+/// or the CLI pulls it and creates again).
+async fn image_volumes(state: &State, image: &str) -> Result<Vec<String>, ProxyError> {
+    if image.contains(['?', '#']) || image.starts_with('/') {
+        return Ok(Vec::new());
+    }
+    let (status, v) = get_json(state, &format!("/images/{image}/json")).await?;
+    if !status.is_success() {
+        return Ok(Vec::new());
+    }
+    Ok(v.pointer("/Config/Volumes")
+        .and_then(Value::as_object)
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default())
 }
 
 /// `/containers/{id}/{rest}`: any method, on the caller's own container only, sent on by

@@ -1,200 +1,247 @@
-//! Images and builds: shared; the classic builder's query options are checked, and a commit
-//! needs the caller to own the container.
+//! Images and builds. Everyone can list, inspect, pull, push and run every image; a name
+//! changes only by its owner's hand: `tag`, `build -t`, `commit`, `import` and `load` may
+//! create or move names only under the caller's prefix (`names`), and `rmi`/`image prune`
+//! may remove only such names (removing a shared name would free it for squatting). Who
+//! produced an image is never read from its labels: pulled and loaded images carry any
+//! labels their author chose.
 
-use hyper::{Request, Response};
+mod build;
+mod load;
+mod names;
+
+pub use build::{build, check_build};
+pub use load::LoadError;
+pub use names::{is_under, prefixes};
+
+use hyper::{Request, Response, StatusCode};
+use serde_json::Value;
 
 use super::body::{with_uri, Body};
 use super::error::{ProxyError, RuleError};
-use super::request::{query_pairs, query_param, set_query_param, Field, UserCtx};
-
-use super::server::Call;
+use super::request::{query_pairs, query_param, set_query_param};
+use super::server::{Call, State};
 use super::upstream::{forward, get_json, owned_container};
-use crate::policy::Unlabeled;
-use Field::{Checked, Free, Refused};
 
-/// `POST /build`: the options are checked, and the build must run under labgpu: dockerd's
-/// default runtime is the policy's, and the runtime lets unlabeled containers (build steps:
-/// the proxy did not create them, so their labels count for nothing) run without GPUs.
-pub async fn build(call: &Call<'_>, req: Request<Body>) -> Result<Response<Body>, ProxyError> {
-    check_build(call.query.as_deref(), call.ctx)?;
-    if call.policy.runtime.unlabeled != Unlabeled::NoGpu {
-        return Err(ProxyError::BuildsNeedNoGpu {
-            policy: call.policy.path.clone(),
-        });
-    }
-    let (status, info) = get_json(call.state, "/info").await?;
-    let default = info
-        .get("DefaultRuntime")
-        .and_then(|r| r.as_str())
-        .unwrap_or("");
-    if !status.is_success() || default != call.ctx.runtime {
-        return Err(ProxyError::BuildsNeedDefaultRuntime {
-            default: default.to_string(),
-            runtime: call.ctx.runtime.clone(),
-        });
-    }
-    forward(call.state, req).await
+/// What a request on `/images/…` does, by the name it changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageRoute {
+    /// `POST /images/{name}/tag?repo=R&tag=T`.
+    Tag { name: String },
+    /// `DELETE /images/{name}`.
+    Remove { name: String },
+    /// `POST /images/prune`.
+    Prune,
+    /// `POST /images/create`: a pull (`fromImage`) or an import (`fromSrc`).
+    Create,
+    /// `POST /images/load`.
+    Load,
 }
 
-/// `POST /commit?container=X`: X must be the caller's, and is sent on by full id.
+/// The sentence for a name outside the caller's prefix.
+pub fn name_refused(name: &str, prefixes: &[String]) -> RuleError {
+    RuleError::ValueRefused {
+        field: "image name".into(),
+        value: name.to_string(),
+        reason: format!(
+            "users may name images only under their own prefix ({}, [proxy] image_prefix); \
+             other names change only by a pull or by the administrator",
+            prefixes.join(" or ")
+        ),
+    }
+}
+
+pub async fn handle(
+    call: &Call<'_>,
+    route: ImageRoute,
+    req: Request<Body>,
+) -> Result<Response<Body>, ProxyError> {
+    let prefixes = &call.ctx.image_prefixes;
+    let query = call.query.as_deref();
+    match route {
+        ImageRoute::Tag { .. } => {
+            let repo = query_param(query, "repo").unwrap_or_default();
+            if !names::is_under(&repo, prefixes) {
+                return Err(name_refused(&repo, prefixes).into());
+            }
+            forward(call.state, req).await
+        }
+        ImageRoute::Remove { name } => {
+            check_remove(call.state, &name, prefixes).await?;
+            forward(call.state, req).await
+        }
+        ImageRoute::Prune => {
+            check_prune(query)?;
+            forward(call.state, req).await
+        }
+        ImageRoute::Create => {
+            check_create(query, prefixes)?;
+            forward(call.state, req).await
+        }
+        ImageRoute::Load => {
+            let (mut parts, body) = req.into_parts();
+            // Another length than the caller's when a gzip upload is decompressed.
+            parts.headers.remove(hyper::header::CONTENT_LENGTH);
+            parts.headers.remove(hyper::header::TRANSFER_ENCODING);
+            let (body, refusal) = load::inspect_load(body, prefixes.clone());
+            let resp = forward(call.state, Request::from_parts(parts, body)).await;
+            match refusal.take() {
+                Some(e) => Err(ProxyError::Load(e)),
+                None => resp,
+            }
+        }
+    }
+}
+
+/// `POST /commit?container=X&repo=R`: X must be the caller's (sent on by full id), and R, if
+/// given, under the caller's prefix.
 pub async fn commit(call: &Call<'_>, req: Request<Body>) -> Result<Response<Body>, ProxyError> {
     let query = call.query.as_deref();
     let name_or_id =
         query_param(query, "container").ok_or(ProxyError::MissingParam("container"))?;
     let full_id = owned_container(call.state, call.ctx, &name_or_id).await?;
+    let repo = query_param(query, "repo").unwrap_or_default();
+    if !repo.is_empty() && !names::is_under(&repo, &call.ctx.image_prefixes) {
+        return Err(name_refused(&repo, &call.ctx.image_prefixes).into());
+    }
     let q = set_query_param(query, "container", &full_id);
     forward(call.state, with_uri(req, &call.path, Some(&q))?).await
 }
 
-/// `POST /build` query parameters (API 1.24 to 1.51). The classic builder runs each `RUN`
-/// step as a container with the daemon's default runtime and these options as its host
-/// config, so they obey the create rules; BuildKit (`version=2`) runs steps with runc
-/// directly, outside labgpu, and is refused until builds through BuildKit are checked.
-const BUILD_QUERY: &[(&str, Field)] = &[
-    ("dockerfile", Free),
-    ("t", Free),
-    ("extrahosts", Free),
-    ("remote", Checked),
-    ("q", Free),
-    ("nocache", Free),
-    ("cachefrom", Free),
-    ("pull", Free),
-    ("rm", Free),
-    ("forcerm", Free),
-    ("memory", Free),
-    ("memswap", Free),
-    ("cpushares", Free),
-    ("cpusetcpus", Free),
-    ("cpusetmems", Free),
-    ("cpuperiod", Free),
-    ("cpuquota", Free),
-    ("buildargs", Free),
-    ("shmsize", Free),
-    ("squash", Free),
-    ("labels", Free),
-    ("networkmode", Checked),
-    ("platform", Free),
-    ("target", Free),
-    ("ulimits", Free),
-    ("session", Free),
-    ("buildid", Free),
-    ("version", Checked),
-    ("isolation", Checked),
-    ("outputs", Refused("outputs are BuildKit's")),
-    (
-        "cgroupparent",
-        Refused("only the administrator places containers in cgroups"),
-    ),
-    (
-        "securityopt",
-        Refused("build steps run with the create rules' security options only"),
-    ),
-];
-
-/// Checks a build's query string against `BUILD_QUERY` and the caller's policy.
-pub fn check_build(query: Option<&str>, ctx: &UserCtx) -> Result<(), RuleError> {
+/// `POST /images/create`: a pull (`fromImage`: registry content, any name) or an import
+/// from the request body (`fromSrc=-`) named under the caller's prefix. An import from a
+/// URL would have dockerd fetch it from the host's network: refused.
+fn check_create(query: Option<&str>, prefixes: &[String]) -> Result<(), RuleError> {
+    const KNOWN: [&str; 7] = [
+        "fromImage",
+        "fromSrc",
+        "repo",
+        "tag",
+        "message",
+        "changes",
+        "platform",
+    ];
     let pairs = query_pairs(query);
-    // Said first: a BuildKit client's other options would only confuse the refusal.
-    if pairs.iter().any(|(k, v)| k == "version" && v == "2") {
-        return Err(RuleError::BuildKit);
+    if let Some((k, _)) = pairs.iter().find(|(k, _)| !KNOWN.contains(&k.as_str())) {
+        return Err(RuleError::UnknownField {
+            field: format!("image create option {k}"),
+        });
     }
-    for (k, v) in pairs {
-        let rule = BUILD_QUERY.iter().find(|(n, _)| *n == k).map(|(_, r)| *r);
-        let field = || format!("build option {k}");
-        match rule {
-            None => return Err(RuleError::UnknownField { field: field() }),
-            Some(Field::Refused(reason)) if !v.is_empty() && v != "0" && v != "false" => {
-                return Err(RuleError::FieldRefused {
-                    field: field(),
-                    reason,
-                })
-            }
-            Some(Field::Checked) => check_build_value(&k, &v, ctx)?,
-            _ => {}
+    let get = |k: &str| query_param(query, k).unwrap_or_default();
+    let (image, src, repo) = (get("fromImage"), get("fromSrc"), get("repo"));
+    match (image.is_empty(), src.as_str()) {
+        (false, "") => Ok(()),
+        (false, _) => Err(RuleError::ValueRefused {
+            field: "image create".into(),
+            value: format!("fromImage={image}&fromSrc={src}"),
+            reason: "a pull and an import at once".into(),
+        }),
+        (true, "-") if repo.is_empty() || names::is_under(&repo, prefixes) => Ok(()),
+        (true, "-") => Err(name_refused(&repo, prefixes)),
+        (true, other) => Err(RuleError::ValueRefused {
+            field: "docker import source".into(),
+            value: other.to_string(),
+            reason:
+                "dockerd would fetch it from the host's network; download it and import the file"
+                    .into(),
+        }),
+    }
+}
+
+/// `POST /images/prune`: dangling images only (they have no name to free); `dangling=false`
+/// would remove every unused image, shared names included.
+fn check_prune(query: Option<&str>) -> Result<(), RuleError> {
+    let Some(filters) = query_param(query, "filters") else {
+        return Ok(());
+    };
+    let v: Value = serde_json::from_str(&filters)
+        .map_err(|e| RuleError::BadFilters(format!("{filters:?}: {e}")))?;
+    let dangling = v.get("dangling").map(|d| match d {
+        Value::Object(m) => m.keys().cloned().collect::<Vec<_>>(),
+        Value::Array(a) => a
+            .iter()
+            .filter_map(|x| x.as_str().map(str::to_string))
+            .collect(),
+        _ => vec!["?".into()],
+    });
+    match dangling {
+        Some(values) if values.iter().any(|d| !matches!(d.as_str(), "true" | "1")) => {
+            Err(RuleError::ValueRefused {
+                field: "image prune filter dangling".into(),
+                value: values.join(","),
+                reason:
+                    "users prune only dangling images (removing names would free them for anyone)"
+                        .into(),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `DELETE /images/{name}`: a name is removed only under the caller's prefix; an image id
+/// removes every name the image has, so all of them must be.
+async fn check_remove(state: &State, name: &str, prefixes: &[String]) -> Result<(), ProxyError> {
+    let (status, image) = get_json(state, &format!("/images/{name}/json")).await?;
+    if status == StatusCode::NOT_FOUND {
+        // Docker says so itself; nothing is removed.
+        return Ok(());
+    }
+    // dockerd's own test (isImageIDPrefix): a name the image id starts with is an id.
+    let id = image.get("Id").and_then(Value::as_str).unwrap_or_default();
+    let by_id =
+        !name.is_empty() && (id.starts_with(name) || id.starts_with(&format!("sha256:{name}")));
+    if !by_id {
+        return if names::is_under(name, prefixes) {
+            Ok(())
+        } else {
+            Err(name_refused(name, prefixes).into())
+        };
+    }
+    let tags = image
+        .get("RepoTags")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str);
+    for tag in tags {
+        if !names::is_under(tag, prefixes) {
+            return Err(name_refused(tag, prefixes).into());
         }
     }
     Ok(())
 }
 
-fn check_build_value(k: &str, v: &str, ctx: &UserCtx) -> Result<(), RuleError> {
-    let refused = |reason: &str| RuleError::ValueRefused {
-        field: format!("build option {k}"),
-        value: v.to_string(),
-        reason: reason.to_string(),
-    };
-    match k {
-        "networkmode" if v == "host" && !ctx.allow_host_network => Err(RuleError::HostNamespace {
-            field: "networkmode",
-            value: v.to_string(),
-            user: ctx.name.clone(),
-            key: "allow_host_network",
-            section: ctx.section(),
-        }),
-        "networkmode" if v.starts_with("container:") => Err(refused(
-            "build steps cannot join another container's network",
-        )),
-        // dockerd clones git contexts as root: over ssh that is root's keys. BuildKit reads
-        // the context from the caller's session ("client-session"), and is refused anyway.
-        "remote"
-            if !v.is_empty()
-                && !["http://", "https://", "git://", "github.com/"]
-                    .iter()
-                    .any(|p| v.starts_with(p)) =>
-        {
-            Err(RuleError::BuildRemote(v.to_string()))
-        }
-        "version" if v == "2" => Err(RuleError::BuildKit),
-        "version" if !matches!(v, "" | "1") => {
-            Err(refused("only the classic builder (1) is known"))
-        }
-        "isolation" if !matches!(v, "" | "default") => Err(refused("it is for Windows containers")),
-        _ => Ok(()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::request::test_ctx as ctx;
+
+    fn p() -> Vec<String> {
+        prefixes("{user}/", "alice")
+    }
 
     #[test]
-    fn build_query_is_checked() {
-        check_build(
-            Some("t=x&networkmode=default&dockerfile=Dockerfile"),
-            &ctx(),
-        )
-        .unwrap();
-        assert!(check_build(Some("cgroupparent=%2Fsystem.slice"), &ctx()).is_err());
-        assert!(check_build(Some("networkmode=host"), &ctx()).is_err());
-        assert!(check_build(Some("networkmode=container%3Aabc"), &ctx()).is_err());
-        check_build(Some("remote=https%3A%2F%2Fgithub.com%2Fa%2Fb.git"), &ctx()).unwrap();
-        check_build(Some("remote=github.com%2Fa%2Fb"), &ctx()).unwrap();
-        assert!(matches!(
-            check_build(Some("remote=client-session&version=2"), &ctx()),
-            Err(RuleError::BuildKit)
-        ));
+    fn imports_are_named_under_the_prefix_and_come_from_the_body() {
+        check_create(Some("fromImage=ubuntu&tag=22.04"), &p()).unwrap();
+        check_create(Some("fromSrc=-&repo=alice%2Fimp&tag=1"), &p()).unwrap();
+        check_create(Some("fromSrc=-"), &p()).unwrap();
         for bad in [
-            "cgroupparent=%2Fsystem.slice",
-            "securityopt=seccomp%3Dunconfined",
-            "bogus=1",
-            "isolation=hyperv",
-            "outputs=type%3Dlocal",
+            "fromSrc=-&repo=ubuntu",
+            "fromSrc=http%3A%2F%2F10.0.0.1%2Fx.tar&repo=alice%2Fx",
+            "fromImage=ubuntu&fromSrc=-",
+            "fromSrc=-&repo=alice%2Fx&bogus=1",
         ] {
-            assert!(check_build(Some(bad), &ctx()).is_err(), "{bad}");
+            assert!(check_create(Some(bad), &p()).is_err(), "{bad}");
         }
-        check_build(
-            Some("t=a&t=b&buildargs=%7B%7D&shmsize=1000&ulimits=%5B%5D&version=1&cgroupparent="),
-            &ctx(),
-        )
-        .unwrap();
-        for bad in ["git%40github.com%3Aa%2Fb.git", "ssh%3A%2F%2Fhost%2Frepo"] {
-            assert!(
-                matches!(
-                    check_build(Some(&format!("remote={bad}")), &ctx()),
-                    Err(RuleError::BuildRemote(_))
-                ),
-                "{bad}"
-            );
-        }
+    }
+
+    #[test]
+    fn prune_is_dangling_only() {
+        check_prune(None).unwrap();
+        check_prune(Some("filters=%7B%22dangling%22%3A%5B%22true%22%5D%7D")).unwrap();
+        check_prune(Some("filters=%7B%22until%22%3A%5B%2224h%22%5D%7D")).unwrap();
+        assert!(check_prune(Some("filters=%7B%22dangling%22%3A%5B%22false%22%5D%7D")).is_err());
+        assert!(check_prune(Some(
+            "filters=%7B%22dangling%22%3A%7B%22false%22%3Atrue%7D%7D"
+        ))
+        .is_err());
     }
 }

@@ -30,8 +30,8 @@ pub fn parse(s: &str) -> Option<ImageRef> {
     }
     let mut parts: Vec<&str> = name.split('/').collect();
     let first = parts[0];
-    let has_domain =
-        parts.len() > 1 && (first.contains(['.', ':']) || first == "localhost" || first != first.to_lowercase());
+    let has_domain = parts.len() > 1
+        && (first.contains(['.', ':']) || first == "localhost" || first != first.to_lowercase());
     let domain = if has_domain {
         parts.remove(0).to_string()
     } else {
@@ -42,6 +42,9 @@ pub fn parse(s: &str) -> Option<ImageRef> {
     } else {
         domain
     };
+    if !valid_domain(&domain) {
+        return None;
+    }
     if domain == "docker.io" && parts.len() == 1 {
         parts.insert(0, "library");
     }
@@ -63,6 +66,22 @@ fn valid_component(p: &str) -> bool {
         && p.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
         && p.chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
+}
+
+/// `host[:port]`: dot-separated alphanumeric labels (hyphens inside), a numeric port.
+fn valid_domain(d: &str) -> bool {
+    let (host, port) = match d.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (d, None),
+    };
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    };
+    host.split('.').all(label_ok)
+        && port.is_none_or(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
 }
 
 fn valid_tag(t: &str) -> bool {
@@ -106,14 +125,29 @@ mod tests {
     fn references_normalize_as_docker_does() {
         let repo = |s: &str| parse(s).map(|r| r.repository);
         assert_eq!(repo("ubuntu").as_deref(), Some("docker.io/library/ubuntu"));
-        assert_eq!(repo("ubuntu:22.04").as_deref(), Some("docker.io/library/ubuntu"));
+        assert_eq!(
+            repo("ubuntu:22.04").as_deref(),
+            Some("docker.io/library/ubuntu")
+        );
         assert_eq!(repo("alice/x").as_deref(), Some("docker.io/alice/x"));
-        assert_eq!(repo("index.docker.io/alice/x").as_deref(), Some("docker.io/alice/x"));
-        assert_eq!(repo("localhost/alice/x").as_deref(), Some("localhost/alice/x"));
-        assert_eq!(repo("localhost:5000/x:1").as_deref(), Some("localhost:5000/x"));
-        assert_eq!(repo("reg.lab/team/pytorch@sha256:abc").as_deref(), Some("reg.lab/team/pytorch"));
+        assert_eq!(
+            repo("index.docker.io/alice/x").as_deref(),
+            Some("docker.io/alice/x")
+        );
+        assert_eq!(
+            repo("localhost/alice/x").as_deref(),
+            Some("localhost/alice/x")
+        );
+        assert_eq!(
+            repo("localhost:5000/x:1").as_deref(),
+            Some("localhost:5000/x")
+        );
+        assert_eq!(
+            repo("reg.lab/team/pytorch@sha256:abc").as_deref(),
+            Some("reg.lab/team/pytorch")
+        );
         assert_eq!(parse("ubuntu:22.04").unwrap().tag.as_deref(), Some("22.04"));
-        for bad in ["Alice/x", "alice//x", "alice/x:", "", "alice/-x", "x:a/b"] {
+        for bad in ["alice//x", "alice/x:", "", "alice/-x", "x:a/b"] {
             assert_eq!(parse(bad), None, "{bad}");
         }
     }
@@ -122,7 +156,12 @@ mod tests {
     fn only_names_under_the_users_prefix() {
         let p = prefixes("{user}/", "alice");
         assert_eq!(p, ["localhost/alice/", "docker.io/alice/"]);
-        for ok in ["alice/x", "alice/x:1", "docker.io/alice/x", "localhost/alice/team/x:v2"] {
+        for ok in [
+            "alice/x",
+            "alice/x:1",
+            "docker.io/alice/x",
+            "localhost/alice/team/x:v2",
+        ] {
             assert!(is_under(ok, &p), "{ok}");
         }
         for bad in [
