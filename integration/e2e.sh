@@ -494,6 +494,14 @@ case_volumes() {
     if expect_run_ok volume-tmpfs "${B[@]}" -v lgv-tmpfs:/t "$I" sh -c 'grep -c " /t tmpfs " /proc/mounts'; then
         expect_eq volume-tmpfs 1 "$RUN_OUT"
     fi
+    # A bind of a directory on an existing tmpfs is a host path, not a fresh tmpfs.
+    mkdir -p "$LG_TMP/hosttmpfs"
+    mount -t tmpfs -o size=1m tmpfs "$LG_TMP/hosttmpfs"
+    mkdir -p "$LG_TMP/hosttmpfs/secrets"
+    docker volume create -o type=none -o o=bind -o "device=$LG_TMP/hosttmpfs/secrets" lgv-tmpbind >/dev/null
+    expect_refused volume-bind-of-tmpfs 'is not a plain Docker volume' "${B[@]}" -v lgv-tmpbind:/x "$I" ls /x
+    docker volume rm -f lgv-tmpbind >/dev/null 2>&1
+    umount "$LG_TMP/hosttmpfs"
     # The administrator's bind-backed volume, named in alice's mounted_volumes: hers only.
     docker volume create -o type=none -o o=bind -o "device=$LG_TMP/data/alice" lgv-admin >/dev/null
     lg_policy_text | sed '/^\[users.alice\]/a mounted_volumes = ["lgv-admin"]' >"$LG_TMP/policy.toml"

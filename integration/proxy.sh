@@ -278,7 +278,7 @@ case_refusals() {
         fail ref-old-api-start "$out"
     fi
     out="$(api alice POST '/v1.41/build?remote=git%40example.com%3Aa%2Fb.git' 2>&1)"
-    if [[ $out == *"root's) ssh credentials"* && $out == *$'\n403' ]]; then pass ref-build-ssh-remote; else
+    if [[ $out == *"with root's credentials"* && $out == *$'\n403' ]]; then pass ref-build-ssh-remote; else
         fail ref-build-ssh-remote "$out"
     fi
     expect_ok ref-update-memory dk alice update --memory 256m --memory-swap 512m pa1 && pass ref-update-memory
@@ -437,6 +437,22 @@ case_rawfields() {
         "$(api_json alice POST /v1.41/containers/create "$base{\"Bogus\":1}}")"
     expect_status raw-oom-kill-disable 403 "OomKillDisable" \
         "$(api_json alice POST /v1.41/containers/create "$base{\"OomKillDisable\":true}}")"
+    expect_status raw-relative-device 403 "PathOnHost" \
+        "$(api_json alice POST /v1.41/containers/create "$base{\"Devices\":[{\"PathOnHost\":\"../../../dev/vda\",\"PathInContainer\":\"/dev/x\",\"CgroupPermissions\":\"rwm\"}]}}")"
+    # Go 1.21+ reads "Contaıner" (dotless ı) as Container: two containers in one connect.
+    expect_status raw-connect-folded-key 400 "appears twice" \
+        "$(api_json alice POST /v1.41/networks/bridge/connect '{"Container":"pa1","Contaıner":"pb1"}')"
+    expect_status raw-connect-driver-opts 403 "DriverOpts" \
+        "$(api_json alice POST /v1.41/networks/bridge/connect '{"Container":"pa1","EndpointConfig":{"DriverOpts":{"com.docker.network.endpoint.sysctls":"x"}}}')"
+    expect_status raw-connect-link-other 403 "belongs to another user" \
+        "$(api_json alice POST /v1.41/networks/bridge/connect '{"Container":"pa1","EndpointConfig":{"Links":["pb1:x"]}}')"
+    # dockerd before Go 1.17 splits a query at ';'.
+    expect_status raw-semicolon-query 400 "a raw ';'" \
+        "$(api alice POST '/v1.41/build?dockerfile=x;networkmode=host' 2>&1)"
+    expect_status raw-build-cgroupparent-false 403 "build option cgroupparent" \
+        "$(api alice POST '/v1.41/build?cgroupparent=false' 2>&1)"
+    expect_status raw-build-remote-url 403 "fetched by the Docker daemon as root" \
+        "$(api alice POST '/v1.41/build?remote=https%3A%2F%2F169.254.169.254%2Fctx.tar' 2>&1)"
 }
 
 # dockerd resolved its default seccomp profile for SYS_ADMIN; labgpu cuts both.
@@ -626,6 +642,35 @@ case_provenance() {
         fail verify-unrecorded-owner "$out"
     fi
     real rm -f "$id" >/dev/null 2>&1
+    # An image can carry the owner label into a container the proxy did not create: a build
+    # step FROM an image labelled alice is bob's build, not alice's container.
+    local tmpc ctx="$LG_TMP/build-lbl" step
+    tmpc="$(real create "$I" true)" && real commit --change 'LABEL labgpu.user=alice' "$tmpc" labgpu-test:alicelabel >/dev/null &&
+        real rm "$tmpc" >/dev/null
+    mkdir -p "$ctx"
+    printf 'FROM labgpu-test:alicelabel\nRUN sleep 15\n' >"$ctx/Dockerfile"
+    chown -R "$(lg_user bob)" "$ctx"
+    as bob env DOCKER_BUILDKIT=0 "$LG_DOCKER_CLI" build -q -t bob/slow "$ctx" >/dev/null 2>&1 &
+    local bpid=$! i
+    for ((i = 0; i < 50; i++)); do
+        step="$(real ps -q --filter label=labgpu.user=alice --filter ancestor=labgpu-test:alicelabel 2>/dev/null | head -n 1)"
+        [[ -n $step ]] && break
+        sleep 0.2
+    done
+    if [[ -z $step ]]; then
+        fail owner-build-step-label "bob's build step did not show up"
+    else
+        out="$(dk alice ps -q 2>&1)"
+        if [[ $out == *"$step"* ]]; then fail owner-build-step-ps "alice lists bob's build step: $out"; else pass owner-build-step-ps; fi
+        expect_fail owner-build-step-exec "belongs to another user" dk alice exec "$step" env
+    fi
+    wait "$bpid"
+    expect_fail owner-commit-label "the owner label is the proxy's to set" \
+        dk alice commit --change 'LABEL labgpu.user=bob' pa1 alice/labelled
+    expect_status owner-build-label 403 "the owner label is the proxy's to set" \
+        "$(api alice POST '/v1.41/build?labels=%7B%22labgpu.user%22%3A%22bob%22%7D' 2>&1)"
+    real rmi labgpu-test:alicelabel bob/slow >/dev/null 2>&1
+    true
 }
 
 case_policy() {
@@ -742,6 +787,12 @@ case_archive() {
     else
         fail arc-curl-setuid "$out"
     fi
+    # noOverwriteDirNonDir=false would let dockerd remove whole directories (others', in a
+    # shared bind) that the archive replaces with files; absent, the proxy sets it true.
+    out="$(as alice curl -sS --unix-socket "$PSOCK" -X PUT -H 'Content-Type: application/x-tar' \
+        --data-binary "@$dir/curl.tar" -w '\n%{http_code}\n' \
+        "http://docker/v1.41/containers/parc/archive?path=/h&noOverwriteDirNonDir=false")"
+    expect_status arc-overwrite-dirs 403 "noOverwriteDirNonDir=false is not allowed" "$out"
     # Destination / with an entry h/x, and a destination that is a symlink planted in
     # the container pointing into the bind: both land in the home, rewritten.
     mkdir -p "$dir/root/h"

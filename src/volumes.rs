@@ -35,6 +35,8 @@ pub struct Backing {
     pub source: String,
     /// The part of the source filesystem that is mounted (`/home/bob` for a bind).
     pub root: PathBuf,
+    /// Another mount in the table shows the same filesystem: this is a bind of it.
+    pub shared: bool,
 }
 
 impl Backing {
@@ -58,8 +60,10 @@ impl Backing {
         }
     }
 
+    /// A tmpfs of its own: the whole filesystem, seen nowhere else. A bind of a directory
+    /// on an existing tmpfs (`/run`, `/dev/shm`) is a host path like any other.
     pub fn harmless(&self) -> bool {
-        HARMLESS.contains(&self.fs_type.as_str())
+        HARMLESS.contains(&self.fs_type.as_str()) && self.root == Path::new("/") && !self.shared
     }
 }
 
@@ -99,6 +103,9 @@ pub fn backings(table: &[MountInfo], data: &Path) -> Vec<Backing> {
             fs_type: m.fs_type.clone(),
             source: m.mount_source.clone().unwrap_or_default(),
             root: PathBuf::from(&m.root),
+            shared: table
+                .iter()
+                .any(|o| o.majmin == m.majmin && o.mount_point != m.mount_point),
         })
         .collect()
 }
@@ -167,6 +174,10 @@ mod tests {
             "32 22 0:40 / /var/lib/docker/volumes/t/_data rw - tmpfs tmpfs rw,size=1024k",
             "33 22 0:41 / /var/lib/docker/volumes/n/_data/deep rw - sysfs sysfs rw",
             "34 22 0:42 / /var/lib/docker/volumes/pp/_data rw - tmpfs tmpfs rw",
+            "35 22 0:24 / /run rw - tmpfs tmpfs rw",
+            "36 22 0:24 /secrets /var/lib/docker/volumes/r/_data rw - tmpfs tmpfs rw",
+            "37 22 0:43 / /var/lib/docker/volumes/w/_data rw - tmpfs tmpfs rw",
+            "38 22 0:43 / /elsewhere rw - tmpfs tmpfs rw",
         ]);
         let root = Path::new("/var/lib/docker/volumes");
         let b = backings(&t, &root.join("p/_data"));
@@ -182,6 +193,9 @@ mod tests {
         );
         assert!(backings(&t, &root.join("t/_data"))[0].harmless());
         assert_eq!(backings(&t, &root.join("n/_data"))[0].fs_type, "sysfs");
+        // A bind of a directory of /run, and a tmpfs also mounted elsewhere, are host paths.
+        assert!(!backings(&t, &root.join("r/_data"))[0].harmless());
+        assert!(!backings(&t, &root.join("w/_data"))[0].harmless());
         assert!(backings(&t, &root.join("plain/_data")).is_empty());
         // "p" is not a prefix of "pp": whole components only.
         assert_eq!(backings(&t, &root.join("p/_data")).len(), 1);

@@ -322,6 +322,7 @@ mod tests {
             fs_type: fs.into(),
             source: src.into(),
             root: r.into(),
+            shared: false,
         };
         let mut d = docker_decision(root);
         d.volume_backings.insert("plain".into(), vec![]);

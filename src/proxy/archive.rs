@@ -66,6 +66,8 @@ pub enum ArchiveError {
     CopyUidGid,
     #[error("query parameter {0:?} is not accepted on an archive upload")]
     UnknownParam(String),
+    #[error("noOverwriteDirNonDir=false is not allowed: dockerd would remove whole directories the archive replaces by files (docker cp always sends true)")]
+    OverwriteDirs,
     #[error("uid {0} has no primary group in the host's user database; set gid for this user in the policy")]
     NoGroup(u32),
 }
@@ -87,7 +89,11 @@ impl ArchiveError {
 pub fn check_query(query: Option<&str>) -> Result<(), ArchiveError> {
     for (key, value) in query_pairs(query) {
         match key.as_str() {
-            "path" | "noOverwriteDirNonDir" => {}
+            "path" => {}
+            // false lets dockerd replace (RemoveAll) a directory the archive names with a
+            // file, in a bind other users may share; the docker CLI always sends true.
+            "noOverwriteDirNonDir" if go_bool(&value) => {}
+            "noOverwriteDirNonDir" => return Err(ArchiveError::OverwriteDirs),
             // With copyUIDGID dockerd chowns every entry to the container's configured user
             // (moby daemon.tarCopyOptions: idtools.LookupUser(Config.User) as ChownOpts, root
             // for most images), undoing the rewrite. Refused rather than stripped: the caller
@@ -1254,6 +1260,10 @@ mod tests {
     #[test]
     fn copy_uid_gid_and_unknown_parameters_are_refused() {
         assert!(check_query(Some("path=%2Fworkspace&noOverwriteDirNonDir=true")).is_ok());
+        assert!(matches!(
+            check_query(Some("path=%2Fs&noOverwriteDirNonDir=false")),
+            Err(ArchiveError::OverwriteDirs)
+        ));
         assert!(check_query(None).is_ok());
         assert!(check_query(Some("path=/w&copyUIDGID=false")).is_ok());
         assert!(check_query(Some("path=/w&copyUIDGID=0")).is_ok());

@@ -33,6 +33,8 @@ pub enum RuleError {
     DuplicateKey { key: String },
     #[error("query parameter filters is not valid: {0}")]
     BadFilters(String),
+    #[error("the query string has {0}")]
+    BadQuery(String),
     #[error("privileged containers are not allowed for {user} (allow_privileged in {section})")]
     Privileged { user: String, section: String },
     #[error(
@@ -69,7 +71,7 @@ pub enum RuleError {
     },
     #[error("{field} cannot be changed on a running container through the labgpu proxy")]
     UpdateRefused { field: String },
-    #[error("build context {0:?} would be fetched with the Docker daemon's (root's) ssh credentials; clone it yourself and build from the directory")]
+    #[error("build context {0:?} would be fetched by the Docker daemon as root, with root's credentials and the host's network; clone or download it yourself and build from the directory")]
     BuildRemote(String),
     #[error("container name {0:?} is not a valid container name or id")]
     BadContainerRef(String),
@@ -98,6 +100,7 @@ impl RuleError {
             | RuleError::BadField { .. }
             | RuleError::DuplicateKey { .. }
             | RuleError::BadFilters(_)
+            | RuleError::BadQuery(_)
             | RuleError::BadContainerRef(_)
             | RuleError::UnknownField { .. } => 400,
             _ => 403,

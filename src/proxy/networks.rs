@@ -10,13 +10,14 @@ use hyper::{Request, Response, StatusCode};
 use serde_json::{Map, Value};
 
 use super::body::{full, read_json, with_json, with_uri, Body, MAX_DF_BODY, MAX_JSON_BODY};
+use super::containers::{pin_links, ref_list, ENDPOINT};
 use super::error::{ProxyError, RuleError};
 use super::request::{
-    as_object_mut, canonicalize, check_fields, merge_owner_filter, str_of, valid_container_ref,
-    Field, UserCtx,
+    as_object_mut, check_fields, merge_owner_filter, str_of, valid_container_ref, Field, UserCtx,
 };
 use super::server::Call;
 use super::upstream::{access, forward, inspect_object, owned_container, Access};
+use std::collections::BTreeMap;
 
 use Field::{Checked, Free, Refused};
 
@@ -186,35 +187,73 @@ pub fn rewrite_network_create(body: &mut Value, ctx: &UserCtx) -> Result<(), Rul
     Ok(())
 }
 
-/// `POST /networks/{id}/connect|disconnect`: the container must be the caller's.
+/// `POST /networks/{id}/connect|disconnect`: the container must be the caller's, and the
+/// endpoint settings obey the create rules (no driver options; links only to the caller's
+/// containers, pinned to their ids).
 async fn member(call: &Call<'_>, req: Request<Body>) -> Result<Response<Body>, ProxyError> {
     let (parts, body) = req.into_parts();
     let mut v = read_json(body, MAX_JSON_BODY).await?;
-    let member = network_member(&mut v)?;
+    let (member, links) = network_member(&mut v)?;
     let full_id = owned_container(call.state, call.ctx, &member).await?;
-    set_network_member(&mut v, &full_id);
+    let mut owned = BTreeMap::new();
+    for name in links {
+        let id = owned_container(call.state, call.ctx, &name).await?;
+        owned.insert(name, id);
+    }
+    set_network_member(&mut v, &full_id, &owned)?;
     forward(call.state, with_json(parts, &v)).await
 }
 
-/// `POST /networks/{id}/connect|disconnect`: the container named in the body.
-pub fn network_member(body: &mut Value) -> Result<String, RuleError> {
+/// `network.ConnectOptions` / `DisconnectOptions`.
+const MEMBER: &[(&str, Field)] = &[
+    ("Container", Checked),
+    ("EndpointConfig", Checked),
+    ("Force", Free),
+];
+
+/// The container a connect/disconnect body names, and the containers its endpoint links to.
+pub fn network_member(body: &mut Value) -> Result<(String, Vec<String>), RuleError> {
     let obj = as_object_mut(body, "body")?.ok_or(RuleError::BadField {
         field: "body".into(),
         expected: "an object",
     })?;
-    canonicalize(obj, &["Container"])?;
+    check_fields(obj, MEMBER, "")?;
     let name = str_of(obj, "Container", "Container")?.to_string();
     if !valid_container_ref(&name) {
         return Err(RuleError::BadContainerRef(name));
     }
-    Ok(name)
+    let mut links = Vec::new();
+    if let Some(ep) = obj.get_mut("EndpointConfig") {
+        if let Some(ep) = as_object_mut(ep, "EndpointConfig")? {
+            check_fields(ep, ENDPOINT, "EndpointConfig")?;
+            links = ref_list(ep, "Links")?;
+        }
+    }
+    for l in &links {
+        if !valid_container_ref(l) {
+            return Err(RuleError::BadContainerRef(l.clone()));
+        }
+    }
+    Ok((name, links))
 }
 
-/// Replaces the body's container with its full id.
-pub fn set_network_member(body: &mut Value, id: &str) {
-    if let Some(obj) = body.as_object_mut() {
-        obj.insert("Container".into(), Value::String(id.to_string()));
+/// Replaces the body's container, and its links' containers, with their full ids.
+pub fn set_network_member(
+    body: &mut Value,
+    id: &str,
+    links: &BTreeMap<String, String>,
+) -> Result<(), RuleError> {
+    let Some(obj) = body.as_object_mut() else {
+        return Ok(());
+    };
+    obj.insert("Container".into(), Value::String(id.to_string()));
+    if let Some(Value::Array(l)) = obj
+        .get_mut("EndpointConfig")
+        .and_then(|e| e.get_mut("Links"))
+    {
+        pin_links(l, links)?;
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -259,10 +298,21 @@ mod tests {
 
     #[test]
     fn the_member_is_read_and_pinned() {
-        let mut body = json!({"container": "web", "EndpointConfig": {}});
-        assert_eq!(network_member(&mut body).unwrap(), "web");
-        set_network_member(&mut body, "abc");
+        let mut body =
+            json!({"container": "web", "EndpointConfig": {"Links": ["db:d"], "Aliases": ["w"]}});
+        let (name, links) = network_member(&mut body).unwrap();
+        assert_eq!((name.as_str(), links), ("web", vec!["db".to_string()]));
+        let owned = BTreeMap::from([("db".to_string(), "dbid".to_string())]);
+        set_network_member(&mut body, "abc", &owned).unwrap();
         assert_eq!(body["Container"], "abc");
+        assert_eq!(body["EndpointConfig"]["Links"], json!(["dbid:d"]));
         assert!(network_member(&mut json!({"Container": "../x"})).is_err());
+        // "Contaıner" is Container to Go 1.21+: two containers, refused.
+        let e = network_member(&mut json!({"Container": "mine", "Contaıner": "bobs"})).unwrap_err();
+        assert!(matches!(e, RuleError::DuplicateKey { .. }), "{e}");
+        let e = network_member(&mut json!({"Container": "c",
+            "EndpointConfig": {"DriverOpts": {"com.docker.network.endpoint.sysctls": "x"}}}))
+        .unwrap_err();
+        assert!(e.to_string().contains("DriverOpts"), "{e}");
     }
 }

@@ -50,6 +50,8 @@ pub struct UserCtx {
     pub image_prefixes: Vec<String>,
     /// The administrator's volumes the caller may mount read-write.
     pub writable_volumes: Vec<String>,
+    /// `[proxy] state_dir`: the records of whom each container was created for.
+    pub state_dir: PathBuf,
 }
 
 impl UserCtx {
@@ -96,6 +98,7 @@ pub fn user_ctx(policy: &Policy, name: &str) -> UserCtx {
         devices,
         gpu_dev_root: resolve_host(policy.gpus.dev_root.as_path()),
         image_prefixes: super::images::prefixes(&proxy.image_prefix, name),
+        state_dir: proxy.state_dir.0.clone(),
         writable_volumes: d
             .writable_volumes
             .iter()
@@ -194,13 +197,33 @@ pub fn merge_owner_filter(
 /// Go's encoding/json matches keys to struct fields case-insensitively, folding the Kelvin
 /// sign to k and the long s to s; the checks below must see what Docker will see.
 pub(super) fn fold(s: &str) -> String {
-    s.chars()
-        .map(|c| match c {
-            '\u{212A}' => 'k',
-            '\u{017F}' => 's',
-            c => c.to_lowercase().next().unwrap_or(c),
-        })
-        .collect()
+    s.chars().map(fold_char).collect()
+}
+
+/// One character as Go 1.21+'s encoding/json folds it (`foldRune`: the smallest rune of its
+/// case-fold orbit; ASCII letters upper-cased). So the Kelvin sign is K, the long s is S and
+/// the dotless ı is I: `"Contaıner"` is `Container` to dockerd. Older Go folded only K and S
+/// specially; treating ı as I as well only renames (or refuses, as a duplicate) a key an old
+/// dockerd would have ignored.
+fn fold_char(c: char) -> char {
+    if c.is_ascii() {
+        return c.to_ascii_uppercase();
+    }
+    let single = |mut it: std::iter::Peekable<std::vec::IntoIter<char>>| {
+        let first = it.next()?;
+        it.peek().is_none().then_some(first)
+    };
+    let lower = |c: char| single(c.to_lowercase().collect::<Vec<_>>().into_iter().peekable());
+    let upper = |c: char| single(c.to_uppercase().collect::<Vec<_>>().into_iter().peekable());
+    let orbit = [
+        Some(c),
+        lower(c),
+        upper(c),
+        upper(c).and_then(lower),
+        lower(c).and_then(upper),
+    ];
+    let smallest = orbit.into_iter().flatten().min().unwrap_or(c);
+    smallest.to_ascii_uppercase()
 }
 
 /// Renames keys of `obj` that Go would bind to one of `fields` to that field's exact name,
@@ -353,6 +376,7 @@ pub fn test_ctx() -> UserCtx {
         gpu_dev_root: PathBuf::from("/tmp/fake/dev"),
         image_prefixes: super::images::prefixes("{user}/", "alice"),
         writable_volumes: vec!["scratch".into()],
+        state_dir: PathBuf::from("/nonexistent/labgpu-state"),
     }
 }
 
@@ -361,6 +385,15 @@ mod tests {
     use super::*;
     use serde_json::json;
     use std::path::Path;
+
+    #[test]
+    fn keys_fold_as_go_does() {
+        assert_eq!(fold("Contaıner"), fold("Container"));
+        assert_eq!(fold("\u{212A}ernelMemory"), fold("kernelmemory"));
+        assert_eq!(fold("ReadOnly\u{017F}"), fold("readonlys"));
+        assert_ne!(fold("İmage"), fold("Image"));
+        assert_eq!(fold("HOSTCONFIG"), fold("HostConfig"));
+    }
 
     #[test]
     fn form_bodies_are_refused() {

@@ -6,6 +6,7 @@ use hyper::Method;
 use super::error::RuleError;
 use super::images::ImageRoute;
 use super::networks::NetworkRoute;
+use super::system::Listing;
 use super::volumes::VolumeRoute;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,9 +15,8 @@ pub enum Route {
     Forward,
     /// `POST /containers/create`: check and rewrite the body.
     Create,
-    /// `GET /containers/json`, `GET /events`, `POST /containers/prune`: forward with the
-    /// caller's owner label merged into `filters`.
-    Filtered,
+    /// `GET /containers/json`, `GET /events`, `POST /containers/prune`: only the caller's.
+    Listing(Listing),
     /// `GET /system/df`: forward, then drop other owners' containers from the answer.
     DiskUsage,
     /// `/containers/{id}/…`: the caller must own `id`; `rest` is what follows it.
@@ -107,16 +107,16 @@ pub fn classify(method: &Method, path: &str) -> Result<Route, RuleError> {
     let post = method == Method::POST;
     match segs.as_slice() {
         ["_ping"] | ["version"] | ["info"] if get => Ok(Route::Forward),
-        ["containers", "json"] if get => Ok(Route::Filtered),
+        ["containers", "json"] if get => Ok(Route::Listing(Listing::Containers)),
         ["containers", "create"] if post => Ok(Route::Create),
-        ["containers", "prune"] if post => Ok(Route::Filtered),
+        ["containers", "prune"] if post => Ok(Route::Listing(Listing::Prune)),
         ["containers", id, rest @ ..] => Ok(Route::Container {
             id: id.to_string(),
             rest: rest.join("/"),
         }),
         ["exec", id, ..] => Ok(Route::Exec { id: id.to_string() }),
         ["commit"] if post => Ok(Route::Commit),
-        ["events"] if get => Ok(Route::Filtered),
+        ["events"] if get => Ok(Route::Listing(Listing::Events)),
         ["system", "df"] if get => Ok(Route::DiskUsage),
         ["build"] if post => Ok(Route::Build),
         ["build", "prune" | "cancel"] if post => Ok(Route::Forward),
@@ -217,7 +217,7 @@ mod tests {
             "/v1.41/containers/json",
             "/v1.24/events",
         ] {
-            assert_eq!(c(Method::GET, p), Ok(Route::Filtered), "{p}");
+            assert!(matches!(c(Method::GET, p), Ok(Route::Listing(_))), "{p}");
         }
         assert_eq!(
             c(Method::POST, "/v1.41/containers/create"),
@@ -225,7 +225,7 @@ mod tests {
         );
         assert_eq!(
             c(Method::POST, "/v1.41/containers/prune"),
-            Ok(Route::Filtered)
+            Ok(Route::Listing(Listing::Prune))
         );
         assert_eq!(
             c(Method::POST, "/v1.41/containers/abc/attach"),

@@ -20,7 +20,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tracing::{info, warn};
 
 use super::body::{box_err, drain_upload, full, Body, SharedBody};
-use super::error::ProxyError;
+use super::error::{ProxyError, RuleError};
 use super::identity::{self, Caller};
 use super::request::{check_content_types, user_ctx, UserCtx};
 use super::routes::{self, Route};
@@ -256,6 +256,11 @@ async fn route(
             .iter()
             .map(|v| v.to_str().unwrap_or("invalid")),
     )?;
+    // Go before 1.17 (dockerd up to about 20.10.14) also splits a query at ';': what this
+    // proxy reads as one value it would read as two parameters. No client sends a raw ';'.
+    if req.uri().query().is_some_and(|q| q.contains(';')) {
+        return Err(RuleError::BadQuery("a raw ';' (escape it as %3B)".into()).into());
+    }
     let path = req.uri().path().to_string();
     let call = Call {
         state,
@@ -268,7 +273,7 @@ async fn route(
     };
     match routes::classify(req.method(), &call.path)? {
         Route::Forward => forward(state, req).await,
-        Route::Filtered => system::filtered(&call, req).await,
+        Route::Listing(what) => system::filtered(&call, what, req).await,
         Route::DiskUsage => system::disk_usage(&call, req).await,
         Route::Container { id, rest } => containers::by_id(&call, &id, &rest, req).await,
         Route::Create => containers::create(&call, req).await,

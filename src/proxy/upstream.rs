@@ -117,13 +117,32 @@ pub async fn owned_container(
             ))
         }
     }
-    if !super::containers::owned_by(&v, &ctx.owner_label, &ctx.name) {
-        return Err(ProxyError::NotYours(name_or_id.to_string()));
-    }
-    v.get("Id")
+    let id = v
+        .get("Id")
         .and_then(Value::as_str)
         .map(str::to_string)
-        .ok_or_else(|| upstream_error(status, format!("inspect of container {name_or_id:?}"), &v))
+        .ok_or_else(|| {
+            upstream_error(status, format!("inspect of container {name_or_id:?}"), &v)
+        })?;
+    // The label is a copy for Docker's filters (and an image can carry it into a build
+    // step's container); the proxy's record of whom it created the container for decides.
+    if !super::containers::owned_by(&v, &ctx.owner_label, &ctx.name)
+        || !recorded_for(ctx, &id).await
+    {
+        return Err(ProxyError::NotYours(name_or_id.to_string()));
+    }
+    Ok(id)
+}
+
+/// Whether the proxy recorded creating container `id` for the caller.
+pub async fn recorded_for(ctx: &UserCtx, id: &str) -> bool {
+    let (dir, id) = (ctx.state_dir.clone(), id.to_string());
+    let owner = tokio::task::spawn_blocking(move || crate::records::recorded_owner(&dir, &id))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .flatten();
+    owner.as_deref() == Some(ctx.name.as_str())
 }
 
 /// Whose a volume or network is to the caller, from its owner label.

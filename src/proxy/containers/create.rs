@@ -144,8 +144,9 @@ const HOST_CONFIG: &[(&str, Field)] = &[
 
 const NETWORKING_CONFIG: &[(&str, Field)] = &[("EndpointsConfig", Checked)];
 
-/// `network.EndpointSettings`, one per network the container joins at create.
-const ENDPOINT: &[(&str, Field)] = &[
+/// `network.EndpointSettings`, one per network the container joins at create (and the
+/// `EndpointConfig` of `network connect`).
+pub(in crate::proxy) const ENDPOINT: &[(&str, Field)] = &[
     ("IPAMConfig", Free),
     ("Links", Checked),
     ("Aliases", Free),
@@ -273,7 +274,10 @@ pub fn create_container_refs(body: &mut Value) -> Result<Vec<ContainerRef>, Rule
 }
 
 /// The container names of a `name[:suffix]` list (`VolumesFrom`, `Links`).
-fn ref_list(obj: &Map<String, Value>, field: &'static str) -> Result<Vec<String>, RuleError> {
+pub(in crate::proxy) fn ref_list(
+    obj: &Map<String, Value>,
+    field: &'static str,
+) -> Result<Vec<String>, RuleError> {
     array_of(obj, field, field)?
         .iter()
         .map(|v| {
@@ -347,6 +351,7 @@ pub fn rewrite_create(
     let refs = create_container_refs(body)?;
     let top = body_object(body)?;
     stamp_owner(top, ctx)?;
+    pin_endpoint_links(top, &resolved.containers)?;
     let hc = top
         .entry("HostConfig")
         .or_insert_with(|| Value::Object(Map::new()));
@@ -614,34 +619,67 @@ fn check_log_config(hc: &mut Map<String, Value>) -> Result<(), RuleError> {
     Ok(())
 }
 
-/// Replaces every reference to another container by the full id the server checked.
+/// Replaces every reference to another container by the full id the server checked, so a
+/// rename between the check and dockerd's lookup cannot swap in someone else's container.
 fn pin_refs(
     hc: &mut Map<String, Value>,
     refs: &[ContainerRef],
     owned: &BTreeMap<String, String>,
 ) -> Result<(), RuleError> {
-    let id_of = |name: &str| {
-        owned
-            .get(name)
-            .ok_or_else(|| RuleError::BadContainerRef(name.to_string()))
-    };
     for r in refs {
-        let id = id_of(&r.name)?;
-        // Links name their target by name (the alias defaults to it); checked, not rewritten.
-        if r.field == "VolumesFrom" || r.field == "Links" {
-            continue;
+        let id = id_of(owned, &r.name)?;
+        if matches!(r.field, "PidMode" | "IpcMode" | "NetworkMode" | "Cgroup") {
+            hc.insert(r.field.into(), Value::String(format!("container:{id}")));
         }
-        hc.insert(r.field.into(), Value::String(format!("container:{id}")));
     }
     if let Some(Value::Array(list)) = hc.get_mut("VolumesFrom") {
         for v in list.iter_mut() {
             let s = v.as_str().unwrap_or_default();
             let (name, mode) = s.split_once(':').map_or((s, None), |(n, m)| (n, Some(m)));
-            let id = id_of(name)?;
+            let id = id_of(owned, name)?;
             *v = Value::String(match mode {
                 Some(m) => format!("{id}:{m}"),
                 None => id.clone(),
             });
+        }
+    }
+    if let Some(Value::Array(links)) = hc.get_mut("Links") {
+        pin_links(links, owned)?;
+    }
+    Ok(())
+}
+
+fn id_of<'a>(owned: &'a BTreeMap<String, String>, name: &str) -> Result<&'a String, RuleError> {
+    owned
+        .get(name)
+        .ok_or_else(|| RuleError::BadContainerRef(name.to_string()))
+}
+
+/// `name[:alias]` becomes `<full id>:<alias>` (the alias defaults to the name).
+pub(in crate::proxy) fn pin_links(
+    links: &mut [Value],
+    owned: &BTreeMap<String, String>,
+) -> Result<(), RuleError> {
+    for v in links.iter_mut() {
+        let s = v.as_str().unwrap_or_default();
+        let (name, alias) = s.split_once(':').unwrap_or((s, s.trim_start_matches('/')));
+        *v = Value::String(format!("{}:{alias}", id_of(owned, name)?));
+    }
+    Ok(())
+}
+
+/// The per-network links of `NetworkingConfig`, pinned like `HostConfig.Links`.
+fn pin_endpoint_links(
+    top: &mut Map<String, Value>,
+    owned: &BTreeMap<String, String>,
+) -> Result<(), RuleError> {
+    let endpoints = top
+        .get_mut("NetworkingConfig")
+        .and_then(|n| n.get_mut("EndpointsConfig"))
+        .and_then(Value::as_object_mut);
+    for ep in endpoints.into_iter().flat_map(|e| e.values_mut()) {
+        if let Some(Value::Array(links)) = ep.get_mut("Links") {
+            pin_links(links, owned)?;
         }
     }
     Ok(())
@@ -830,7 +868,7 @@ mod tests {
         rewrite_with(&mut links, &owned).unwrap();
         assert_eq!(
             links["HostConfig"]["Links"],
-            json!(["/db:/web/db", "cache"])
+            json!(["d:/web/db", "c:cache"])
         );
 
         let mut bad = json!({"HostConfig": {"IpcMode": "container:../x"}});

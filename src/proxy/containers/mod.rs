@@ -15,11 +15,12 @@ mod mounts;
 mod storage;
 
 pub use create::{create_container_refs, rewrite_create, ContainerRef, Resolved};
+pub(in crate::proxy) use create::{pin_links, ref_list, ENDPOINT};
 
 use super::archive;
 use super::body::{full, read_json, with_json, with_uri, Body, MAX_JSON_BODY};
 use super::error::{ProxyError, RuleError};
-use super::request::{as_object_mut, canonicalize};
+use super::request::{as_object_mut, canonicalize, set_query_param};
 use super::server::{Call, State};
 use super::upstream::{delete, forward, get_json, owned_container};
 use super::{networks, volumes};
@@ -198,12 +199,15 @@ pub async fn by_id(
     } else {
         format!("{}/containers/{full_id}/{rest}", call.prefix)
     };
-    let req = with_uri(req, &path, call.query.as_deref())?;
     if rest == "archive" && req.method() == Method::PUT {
         archive::check_query(call.query.as_deref())?;
+        // Absent means false to dockerd: set it, so a directory is never replaced by a file.
+        let q = set_query_param(call.query.as_deref(), "noOverwriteDirNonDir", "true");
+        let req = with_uri(req, &path, Some(&q))?;
         let owner = archive::owner_of(call.policy, &call.ctx.name, call.uid).await?;
         return put_archive(call.state, req, owner).await;
     }
+    let req = with_uri(req, &path, call.query.as_deref())?;
     if rest == "update" && req.method() == Method::POST {
         let (parts, body) = req.into_parts();
         let mut v = read_json(body, MAX_JSON_BODY).await?;

@@ -210,6 +210,22 @@ fn check_volume_options(m: &mut Map<String, Value>, path: &str) -> Result<(), Ru
     check_driver(driver, &options)
 }
 
+/// A fully qualified CDI device name: `vendor.com/class=name`.
+fn is_cdi_name(s: &str) -> bool {
+    let Some((kind, name)) = s.split_once('=') else {
+        return false;
+    };
+    let Some((vendor, class)) = kind.split_once('/') else {
+        return false;
+    };
+    let part = |p: &str, extra: &[char]| {
+        p.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || extra.contains(&c))
+    };
+    part(vendor, &['.']) && part(class, &[]) && part(name, &['.', ':'])
+}
+
 /// `HostConfig.Devices`: GPU nodes are left to the runtime (it keeps the caller's own and
 /// drops the rest); other host devices must be in the caller's `devices`.
 pub fn check_devices(
@@ -235,9 +251,18 @@ pub fn check_devices(
             &path,
         )?;
         let host = str_of(d, "PathOnHost", "Devices.PathOnHost")?;
-        // CDI names (nvidia.com/gpu=0) are the runtime's to sort out.
-        if !host.starts_with('/') {
+        // CDI names (nvidia.com/gpu=0) are the runtime's to sort out; any other relative
+        // path dockerd would resolve against its working directory.
+        if is_cdi_name(host) {
             continue;
+        }
+        if !host.starts_with('/') {
+            return Err(RuleError::ValueRefused {
+                field: format!("{path}.PathOnHost"),
+                value: host.to_string(),
+                reason: "a device is an absolute host path or a CDI name (vendor.com/class=name)"
+                    .into(),
+            });
         }
         let resolved = resolve(Path::new(host));
         let is_gpu_node = resolved

@@ -63,7 +63,7 @@ const BUILD_QUERY: &[(&str, Field)] = &[
     ("buildargs", Free),
     ("shmsize", Free),
     ("squash", Free),
-    ("labels", Free),
+    ("labels", Checked),
     ("networkmode", Checked),
     ("platform", Free),
     ("target", Free),
@@ -95,7 +95,8 @@ pub fn check_build(query: Option<&str>, ctx: &UserCtx) -> Result<(), RuleError> 
         let field = || format!("build option {k}");
         match rule {
             None => return Err(RuleError::UnknownField { field: field() }),
-            Some(Field::Refused(reason)) if !v.is_empty() && v != "0" && v != "false" => {
+            // Only the empty value: dockerd reads `cgroupparent=false` as a path.
+            Some(Field::Refused(reason)) if !v.is_empty() => {
                 return Err(RuleError::FieldRefused {
                     field: field(),
                     reason,
@@ -125,16 +126,11 @@ fn check_build_value(k: &str, v: &str, ctx: &UserCtx) -> Result<(), RuleError> {
         "networkmode" if v.starts_with("container:") => Err(refused(
             "build steps cannot join another container's network",
         )),
-        // dockerd clones git contexts as root: over ssh that is root's keys. BuildKit reads
-        // the context from the caller's session ("client-session"), and is refused anyway.
-        "remote"
-            if !v.is_empty()
-                && !["http://", "https://", "git://", "github.com/"]
-                    .iter()
-                    .any(|p| v.starts_with(p)) =>
-        {
-            Err(RuleError::BuildRemote(v.to_string()))
-        }
+        // dockerd fetches a remote context itself, as root from the host's network: a git
+        // clone uses root's ssh keys and git credentials, a URL reaches whatever the host
+        // reaches. Users send the context (clone or download it first).
+        "remote" if !v.is_empty() => Err(RuleError::BuildRemote(v.to_string())),
+        "labels" => check_no_owner_label(v, &ctx.owner_label),
         "t" if !names::is_under(v, &ctx.image_prefixes) => {
             Err(super::name_refused(v, &ctx.image_prefixes))
         }
@@ -145,6 +141,21 @@ fn check_build_value(k: &str, v: &str, ctx: &UserCtx) -> Result<(), RuleError> {
         "isolation" if !matches!(v, "" | "default") => Err(refused("it is for Windows containers")),
         _ => Ok(()),
     }
+}
+
+/// Build `labels` (a JSON map) must not name an owner: a container the proxy did not create
+/// has none, whatever its image says, but the label would still show in listings.
+fn check_no_owner_label(labels: &str, key: &str) -> Result<(), RuleError> {
+    let map: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(labels).map_err(|e| RuleError::BadJson(e.to_string()))?;
+    if map.keys().any(|k| k == key) {
+        return Err(RuleError::ValueRefused {
+            field: "build option labels".into(),
+            value: key.to_string(),
+            reason: "the owner label is the proxy's to set".into(),
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -162,8 +173,16 @@ mod tests {
         assert!(check_build(Some("cgroupparent=%2Fsystem.slice"), &ctx()).is_err());
         assert!(check_build(Some("networkmode=host"), &ctx()).is_err());
         assert!(check_build(Some("networkmode=container%3Aabc"), &ctx()).is_err());
-        check_build(Some("remote=https%3A%2F%2Fgithub.com%2Fa%2Fb.git"), &ctx()).unwrap();
-        check_build(Some("remote=github.com%2Fa%2Fb"), &ctx()).unwrap();
+        for remote in [
+            "https%3A%2F%2Fgithub.com%2Fa%2Fb.git",
+            "github.com%2Fa%2Fb",
+            "http%3A%2F%2F169.254.169.254%2F",
+        ] {
+            assert!(check_build(Some(&format!("remote={remote}")), &ctx()).is_err());
+        }
+        assert!(check_build(Some("cgroupparent=false"), &ctx()).is_err());
+        assert!(check_build(Some("labels=%7B%22labgpu.user%22%3A%22bob%22%7D"), &ctx()).is_err());
+        check_build(Some("labels=%7B%22team%22%3A%22x%22%7D"), &ctx()).unwrap();
         assert!(matches!(
             check_build(Some("remote=client-session&version=2"), &ctx()),
             Err(RuleError::BuildKit)

@@ -75,6 +75,7 @@ pub async fn handle(
         }
         ImageRoute::Create => {
             check_create(query, prefixes)?;
+            check_changes(query, &call.ctx.owner_label)?;
             forward(call.state, req).await
         }
         ImageRoute::Load => {
@@ -103,8 +104,28 @@ pub async fn commit(call: &Call<'_>, req: Request<Body>) -> Result<Response<Body
     if !repo.is_empty() && !names::is_under(&repo, &call.ctx.image_prefixes) {
         return Err(name_refused(&repo, &call.ctx.image_prefixes).into());
     }
+    check_changes(query, &call.ctx.owner_label)?;
     let q = set_query_param(query, "container", &full_id);
     forward(call.state, with_uri(req, &call.path, Some(&q))?).await
+}
+
+/// `changes` (`commit --change`, `import --change`): Dockerfile instructions applied to the
+/// image; a `LABEL` naming the owner label is refused (it would ride along into every
+/// container made from the image, build steps included).
+fn check_changes(query: Option<&str>, owner_label: &str) -> Result<(), RuleError> {
+    for (k, v) in query_pairs(query) {
+        if k == "changes"
+            && v.to_ascii_lowercase()
+                .contains(&owner_label.to_ascii_lowercase())
+        {
+            return Err(RuleError::ValueRefused {
+                field: "image change".into(),
+                value: v,
+                reason: "the owner label is the proxy's to set".into(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// `POST /images/create`: a pull (`fromImage`: registry content, any name) or an import
