@@ -117,6 +117,18 @@ pub struct ProxySection {
     /// `commit`, `import` and `load` may name images only under it.
     #[serde(default = "default_image_prefix")]
     pub image_prefix: String,
+    /// Connections one policy user may hold open at once (the administrator: unlimited).
+    #[serde(default = "default_max_connections")]
+    pub max_connections_per_user: usize,
+    /// Connections a uid that is not in the policy may hold open (it is refused anyway).
+    #[serde(default = "default_max_connections_unknown")]
+    pub max_connections_unknown: usize,
+    /// The largest JSON request body the proxy reads (create, update, connect, …).
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Bind mounts, volumes and tmpfs one container create may ask for.
+    #[serde(default = "default_max_mounts")]
+    pub max_mounts: usize,
 }
 
 impl Default for ProxySection {
@@ -127,8 +139,28 @@ impl Default for ProxySection {
             runtime: default_proxy_runtime(),
             state_dir: default_state_dir(),
             image_prefix: default_image_prefix(),
+            max_connections_per_user: default_max_connections(),
+            max_connections_unknown: default_max_connections_unknown(),
+            max_body_bytes: default_max_body_bytes(),
+            max_mounts: default_max_mounts(),
         }
     }
+}
+
+fn default_max_connections() -> usize {
+    64
+}
+
+fn default_max_connections_unknown() -> usize {
+    4
+}
+
+fn default_max_body_bytes() -> usize {
+    1 << 20
+}
+
+fn default_max_mounts() -> usize {
+    128
 }
 
 fn default_image_prefix() -> String {

@@ -82,6 +82,8 @@ pub enum RuntimeError {
         label: String,
         policy: PathBuf,
     },
+    #[error("labgpu failed while checking the container ({0}); it was not started. This is a bug: please report it")]
+    Panic(String),
     #[error("updating device rules of a running container is not allowed (linux.resources.devices in update)")]
     UpdateDevices,
     #[error("cannot read update resources from {what}: {source}")]
@@ -93,14 +95,25 @@ pub enum RuntimeError {
 
 /// Handles a runc subcommand and execs runc; returns only on failure, with the exit code.
 pub fn handle(argv: &[OsString], inv: &Invocation) -> i32 {
+    // A panic is a bug, and still a refusal: runc never runs a spec labgpu did not finish.
+    let prepared = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| prepare(argv, inv)));
     // exec_runc returns only if execve failed, which is a refusal like any other.
-    let err = match prepare(argv, inv) {
-        Ok(runc) => exec_runc(&runc, argv),
-        Err(e) => e,
+    let err = match prepared {
+        Ok(Ok(runc)) => exec_runc(&runc, argv),
+        Ok(Err(e)) => e,
+        Err(panic) => RuntimeError::Panic(panic_message(&panic)),
     };
     tracing::error!(subcommand = %inv.subcommand, error = %err, "refused");
     refusal::report(inv, &err.to_string());
     1
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
 }
 
 /// Everything `handle` does before it execs runc (policy, owner, inventory, spec rewrite and

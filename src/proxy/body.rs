@@ -18,7 +18,8 @@ use super::error::{ProxyError, RuleError};
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = BoxBody<Bytes, BoxError>;
 
-/// Request bodies the proxy reads (create, update, connect) are small JSON documents.
+/// JSON the proxy reads that no policy user sends (Docker's answers, the administrator's
+/// creates); users' bodies are limited by `[proxy] max_body_bytes`.
 pub const MAX_JSON_BODY: usize = 4 << 20;
 /// `docker system df` lists every image and container; still JSON, just bigger.
 pub const MAX_DF_BODY: usize = 64 << 20;

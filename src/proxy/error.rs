@@ -35,6 +35,8 @@ pub enum RuleError {
     BadFilters(String),
     #[error("the query string has {0}")]
     BadQuery(String),
+    #[error("checking the request took longer than {0:?}")]
+    Deadline(std::time::Duration),
     #[error("privileged containers are not allowed for {user} (allow_privileged in {section})")]
     Privileged { user: String, section: String },
     #[error(

@@ -18,6 +18,7 @@ pub mod error;
 pub mod exec;
 pub mod identity;
 pub mod images;
+pub mod limits;
 pub mod networks;
 pub mod request;
 pub mod routes;

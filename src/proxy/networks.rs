@@ -9,7 +9,7 @@ use hyper::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use hyper::{Request, Response, StatusCode};
 use serde_json::{Map, Value};
 
-use super::body::{full, read_json, with_json, with_uri, Body, MAX_DF_BODY, MAX_JSON_BODY};
+use super::body::{full, read_json, with_json, with_uri, Body, MAX_DF_BODY};
 use super::containers::{pin_links, ref_list, ENDPOINT};
 use super::error::{ProxyError, RuleError};
 use super::request::{
@@ -80,7 +80,7 @@ pub async fn handle(
     match route {
         NetworkRoute::Create => {
             let (parts, body) = req.into_parts();
-            let mut v = read_json(body, MAX_JSON_BODY).await?;
+            let mut v = read_json(body, call.max_body()).await?;
             rewrite_network_create(&mut v, call.ctx)?;
             forward(call.state, with_json(parts, &v)).await
         }
@@ -192,7 +192,7 @@ pub fn rewrite_network_create(body: &mut Value, ctx: &UserCtx) -> Result<(), Rul
 /// containers, pinned to their ids).
 async fn member(call: &Call<'_>, req: Request<Body>) -> Result<Response<Body>, ProxyError> {
     let (parts, body) = req.into_parts();
-    let mut v = read_json(body, MAX_JSON_BODY).await?;
+    let mut v = read_json(body, call.max_body()).await?;
     let (member, links) = network_member(&mut v)?;
     let full_id = owned_container(call.state, call.ctx, &member).await?;
     let mut owned = BTreeMap::new();

@@ -22,6 +22,7 @@ use tracing::{info, warn};
 use super::body::{box_err, drain_upload, full, Body, SharedBody};
 use super::error::{ProxyError, RuleError};
 use super::identity::{self, Caller};
+use super::limits::{self, Connections, IdleTimeout, PolicyCache};
 use super::request::{check_content_types, user_ctx, UserCtx};
 use super::routes::{self, Route};
 use super::upstream::forward;
@@ -32,6 +33,8 @@ pub struct State {
     pub upstream: PathBuf,
     pub policy: PathBuf,
     pub proc_root: PathBuf,
+    pub policies: PolicyCache,
+    pub conns: Arc<Connections>,
 }
 
 pub async fn serve(opts: Options) -> anyhow::Result<()> {
@@ -40,6 +43,8 @@ pub async fn serve(opts: Options) -> anyhow::Result<()> {
         upstream: opts.upstream.clone(),
         policy: opts.policy.clone(),
         proc_root: PathBuf::from("/proc"),
+        policies: PolicyCache::default(),
+        conns: Arc::new(Connections::default()),
     });
     info!(
         listen = %opts.listen.display(),
@@ -157,15 +162,18 @@ async fn connection(state: Arc<State>, stream: UnixStream) {
             return;
         }
     };
-    let caller = if identity::is_admin(cred.uid(), cred.pid(), &state.proc_root) {
-        Caller::Admin
+    let uid = cred.uid();
+    let (caller, _slot) = if identity::is_admin(uid, cred.pid(), &state.proc_root) {
+        (Caller::Admin, None)
     } else {
-        let uid = cred.uid();
-        let passwd = tokio::task::spawn_blocking(move || identity::passwd_name(uid))
-            .await
-            .ok()
-            .flatten();
-        Caller::Uid { uid, passwd }
+        match admit(&state, uid).await {
+            Ok(admitted) => admitted,
+            Err(message) => {
+                // Cheap: one non-blocking write, then the descriptor is gone.
+                let _ = stream.try_write(&limits::refusal_bytes(&message));
+                return;
+            }
+        }
     };
     let caller = Arc::new(caller);
     let service = service_fn(move |req| {
@@ -179,6 +187,7 @@ async fn connection(state: Arc<State>, stream: UnixStream) {
     // copy_bidirectional carries them.
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
+        .header_read_timeout(limits::HEADER_TIMEOUT)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     if let Err(e) = conn.await {
@@ -186,12 +195,47 @@ async fn connection(state: Arc<State>, stream: UnixStream) {
     }
 }
 
+/// Counts a non-administrator's connection against their limit: first the policy users'
+/// limit, before anything costs (a flood of connections is refused here, at accept), then,
+/// once the uid is known not to be a policy user, the small one for strangers.
+async fn admit(state: &State, uid: u32) -> Result<(Caller, Option<limits::Slot>), String> {
+    let policy = state.policies.load(&state.policy).ok();
+    let proxy = policy
+        .as_ref()
+        .map(|p| p.proxy_or_default())
+        .unwrap_or_default();
+    let slot = state
+        .conns
+        .open(uid, proxy.max_connections_per_user)
+        .map_err(|n| {
+            format!(
+                "uid {uid} has {n} connections open, the most {} allows",
+                "[proxy] max_connections_per_user"
+            )
+        })?;
+    let passwd = tokio::task::spawn_blocking(move || identity::passwd_name(uid))
+        .await
+        .ok()
+        .flatten();
+    let known = policy
+        .as_ref()
+        .is_some_and(|p| p.user_for_uid(uid, passwd.as_deref()).is_some());
+    if !known && state.conns.count(uid) > proxy.max_connections_unknown {
+        return Err(format!(
+            "uid {uid} is not a user in the policy and has {} connections open ([proxy] max_connections_unknown)",
+            state.conns.count(uid) - 1
+        ));
+    }
+    Ok((Caller::Uid { uid, passwd }, Some(slot)))
+}
+
 async fn handle(state: Arc<State>, caller: Arc<Caller>, req: Request<Incoming>) -> Response<Body> {
     let method = req.method().clone();
     let uri = req.uri().clone();
     let (parts, body) = req.into_parts();
     let slot = Arc::new(Mutex::new(Some(body)));
-    let req = Request::from_parts(parts, SharedBody(slot.clone()).map_err(box_err).boxed());
+    let body = IdleTimeout::new(SharedBody(slot.clone()).map_err(box_err), limits::BODY_IDLE);
+    let req = Request::from_parts(parts, body.boxed());
     match route(&state, &caller, req).await {
         Ok(resp) => resp,
         Err(e) => {
@@ -231,6 +275,16 @@ pub struct Call<'a> {
     pub query: Option<String>,
 }
 
+impl Call<'_> {
+    /// The largest JSON request body this caller's requests may have.
+    pub fn max_body(&self) -> usize {
+        self.policy
+            .proxy
+            .as_ref()
+            .map_or(1 << 20, |p| p.max_body_bytes)
+    }
+}
+
 async fn route(
     state: &State,
     caller: &Caller,
@@ -243,13 +297,19 @@ async fn route(
         }
         return forward(state, req).await;
     }
-    // Per request, so an edit to the policy applies to the next request, not the next login.
-    let policy = Policy::load(&state.policy)?;
+    // Per request, so an edit to the policy applies to the next request, not the next login
+    // (parsed only when it changed); the user's paths resolved off the async workers.
+    let policy = state.policies.load(&state.policy)?;
     let name = identity::policy_user(&policy, caller)?.to_string();
     let Caller::Uid { uid, .. } = *caller else {
         unreachable!("the administrator was forwarded above");
     };
-    let ctx = user_ctx(&policy, &name);
+    let ctx = {
+        let (policy, name) = (policy.clone(), name.clone());
+        tokio::task::spawn_blocking(move || user_ctx(&policy, &name))
+            .await
+            .map_err(|e| ProxyError::Body(e.to_string()))?
+    };
     check_content_types(
         req.headers()
             .get_all(CONTENT_TYPE)

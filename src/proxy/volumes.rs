@@ -56,7 +56,7 @@ pub async fn handle(
     match route {
         VolumeRoute::Create => {
             let (parts, body) = req.into_parts();
-            let mut v = read_json(body, MAX_JSON_BODY).await?;
+            let mut v = read_json(body, call.max_body()).await?;
             rewrite_volume_create(&mut v, call.ctx)?;
             let name = v
                 .get("Name")

@@ -290,6 +290,28 @@ pub(in crate::proxy) fn ref_list(
         .collect()
 }
 
+/// Refuses a body with more than `max` bind mounts, volumes and tmpfs mounts (each costs
+/// path resolution, and 100k of them are an attack on the proxy, not a container).
+pub fn check_mount_count(body: &Value, max: usize) -> Result<(), RuleError> {
+    let hc = body.get("HostConfig");
+    let len = |k: &str| {
+        hc.and_then(|h| h.get(k)).map_or(0, |v| match v {
+            Value::Array(a) => a.len(),
+            Value::Object(o) => o.len(),
+            _ => 0,
+        })
+    };
+    let n = len("Binds") + len("Mounts") + len("Tmpfs") + len("Devices");
+    if n > max {
+        return Err(RuleError::ValueRefused {
+            field: "mounts and devices".into(),
+            value: n.to_string(),
+            reason: format!("at most {max} per container ([proxy] max_mounts)"),
+        });
+    }
+    Ok(())
+}
+
 /// What the server looked up for a create: facts `rewrite_create` needs and cannot know.
 #[derive(Debug, Default, Clone)]
 pub struct Resolved {

@@ -20,6 +20,8 @@ pub(in crate::proxy) use create::{pin_links, ref_list, ENDPOINT};
 use super::archive;
 use super::body::{full, read_json, with_json, with_uri, Body, MAX_JSON_BODY};
 use super::error::{ProxyError, RuleError};
+use super::limits;
+use super::request::UserCtx;
 use super::request::{as_object_mut, canonicalize, set_query_param};
 use super::server::{Call, State};
 use super::upstream::{delete, forward, get_json, owned_container};
@@ -33,9 +35,11 @@ use crate::records;
 /// body is checked and rewritten.
 pub async fn create(call: &Call<'_>, req: Request<Body>) -> Result<Response<Body>, ProxyError> {
     let (parts, body) = req.into_parts();
-    let mut v = read_json(body, MAX_JSON_BODY).await?;
+    let mut v = read_json(body, call.max_body()).await?;
+    let max_mounts = call.policy.proxy_or_default().max_mounts;
+    create::check_mount_count(&v, max_mounts)?;
     let resolved = resolve_refs(call, &mut v).await?;
-    rewrite_create(&mut v, call.ctx, &resolved, &resolve_host)?;
+    let v = rewrite_off_workers(v, call.ctx.clone(), resolved).await?;
     let image = v.get("Image").and_then(|i| i.as_str()).unwrap_or("?");
     info!(user = %call.ctx.name, %image, "create");
     let resp = forward(call.state, with_json(parts, &v)).await?;
@@ -133,6 +137,23 @@ async fn record_created(
     Ok(Response::from_parts(parts, full(bytes)))
 }
 
+/// `rewrite_create` resolves host paths (symlink walks, perhaps on a slow network file
+/// system): on the blocking pool, within `limits::CHECK_DEADLINE`.
+async fn rewrite_off_workers(
+    mut v: Value,
+    ctx: UserCtx,
+    resolved: Resolved,
+) -> Result<Value, ProxyError> {
+    let work = tokio::task::spawn_blocking(move || {
+        rewrite_create(&mut v, &ctx, &resolved, &resolve_host).map(|()| v)
+    });
+    match tokio::time::timeout(limits::CHECK_DEADLINE, work).await {
+        Ok(Ok(result)) => Ok(result?),
+        Ok(Err(e)) => Err(ProxyError::Body(e.to_string())),
+        Err(_) => Err(RuleError::Deadline(limits::CHECK_DEADLINE).into()),
+    }
+}
+
 async fn resolve_refs(call: &Call<'_>, v: &mut Value) -> Result<Resolved, ProxyError> {
     let mut resolved = Resolved::default();
     for r in create_container_refs(v)? {
@@ -210,7 +231,7 @@ pub async fn by_id(
     let req = with_uri(req, &path, call.query.as_deref())?;
     if rest == "update" && req.method() == Method::POST {
         let (parts, body) = req.into_parts();
-        let mut v = read_json(body, MAX_JSON_BODY).await?;
+        let mut v = read_json(body, call.max_body()).await?;
         check_update(&mut v)?;
         return forward(call.state, with_json(parts, &v)).await;
     }
