@@ -308,6 +308,8 @@ fn proxy_over_real_sockets() {
         ),
     )
     .unwrap();
+    // The proxy's record that it created "mine" for nobody: ownership is the record's.
+    labgpu::records::record(&dir.path().join("state"), "mine-full", "nobody").unwrap();
     let seen = fake_dockerd(&dir.path().join("docker.sock"));
     let proxy = start_proxy(dir.path());
     let sock = proxy.socket.clone();
