@@ -213,7 +213,7 @@ case_refusals() {
 
 case_mounts() {
     local alice_uid home
-    alice_uid="$(id -u alice)"
+    alice_uid="$(lg_uid alice)"
     home="$(lg_home alice)"
     local script='id -u; grep -E " /(workspace|workspace/data|data) " /proc/mounts | cut -d" " -f2;
         touch /workspace/.labgpu-e2e-owned /workspace/data/.labgpu-e2e-owned 2>&1; true'
@@ -227,7 +227,7 @@ case_mounts() {
         rm -f "$home/.labgpu-e2e-owned"
     fi
     if expect_run_ok run-u0-group-add-alice "${A[@]}" -u 0 --group-add 0 "$I" id; then
-        expect_eq run-u0-group-add-alice "uid=$alice_uid(alice) gid=$(id -g alice)(alice)" "$RUN_OUT"
+        expect_eq run-u0-group-add-alice "uid=$alice_uid(alice) gid=$(lg_gid alice)(alice)" "$RUN_OUT"
     fi
     # Host paths: symlinks and .. are resolved before the check; volumes backed by a bind are
     # checked as that bind; plain volumes, tmpfs, --init and the owner's own subdirs are fine.
@@ -240,7 +240,7 @@ case_mounts() {
         "type=volume,src=lg-bobvol,dst=/x,volume-opt=type=none,volume-opt=o=bind,volume-opt=device=$(lg_home bob)" "$I" true
     docker volume rm lg-bobvol >/dev/null 2>&1
     mkdir -p "$home/.labgpu-e2e-sub"
-    chown alice: "$home/.labgpu-e2e-sub"
+    chown "$(lg_user alice):" "$home/.labgpu-e2e-sub"
     expect_run_ok bind-own-subdir-alice "${A[@]}" -v "$home/.labgpu-e2e-sub:/x" "$I" ls -d /x && pass bind-own-subdir-alice
     rmdir "$home/.labgpu-e2e-sub"
     if expect_run_ok named-volume-bob "${B[@]}" -v lg-vol:/v "$I" sh -c 'echo hi >/v/f && cat /v/f'; then
@@ -261,7 +261,7 @@ case_mounts() {
 
 case_exec() {
     local ca cb alice_uid
-    alice_uid="$(id -u alice)"
+    alice_uid="$(lg_uid alice)"
     ca="$(docker run -d --runtime "$RT" "${A[@]}" "$I" sleep 1000 2>&1)" || {
         fail exec-setup "docker run -d as alice: $ca"
         return
@@ -360,7 +360,7 @@ state_is() { # name, container, want
 
 case_passthrough() {
     local c alice_uid
-    alice_uid="$(id -u alice)"
+    alice_uid="$(lg_uid alice)"
     c="$(docker run -d --runtime "$RT" "${A[@]}" --name lg-pass "$I" sh -c 'echo hello-from-alice; exec sleep 1000' 2>&1)" || {
         fail passthrough-run "$c"
         return

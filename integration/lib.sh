@@ -4,8 +4,8 @@
 # Everything a run creates lives in one temp dir, $LG_TMP (/tmp/labgpu-e2e.XXXX), served by a
 # private dockerd (own data root, exec root, socket, pid file, containerd). Nothing here reads
 # or writes /var/lib/docker, /etc/docker or /var/run/docker.sock, or talks to a system dockerd.
-# Host state that outlives a run: packages installed if missing, and the test users
-# alice/bob/carol (created if missing, like `useradd -m`).
+# Host state that outlives a run: packages installed if missing. The policy users alice, bob
+# and carol are host accounts made for the run (lg_user) and removed with their homes at its end.
 #
 # Knobs (environment):
 #   LABGPU_E2E_SKIP_BUILD=1  use the existing target/release/labgpu instead of `cargo build`
@@ -21,6 +21,7 @@ LG_IMAGE="labgpu-test:latest"
 LG_RUNTIME="${LABGPU_E2E_RUNTIME:-labgpu}"
 LG_TIMEOUT="${LABGPU_E2E_TIMEOUT:-60}"
 LG_TMP=""
+LG_RUN_ID=""
 LG_SOCK=""
 LG_DOCKERD_PID=""
 LG_CONTAINERD_PID=""
@@ -104,6 +105,8 @@ lg_build() {
 lg_mktmp() {
     LG_TMP="$(mktemp -d "${1:-/tmp/labgpu-e2e}.XXXX")"
     chmod 755 "$LG_TMP"
+    # Lower-case hex: part of the host account names (useradd's default NAME_REGEX).
+    LG_RUN_ID="$(printf '%s' "$LG_TMP" | sha256sum | cut -c1-6)"
     LG_SOCK="$LG_TMP/docker.sock"
     # The client's own config (credential helpers, contexts) stays out of the way.
     export DOCKER_CONFIG="$LG_TMP/cli"
@@ -123,27 +126,81 @@ lg_make_fake_gpus() {
     mknod -m 666 "$d/nvidia-uvm-tools" c 511 1
 }
 
-lg_home() { getent passwd "$1" | cut -d: -f6; }
+# The policy users alice, bob and carol (labels labgpu.user=alice, ...) are host accounts made
+# for this run, lgt-<run>-alice and so on: a real account that happens to be called alice is
+# never touched, and concurrent runs do not share (or delete) each other's. The policy pins
+# their uid/gid. Any other name (nobody) is the host account of that name.
+LG_TEST_USERS="alice bob carol"
+lg_user() {
+    case $1 in
+    alice | bob | carol)
+        [[ -n $LG_RUN_ID ]] || lg_die "lg_user $1 before lg_mktmp"
+        printf 'lgt-%s-%s\n' "$LG_RUN_ID" "$1"
+        ;;
+    *) printf '%s\n' "$1" ;;
+    esac
+}
+lg_uid() { id -u "$(lg_user "$1")"; }
+lg_gid() { id -g "$(lg_user "$1")"; }
+lg_home() { getent passwd "$(lg_user "$1")" | cut -d: -f6; }
 
-# alice, bob, carol: host users (created if missing), homes 0700; data dirs under $LG_TMP.
+# The GECOS field of the accounts this run makes: how teardown (and a later run, for a run
+# that was killed) tells them from anyone else's.
+lg_user_mark() { printf 'labgpu-test %s' "$1"; }
+
+# Test accounts whose run's temp dir is gone (a run killed with SIGKILL): removed.
+lg_reap_stale_users() {
+    local name gecos dir
+    while IFS=: read -r name gecos; do
+        [[ $name == lgt-* && $gecos == "labgpu-test /tmp/"* ]] || continue
+        dir="${gecos#labgpu-test }"
+        [[ -d $dir ]] && continue
+        lg_say "removing stale test account $name (its run $dir is gone)"
+        userdel -r "$name" >/dev/null 2>&1 || true
+    done < <(getent passwd | cut -d: -f1,5)
+}
+
+# useradd takes /etc/passwd's lock: a concurrent run may hold it for a moment.
+lg_useradd() {
+    local name="$1" i
+    for ((i = 0; i < 20; i++)); do
+        useradd -m -s /bin/sh -c "$(lg_user_mark "$LG_TMP")" "$name" 2>"$LG_TMP/useradd.err" && return 0
+        getent passwd "$name" >/dev/null && return 1
+        sleep 0.5
+    done
+    cat "$LG_TMP/useradd.err" >&2
+    return 1
+}
+
+# alice, bob, carol: fresh host accounts, homes 0700; data dirs under $LG_TMP.
 lg_make_users() {
-    local u home
-    for u in alice bob carol; do
-        if ! id -u "$u" >/dev/null 2>&1; then
-            useradd -m -s /bin/sh "$u" || lg_die "useradd $u failed"
-        fi
+    local u name home
+    lg_reap_stale_users
+    for u in $LG_TEST_USERS; do
+        name="$(lg_user "$u")"
+        getent passwd "$name" >/dev/null && lg_die "host account $name exists and was not made by this run"
+        lg_useradd "$name" || lg_die "useradd $name failed"
         home="$(lg_home "$u")"
-        [[ -n $home && $home != / ]] || lg_die "user $u has no usable home ($home)"
-        mkdir -p "$home"
-        chown "$u:$(id -g "$u")" "$home"
+        [[ -n $home && $home != / && -d $home ]] || lg_die "account $name has no usable home ($home)"
         chmod 700 "$home"
     done
     for u in alice bob; do
         mkdir -p "$LG_TMP/data/$u"
-        chown "$u:$(id -g "$u")" "$LG_TMP/data/$u"
+        chown "$(lg_uid "$u"):$(lg_gid "$u")" "$LG_TMP/data/$u"
         chmod 700 "$LG_TMP/data/$u"
     done
     chmod 755 "$LG_TMP/data"
+}
+
+# The accounts lg_make_users made, homes included; only those carrying this run's mark.
+lg_remove_users() {
+    [[ -n $LG_RUN_ID ]] || return 0
+    local u name
+    for u in $LG_TEST_USERS; do
+        name="$(lg_user "$u")"
+        [[ $(getent passwd "$name" | cut -d: -f5) == "$(lg_user_mark "$LG_TMP")" ]] || continue
+        userdel -r "$name" >/dev/null 2>&1 || lg_say "warning: userdel -r $name failed"
+    done
 }
 
 # The test image: static busybox, one symlink per applet, passwd with root and the test users.
@@ -166,10 +223,10 @@ lg_make_image() {
         echo "root:x:0:"
         echo "nogroup:x:65534:"
     } >"$root/etc/group"
-    for u in alice bob carol; do
-        id -u "$u" >/dev/null 2>&1 || continue
-        echo "$u:x:$(id -u "$u"):$(id -g "$u")::/tmp:/bin/sh" >>"$root/etc/passwd"
-        echo "$u:x:$(id -g "$u"):" >>"$root/etc/group"
+    # Inside the image the accounts have their policy names, with the host ids.
+    for u in $LG_TEST_USERS; do
+        echo "$u:x:$(lg_uid "$u"):$(lg_gid "$u")::/tmp:/bin/sh" >>"$root/etc/passwd"
+        echo "$u:x:$(lg_gid "$u"):" >>"$root/etc/group"
     done
     tar -C "$root" --numeric-owner --owner=0 --group=0 -cf "$LG_TMP/rootfs.tar" . \
         || lg_die "tar of the test rootfs failed"
@@ -199,6 +256,8 @@ no_new_privileges = true
 run_as = "image"
 
 [users.alice]
+uid = $(lg_uid alice)
+gid = $(lg_gid alice)
 gpus = [0, 1]
 run_as = "owner"
 mounts = [
@@ -207,10 +266,14 @@ mounts = [
 ]
 
 [users.bob]
+uid = $(lg_uid bob)
+gid = $(lg_gid bob)
 gpus = [2]
 mounts = [ { source = "$LG_TMP/data/bob", destination = "/data" } ]
 
 [users.carol]
+uid = $(lg_uid carol)
+gid = $(lg_gid carol)
 gpus = []
 EOF
 }
@@ -396,19 +459,6 @@ lg_unmount_all() {
     done
 }
 
-# What the cases leave in alice's home: files named .labgpu-e2e-*, and the mount point runc
-# creates for /workspace/data inside the /workspace bind (root-owned, empty).
-lg_clean_homes() {
-    local home
-    home="$(lg_home alice 2>/dev/null)" || return 0
-    [[ -n $home && -d $home ]] || return 0
-    rm -f "$home"/.labgpu-e2e-* 2>/dev/null || true
-    rmdir "$home"/.labgpu-e2e-* 2>/dev/null || true
-    if [[ -d $home/data && $(stat -c %u "$home/data") == 0 ]]; then
-        rmdir "$home/data" 2>/dev/null || true
-    fi
-}
-
 # ---------------------------------------------------------------------------------------------
 # The whole environment
 
@@ -436,7 +486,7 @@ teardown_all() {
     lg_stop_dockerd
     lg_unmount_all
     [[ -f $LG_TMP/policy.toml ]] && lg_write_policy # a case may have left it broken
-    lg_clean_homes
+    lg_remove_users
     if [[ ${LABGPU_E2E_KEEP:-0} == 1 ]]; then
         lg_say "kept $LG_TMP (LABGPU_E2E_KEEP=1)"
     elif awk -v t="$LG_TMP" 'index($2, t) == 1 { found = 1 } END { exit !found }' /proc/mounts; then

@@ -21,7 +21,7 @@ LOAD_N="${LABGPU_PROXY_LOAD:-200}"
 as() {
     local u="$1"
     shift
-    timeout "$LG_TIMEOUT" runuser -u "$u" -- env -i PATH="$LG_SYS_PATH" HOME="$(lg_home "$u")" \
+    timeout "$LG_TIMEOUT" runuser -u "$(lg_user "$u")" -- env -i PATH="$LG_SYS_PATH" HOME="$(lg_home "$u")" \
         LANG=C.UTF-8 DOCKER_HOST="unix://$PSOCK" DOCKER_CONFIG="$LG_TMP/cli-$u" "$@"
 }
 # dk USER ARGS...: the docker CLI as USER, through the proxy.
@@ -56,7 +56,7 @@ start_proxy() {
     local u
     for u in alice bob carol; do
         mkdir -p "$LG_TMP/cli-$u"
-        chown "$u" "$LG_TMP/cli-$u"
+        chown "$(lg_user "$u")" "$LG_TMP/cli-$u"
     done
 }
 
@@ -276,17 +276,17 @@ case_streams() {
     local out
     # shellcheck disable=SC2016 # for the container's shell
     out="$( (sleep 2; printf 'echo pty-$((6*7))\n'; sleep 1; printf 'exit 3\n'; sleep 1) |
-        timeout 60 script -qec "$(printf '%q ' runuser -u alice -- env -i PATH="$LG_SYS_PATH" \
+        timeout 60 script -qec "$(printf '%q ' runuser -u "$(lg_user alice)" -- env -i PATH="$LG_SYS_PATH" \
             HOME=/tmp DOCKER_HOST="unix://$PSOCK" DOCKER_CONFIG="$LG_TMP/cli-alice" \
             "$LG_DOCKER_CLI" run -it --rm "$I" sh)" /dev/null 2>&1)"
     local rc=$?
     if [[ $out == *"pty-42"* && $rc == 3 ]]; then pass stream-run-it; else fail stream-run-it "rc $rc: $out"; fi
     # shellcheck disable=SC2016
     out="$( (sleep 1; printf 'echo exec-$((7*6)) $(id -u)\n'; sleep 1; printf 'exit\n'; sleep 1) |
-        timeout 60 script -qec "$(printf '%q ' runuser -u alice -- env -i PATH="$LG_SYS_PATH" \
+        timeout 60 script -qec "$(printf '%q ' runuser -u "$(lg_user alice)" -- env -i PATH="$LG_SYS_PATH" \
             HOME=/tmp DOCKER_HOST="unix://$PSOCK" DOCKER_CONFIG="$LG_TMP/cli-alice" \
             "$LG_DOCKER_CLI" exec -it pa1 sh)" /dev/null 2>&1)"
-    if [[ $out == *"exec-42 $(id -u alice)"* ]]; then pass stream-exec-it; else fail stream-exec-it "$out"; fi
+    if [[ $out == *"exec-42 $(lg_uid alice)"* ]]; then pass stream-exec-it; else fail stream-exec-it "$out"; fi
     # stdin to EOF, then output: the client's half-close has to reach the container.
     out="$(printf 'one\ntwo\n' | as alice "$LG_DOCKER_CLI" run -i --rm "$I" sh -c 'wc -l; echo done' 2>&1)"
     expect_eq stream-half-close "2
@@ -318,7 +318,7 @@ case_build() {
     local ctx="$LG_TMP/build"
     mkdir -p "$ctx"
     printf 'FROM %s\nRUN echo built-by-proxy > /built\nLABEL labgpu.user=bob\n' "$I" >"$ctx/Dockerfile"
-    chown -R alice "$ctx"
+    chown -R "$(lg_user alice)" "$ctx"
     if expect_ok build-legacy as alice env DOCKER_BUILDKIT=0 "$LG_DOCKER_CLI" build -q -t proxy-built "$ctx"; then
         pass build-legacy
         # The image's label does not make bob the owner of alice's container.
@@ -338,7 +338,7 @@ case_buildkit() {
     local ctx="$LG_TMP/build-bk"
     mkdir -p "$ctx"
     printf 'FROM %s\nRUN echo bk > /bk\n' "$I" >"$ctx/Dockerfile"
-    chown -R alice "$ctx"
+    chown -R "$(lg_user alice)" "$ctx"
     if expect_ok build-buildkit as alice env DOCKER_BUILDKIT=1 "$LG_DOCKER_CLI" build --progress plain --network none \
         -t proxy-bk "$ctx"; then
         pass build-buildkit
@@ -350,7 +350,7 @@ case_policy() {
     # broken policy stops users (503) but not the administrator.
     lg_policy_text | sed '/^\[users.carol\]/,$d' >"$LG_TMP/policy.toml.new"
     mv "$LG_TMP/policy.toml.new" "$LG_TMP/policy.toml"
-    expect_fail policy-user-removed "uid $(id -u carol) (carol) is not a user in" dk carol ps
+    expect_fail policy-user-removed "uid $(lg_uid carol) ($(lg_user carol)) is not a user in" dk carol ps
     lg_write_policy
     expect_ok policy-user-back dk carol ps && pass policy-user-back
     echo 'version = 1 [broken' >>"$LG_TMP/policy.toml"
