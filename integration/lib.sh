@@ -2,8 +2,9 @@
 # integration/lib.sh: helpers sourced by e2e.sh, demo.sh and capture-fixtures.sh.
 #
 # Everything a run creates lives in one temp dir, $LG_TMP (/tmp/labgpu-e2e.XXXX), served by a
-# private dockerd (own data root, exec root, socket, pid file, containerd). Nothing here reads
-# or writes /var/lib/docker, /etc/docker or /var/run/docker.sock, or talks to a system dockerd.
+# private dockerd (own data root, exec root, socket, pid file, containerd) in a network
+# namespace of its own. Nothing here reads or writes /var/lib/docker, /etc/docker or
+# /var/run/docker.sock, talks to a system dockerd, or touches the host's docker0 and iptables.
 # Host state that outlives a run: packages installed if missing. The policy users alice, bob
 # and carol are host accounts made for the run (lg_user) and removed with their homes at its end.
 #
@@ -25,6 +26,7 @@ LG_RUN_ID=""
 LG_SOCK=""
 LG_DOCKERD_PID=""
 LG_CONTAINERD_PID=""
+LG_NETNS_PID=""
 LG_DOCKER_CLI=""
 LG_RUN_DOCKER_EXISTED=1
 LG_SYS_PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -89,7 +91,7 @@ lg_find_cargo() {
 }
 
 lg_build() {
-    if [[ ${LABGPU_E2E_SKIP_BUILD:-0} == 1 ]]; then
+    if [[ ${LABGPU_E2E_SKIP_BUILD:-0} == 1 || -n ${LABGPU_E2E_BIN:-} ]]; then
         [[ -x $LG_BIN ]] || lg_say "warning: LABGPU_E2E_SKIP_BUILD=1 but $LG_BIN is missing"
         return 0
     fi
@@ -335,6 +337,19 @@ lg_storage_driver() {
     echo "$driver"
 }
 
+# The private daemons' network namespace. dockerd with --bridge=none deletes any "docker0"
+# it sees at start-up: in the host's namespace that would be a live system Docker's bridge.
+# The first daemon started gets a new namespace (loopback up), the second joins it; both exec,
+# so the pid is the daemon's. Nothing is mounted: the namespace goes with its last process.
+lg_netns_prefix() {
+    if [[ -n $LG_NETNS_PID ]] && kill -0 "$LG_NETNS_PID" 2>/dev/null; then
+        LG_NETNS_CMD=(nsenter "--net=/proc/$LG_NETNS_PID/ns/net" --)
+    else
+        # shellcheck disable=SC2016 # expanded by the inner sh
+        LG_NETNS_CMD=(unshare --net -- sh -c 'ip link set lo up 2>/dev/null; exec "$@"' sh)
+    fi
+}
+
 # A containerd of our own, for hosts where a system containerd listens on the default socket
 # (dockerd 20.10 would otherwise share it instead of supervising a private one).
 lg_start_containerd() {
@@ -352,10 +367,12 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 [debug]
   address = "$c/debug.sock"
 EOF
-    env -i PATH="$LG_SYS_PATH" HOME=/root ${LG_DAEMON_ENV[@]+"${LG_DAEMON_ENV[@]}"} \
+    lg_netns_prefix
+    "${LG_NETNS_CMD[@]}" env -i PATH="$LG_SYS_PATH" HOME=/root ${LG_DAEMON_ENV[@]+"${LG_DAEMON_ENV[@]}"} \
         containerd --config "$c/config.toml" \
         >"$LG_TMP/containerd.log" 2>&1 &
     LG_CONTAINERD_PID=$!
+    LG_NETNS_PID=$LG_CONTAINERD_PID
     local i
     for ((i = 0; i < 100; i++)); do
         [[ -S $c/containerd.sock ]] && return 0
@@ -385,11 +402,15 @@ lg_start_dockerd() {
     lg_say "starting dockerd (storage driver $driver) on $LG_SOCK"
     # A clean environment: dockerd copies its own into hooks it adds (--gpus), and nothing of
     # the caller's (DOCKER_HOST, proxies, ...) should reach containerd or the runtime.
-    env -i PATH="${extra_path:+$extra_path:}$LG_SYS_PATH" HOME=/root LANG=C.UTF-8 \
+    lg_netns_prefix
+    "${LG_NETNS_CMD[@]}" env -i PATH="${extra_path:+$extra_path:}$LG_SYS_PATH" HOME=/root LANG=C.UTF-8 \
         ${LG_DAEMON_ENV[@]+"${LG_DAEMON_ENV[@]}"} dockerd "${args[@]}" >"$LG_TMP/dockerd.log" 2>&1 &
     LG_DOCKERD_PID=$!
+    LG_NETNS_PID=$LG_DOCKERD_PID
     for ((i = 0; i < 120; i++)); do
         if timeout 5 "$LG_DOCKER_CLI" info >/dev/null 2>&1; then
+            [[ $(readlink "/proc/$LG_DOCKERD_PID/ns/net") != "$(readlink /proc/self/ns/net)" ]] ||
+                lg_die "the private dockerd runs in the host's network namespace"
             return 0
         fi
         kill -0 "$LG_DOCKERD_PID" 2>/dev/null || break
@@ -440,6 +461,7 @@ lg_stop_dockerd() {
         wait "$LG_CONTAINERD_PID" 2>/dev/null || true
         LG_CONTAINERD_PID=""
     fi
+    LG_NETNS_PID=""
     # Shims (and a supervised containerd) that outlived dockerd: only those naming $LG_TMP.
     local pid
     for pid in $(lg_our_pids); do
