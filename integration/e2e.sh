@@ -129,11 +129,11 @@ $RUN_OUT"; fi
         fi
     done
     # --gpus all: docker adds NVIDIA_VISIBLE_DEVICES and the (fake) nvidia hook; neither may act.
-    rm -f "$LG_TMP/hook-ran"
+    rm -f "$LG_HOOK_LOG"
     if expect_run_ok gpus-all-alice "${A[@]}" --gpus all "$I" sh -c "$LS_NVIDIA; env"; then
         local bad=""
         [[ $(nvidia_set "$RUN_OUT") == "$ALICE_DEVS" ]] || bad+="devices: $(nvidia_set "$RUN_OUT")"$'\n'
-        [[ -e $LG_TMP/hook-ran ]] && bad+="nvidia-container-runtime-hook ran: $(cat "$LG_TMP/hook-ran")"$'\n'
+        [[ -e $LG_HOOK_LOG ]] && bad+="nvidia-container-runtime-hook ran: $(cat "$LG_HOOK_LOG")"$'\n'
         printf '%s\n' "$RUN_OUT" | grep -qx 'NVIDIA_VISIBLE_DEVICES=void' || bad+="NVIDIA_VISIBLE_DEVICES is not void"$'\n'
         if [[ -z $bad ]]; then pass gpus-all-alice; else fail gpus-all-alice "$bad$RUN_OUT"; fi
     fi
@@ -200,8 +200,8 @@ case_refusals() {
         --security-opt "seccomp=$LG_TMP/seccomp-allow.json" "$I" true
     expect_refused refuse-systempaths "unconfined" "${B[@]}" --security-opt systempaths=unconfined "$I" true
     # A broken policy refuses every create, naming the file and the line.
-    lg_policy_text | sed '/^\[users.alice\]/a gpuz = [0]' >"$LG_TMP/policy.toml"
-    expect_refused refuse-broken-policy "$LG_TMP/policy.toml" "${A[@]}" "$I" true
+    lg_policy_text | sed '/^\[users.alice\]/a gpuz = [0]' >"$LG_POLICY"
+    expect_refused refuse-broken-policy "$LG_POLICY" "${A[@]}" "$I" true
     if [[ $RUN_ERR != *line* ]]; then
         fail refuse-broken-policy-line "message lacks 'line': $RUN_ERR"
     else
@@ -337,9 +337,9 @@ case_namespaces() {
     for f in mounts/shm:/dev/shm hosts:/etc/hosts; do
         dest="${f#*:}"
         expect_refused "bind-other-owner-${f%%:*}" "belongs to container $cb (bob)" "${C[@]}" \
-            -v "$LG_TMP/docker/containers/$cb/${f%%:*}:$dest" "$I" true
+            -v "$LG_DATA_ROOT/containers/$cb/${f%%:*}:$dest" "$I" true
         expect_run_ok "bind-same-owner-${f%%:*}" "${A[@]}" \
-            -v "$LG_TMP/docker/containers/$ca/${f%%:*}:$dest" "$I" true &&
+            -v "$LG_DATA_ROOT/containers/$ca/${f%%:*}:$dest" "$I" true &&
             pass "bind-same-owner-${f%%:*}"
     done
     docker rm -f "$ca" "$cb" >/dev/null 2>&1
@@ -422,7 +422,7 @@ write_cdi_fixture() {
         printf '  hooks:\n  - hookName: createContainer\n    path: %s/nvidia-cdi-hook\n    args: [nvidia-cdi-hook, update-ldcache]\n' "$d"
         printf '  mounts:\n  - hostPath: %s/libcuda.so.1\n    containerPath: /usr/lib/x86_64-linux-gnu/libcuda.so.1\n    options: [ro, nosuid, nodev, bind]\n' "$d"
     } >"$LG_TMP/cdi/nvidia.yaml"
-    lg_policy_text | sed "/^\[gpus\]/a cdi_spec = \"$LG_TMP/cdi/nvidia.yaml\"" >"$LG_TMP/policy.toml"
+    lg_policy_text | sed "/^\[gpus\]/a cdi_spec = \"$LG_TMP/cdi/nvidia.yaml\"" >"$LG_POLICY"
 }
 
 CDI_LS='cat /usr/lib/x86_64-linux-gnu/libcuda.so.1 2>&1; ls /usr/share/cdi 2>&1; echo "env=$CDI_FIXTURE"; grep libcuda /proc/self/mounts; true'
@@ -469,12 +469,12 @@ case_cdi() {
 }
 
 # labgpu verify against what dockerd runs: clean, then a --runtime runc bypass, then drift.
-VERIFY_ROOT() { printf '%s' "$LG_TMP/exec/runtime-runc/moby"; }
+VERIFY_ROOT() { printf '%s' "$LG_EXEC_ROOT/runtime-runc/moby"; }
 
 # run_verify: sets VERIFY_OUT and VERIFY_RC.
 run_verify() {
     VERIFY_RC=0
-    VERIFY_OUT="$("$LG_BIN" verify --policy "$LG_TMP/policy.toml" --root "$(VERIFY_ROOT)" 2>&1)" || VERIFY_RC=$?
+    VERIFY_OUT="$("$LG_BIN" verify --policy "$LG_POLICY" --root "$(VERIFY_ROOT)" 2>&1)" || VERIFY_RC=$?
 }
 
 case_verify() {
@@ -504,7 +504,7 @@ $VERIFY_OUT"
     docker rm -f lg-v-bypass >/dev/null
 
     # The admin takes GPU 1 from alice while her container runs.
-    lg_policy_text | sed 's/^gpus = \[0, 1\]$/gpus = [0]/' >"$LG_TMP/policy.toml"
+    lg_policy_text | sed 's/^gpus = \[0, 1\]$/gpus = [0]/' >"$LG_POLICY"
     run_verify
     if [[ $VERIFY_RC == 1 && $VERIFY_OUT == *"holds GPU 1, which the policy no longer grants its owner"* ]]; then
         pass verify-drift

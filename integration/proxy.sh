@@ -2,7 +2,8 @@
 # The identity proxy against real Docker: the private dockerd of lib.sh with the labgpu
 # runtime, `labgpu proxy` in front of it, and the real docker CLI run as host users alice,
 # bob and carol (never in the docker group; the proxy socket is all they get). Prints
-# `N passed, N failed`; exits 1 if any failed.
+# `N passed, N failed`; exits 1 if any failed. With LABGPU_E2E_SYSTEM_DOCKER=1 (the VM lane),
+# the system's dockerd and the running labgpu-proxy.service on /run/labgpu/docker.sock.
 #
 #   bash integration/proxy.sh             (as root; see lib.sh for the LABGPU_E2E_* knobs)
 #   LABGPU_E2E_ONLY='owner streams' bash integration/proxy.sh    run only these case groups
@@ -37,9 +38,39 @@ api() {
     as "$1" curl -sS --unix-socket "$PSOCK" -X "$2" -w '\n%{http_code}\n' "http://docker$3"
 }
 
+# The packaged unit, started by the caller (systemctl enable --now labgpu-proxy).
+use_system_proxy() {
+    PSOCK=/run/labgpu/docker.sock
+    systemctl is-active --quiet labgpu-proxy.service || lg_die "labgpu-proxy.service is not active"
+    PROXY_PID="$(systemctl show -p MainPID --value labgpu-proxy.service)"
+    [[ -S $PSOCK && $PROXY_PID != 0 ]] || lg_die "labgpu-proxy.service has no socket $PSOCK"
+}
+
+proxy_log_tail() {
+    if [[ $LG_SYSTEM_DOCKER == 1 ]]; then
+        journalctl -q -u labgpu-proxy.service -n "$1" --no-pager 2>&1
+    else
+        tail -n "$1" "$LG_TMP/proxy.log"
+    fi
+}
+
 start_proxy() {
+    if [[ $LG_SYSTEM_DOCKER == 1 ]]; then
+        use_system_proxy
+    else
+        start_own_proxy
+    fi
+    PROXY_FDS0="$(ls "/proc/$PROXY_PID/fd" | wc -l)"
+    local u
+    for u in alice bob carol; do
+        mkdir -p "$LG_TMP/cli-$u"
+        chown "$(lg_user "$u")" "$LG_TMP/cli-$u"
+    done
+}
+
+start_own_proxy() {
     PSOCK="$LG_TMP/proxy/docker.sock"
-    "$LG_BIN" proxy --listen "$PSOCK" --upstream "$LG_SOCK" --policy "$LG_TMP/policy.toml" \
+    "$LG_BIN" proxy --listen "$PSOCK" --upstream "$LG_SOCK" --policy "$LG_POLICY" \
         >"$LG_TMP/proxy.log" 2>&1 &
     PROXY_PID=$!
     local i
@@ -52,17 +83,11 @@ start_proxy() {
         cat "$LG_TMP/proxy.log" >&2
         lg_die "labgpu proxy did not start"
     }
-    PROXY_FDS0="$(ls "/proc/$PROXY_PID/fd" | wc -l)"
-    local u
-    for u in alice bob carol; do
-        mkdir -p "$LG_TMP/cli-$u"
-        chown "$(lg_user "$u")" "$LG_TMP/cli-$u"
-    done
 }
 
 proxy_teardown() {
     local rc=$?
-    if [[ -n $PROXY_PID ]]; then
+    if [[ -n $PROXY_PID && $LG_SYSTEM_DOCKER != 1 ]]; then
         kill -TERM "$PROXY_PID" 2>/dev/null || true
         wait "$PROXY_PID" 2>/dev/null || true
         if [[ -e $PSOCK ]]; then
@@ -135,7 +160,7 @@ case_owner() {
         fail owner-lowercase-keys "$out"
     fi
     out="$(api nobody GET /v1.41/containers/json 2>&1)"
-    if [[ $out == *'"message":"labgpu proxy: uid '*"is not a user in $LG_TMP/policy.toml"* && $out == *$'\n403' ]]; then
+    if [[ $out == *'"message":"labgpu proxy: uid '*"is not a user in $LG_POLICY"* && $out == *$'\n403' ]]; then
         pass owner-unknown-uid-json
     else
         fail owner-unknown-uid-json "$out"
@@ -333,27 +358,38 @@ case_build() {
 }
 
 case_buildkit() {
-    # BuildKit through /build?version=2 and the /session upgrade (h2c), as Docker 20.10's
-    # CLI does with DOCKER_BUILDKIT=1. --network none: the private dockerd has no bridge.
-    local ctx="$LG_TMP/build-bk"
+    local ctx="$LG_TMP/build-bk" cli
     mkdir -p "$ctx"
     printf 'FROM %s\nRUN echo bk > /bk\n' "$I" >"$ctx/Dockerfile"
     chown -R "$(lg_user alice)" "$ctx"
-    if expect_ok build-buildkit as alice env DOCKER_BUILDKIT=1 "$LG_DOCKER_CLI" build --progress plain --network none \
-        -t proxy-bk "$ctx"; then
-        pass build-buildkit
+    cli="$("$LG_DOCKER_CLI" version --format '{{.Client.Version}}' 2>/dev/null)"
+    if ((${cli%%.*} < 23)); then
+        # BuildKit through /build?version=2 and the /session upgrade (h2c), as Docker 20.10's
+        # CLI does with DOCKER_BUILDKIT=1. --network none: the private dockerd has no bridge.
+        if expect_ok build-buildkit as alice env DOCKER_BUILDKIT=1 "$LG_DOCKER_CLI" build --progress plain \
+            --network none -t proxy-bk "$ctx"; then
+            pass build-buildkit
+        fi
+    elif as alice "$LG_DOCKER_CLI" buildx version >/dev/null 2>&1; then
+        # CLI 23 and later build with BuildKit through buildx, which drives BuildKit's
+        # controller over /grpc: the administrator's only (its requests cannot be checked).
+        # Users build with DOCKER_BUILDKIT=0 (case_build).
+        expect_fail build-buildx-grpc-refused "only the administrator" \
+            as alice env DOCKER_BUILDKIT=1 "$LG_DOCKER_CLI" build --progress plain --network none -t proxy-bk "$ctx"
+    else
+        printf 'skip build-buildkit (docker CLI %s builds with BuildKit only through buildx, not installed)\n' "$cli"
     fi
 }
 
 case_policy() {
     # Read per request: a user taken out of the policy is refused on the next request, and a
     # broken policy stops users (503) but not the administrator.
-    lg_policy_text | sed '/^\[users.carol\]/,$d' >"$LG_TMP/policy.toml.new"
-    mv "$LG_TMP/policy.toml.new" "$LG_TMP/policy.toml"
+    lg_policy_text | sed '/^\[users.carol\]/,$d' >"$LG_POLICY.new"
+    mv "$LG_POLICY.new" "$LG_POLICY"
     expect_fail policy-user-removed "uid $(lg_uid carol) ($(lg_user carol)) is not a user in" dk carol ps
     lg_write_policy
     expect_ok policy-user-back dk carol ps && pass policy-user-back
-    echo 'version = 1 [broken' >>"$LG_TMP/policy.toml"
+    echo 'version = 1 [broken' >>"$LG_POLICY"
     expect_fail policy-broken "the proxy cannot use its policy" dk alice ps
     local names
     names="$(DOCKER_HOST="unix://$PSOCK" lg_docker ps -a --format '{{.Names}}' 2>&1 | grep -c .)"
@@ -365,7 +401,8 @@ case_policy() {
 case_keepalive() {
     local out
     out="$(as alice curl -sv --unix-socket "$PSOCK" http://docker/_ping http://docker/v1.41/version 2>&1)"
-    if [[ $out == *"Re-using existing connection"* && $out == *OK* && $out == *ApiVersion* ]]; then
+    # curl 7.88 says "Re-using existing connection", 8.14 "Re-using existing http: connection".
+    if [[ $out == *"Re-using existing "*connection* && $out == *OK* && $out == *ApiVersion* ]]; then
         pass keepalive-two-requests
     else
         fail keepalive-two-requests "$out"
@@ -411,7 +448,7 @@ case_cleanup() {
     # Owners can remove their own containers; the proxy is still alive and its fds settle.
     expect_ok cleanup-rm dk alice rm -f pa1 pa2 plog pwait pbuilt2 && pass cleanup-rm
     if kill -0 "$PROXY_PID" 2>/dev/null; then pass proxy-alive; else
-        fail proxy-alive "the proxy died: $(tail "$LG_TMP/proxy.log")"
+        fail proxy-alive "the proxy died: $(proxy_log_tail 10)"
     fi
     # Every attach, exec -it, logs -f and build stream of the run is over: back to the start.
     local i n
@@ -450,8 +487,8 @@ for c in ${LABGPU_E2E_ONLY:-$ALL_CASES}; do
 done
 if ((LG_FAILED)); then
     printf 'failed: %s\n' "${LG_FAILURES[@]}"
-    lg_say "proxy log: $LG_TMP/proxy.log (LABGPU_E2E_KEEP=1 keeps it)"
-    tail -n 20 "$LG_TMP/proxy.log" | sed 's/^/     | proxy: /'
+    [[ $LG_SYSTEM_DOCKER == 1 ]] || lg_say "proxy log: $LG_TMP/proxy.log (LABGPU_E2E_KEEP=1 keeps it)"
+    proxy_log_tail 20 | sed 's/^/     | proxy: /'
 fi
 lg_say "took $((SECONDS - START))s"
 print_summary
