@@ -97,37 +97,40 @@ case_device_flags() {
             fail device-flag-mem-bob "/dev/mem (c 1:1) should be absent and not readable: $RUN_OUT"
         fi
     fi
-    # --device-cgroup-rule 'c 195:* rwm': the cgroup must not grant r/w on others' GPUs.
-    # mknod fails anyway (no CAP_MKNOD; alice is not root), so the device cgroup is read too.
-    local u args want_ok deny
+    # --device-cgroup-rule 'c 195:* rwm': the kernel must refuse others' GPUs. Asked of the
+    # kernel, not of a cgroup file (devices.list is cgroup v1 only; on v2 runc attaches an eBPF
+    # program): with CAP_MKNOD granted for this case, root in the container makes a node per
+    # minor and opens it. An allowed node gets as far as the absent driver (ENXIO), a denied
+    # one stops at the device cgroup (EPERM). c 240:0 (no driver) stands for any other device:
+    # only a wildcard rule would let it open.
+    lg_policy_text | sed -e '/^\[users\.\(alice\|bob\)\]$/a capabilities = ["CAP_MKNOD"]' \
+        -e 's/^run_as = "owner"$/run_as = "image"/' >"$LG_POLICY"
+    # shellcheck disable=SC2016 # expanded by the container's shell
+    local probe='for n in 195:0 195:1 195:2 195:3 240:0; do
+        if ! e="$(mknod /tmp/n c "${n%:*}" "${n#*:}" 2>&1)"; then echo "$n mknod failed: $e"; continue; fi
+        e="$(cat /tmp/n 2>&1 >/dev/null)"
+        case $e in
+        *"No such device or address"*) echo "$n allowed" ;;
+        *"Operation not permitted"*) echo "$n denied" ;;
+        *) echo "$n $e" ;;
+        esac
+        rm -f /tmp/n
+    done'
+    local u args want
     for u in alice bob; do
-        if [[ $u == alice ]]; then args=("${A[@]}") want_ok="0 1" deny="2 3"; else args=("${B[@]}") want_ok="2" deny="0 1 3"; fi
-        # shellcheck disable=SC2016 # expanded by the container's shell
-        local script='cat /sys/fs/cgroup/devices/devices.list 2>&1; for m in 0 1 2 3; do
-            echo "== $m"; mknod /tmp/n$m c 195 $m 2>&1 && cat /tmp/n$m 2>&1; done; true'
+        if [[ $u == alice ]]; then
+            args=("${A[@]}")
+            want=$'195:0 allowed\n195:1 allowed\n195:2 denied\n195:3 denied\n240:0 denied'
+        else
+            args=("${B[@]}")
+            want=$'195:0 denied\n195:1 denied\n195:2 allowed\n195:3 denied\n240:0 denied'
+        fi
         if expect_run_ok "cgroup-rule-$u" "${args[@]}" --device-cgroup-rule 'c 195:* rwm' \
-            "$I" sh -c "$script"; then
-            local bad="" m list
-            list="$(printf '%s\n' "$RUN_OUT" | sed -n '/^== /q;p')"
-            local wild='^a |^c 195:\* [a-z]*[rw]|^c \*:\* [a-z]*[rw]'
-            if printf '%s\n' "$list" | grep -Eq "$wild"; then
-                bad+="device cgroup grants a wildcard: $(printf '%s\n' "$list" | grep -E "$wild" | tr '\n' ';')"$'\n'
-            fi
-            for m in $deny; do
-                if printf '%s\n' "$list" | grep -Eq "^c 195:$m [a-z]*[rw]"; then
-                    bad+="device cgroup grants c 195:$m"$'\n'
-                fi
-                if printf '%s\n' "$RUN_OUT" | sed -n "/^== $m\$/,/^== /p" | grep -q 'No such device or address'; then
-                    bad+="minor $m opened (ENXIO) through mknod"$'\n'
-                fi
-            done
-            for m in $want_ok; do
-                printf '%s\n' "$list" | grep -Eq "^c 195:$m [a-z]*r" || bad+="device cgroup lacks own GPU c 195:$m"$'\n'
-            done
-            if [[ -z $bad ]]; then pass "cgroup-rule-$u"; else fail "cgroup-rule-$u" "$bad--- container output:
-$RUN_OUT"; fi
+            "$I" sh -c "$probe"; then
+            expect_eq "cgroup-rule-$u" "$want" "$RUN_OUT"
         fi
     done
+    lg_write_policy
     # --gpus all: docker adds NVIDIA_VISIBLE_DEVICES and the (fake) nvidia hook; neither may act.
     rm -f "$LG_HOOK_LOG"
     if expect_run_ok gpus-all-alice "${A[@]}" --gpus all "$I" sh -c "$LS_NVIDIA; env"; then
