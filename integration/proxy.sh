@@ -358,7 +358,7 @@ case_build() {
 }
 
 case_buildkit() {
-    local ctx="$LG_TMP/build-bk" cli
+    local ctx="$LG_TMP/build-bk" cli out rc=0
     mkdir -p "$ctx"
     printf 'FROM %s\nRUN echo bk > /bk\n' "$I" >"$ctx/Dockerfile"
     chown -R "$(lg_user alice)" "$ctx"
@@ -373,11 +373,26 @@ case_buildkit() {
     elif as alice "$LG_DOCKER_CLI" buildx version >/dev/null 2>&1; then
         # CLI 23 and later build with BuildKit through buildx, which drives BuildKit's
         # controller over /grpc: the administrator's only (its requests cannot be checked).
-        # Users build with DOCKER_BUILDKIT=0 (case_build).
-        expect_fail build-buildx-grpc-refused "only the administrator" \
-            as alice env DOCKER_BUILDKIT=1 "$LG_DOCKER_CLI" build --progress plain --network none -t proxy-bk "$ctx"
+        # buildx then falls back to a BuildKit container of its own (which the proxy would
+        # refuse as privileged, and which cannot be pulled here): the build must fail, and the
+        # proxy must have refused /grpc. Users build with DOCKER_BUILDKIT=0 (case_build).
+        out="$(as alice env DOCKER_BUILDKIT=1 "$LG_DOCKER_CLI" build --progress plain --network none \
+            -t proxy-bk "$ctx" 2>&1)" || rc=$?
+        if ((rc == 0)); then
+            fail build-buildx-refused "a BuildKit build through buildx succeeded: $out"
+        elif ! proxy_log_tail 100 | grep -q "refused: the BuildKit gRPC API (/grpc).*$(lg_user alice)"; then
+            fail build-buildx-refused "no /grpc refusal for alice in the proxy's log; the build said: $out"
+        else
+            pass build-buildx-refused
+        fi
     else
         printf 'skip build-buildkit (docker CLI %s builds with BuildKit only through buildx, not installed)\n' "$cli"
+    fi
+    # The same, raw: the h2c upgrade to /grpc that buildx's docker driver makes.
+    out="$(as alice curl -sS --unix-socket "$PSOCK" -X POST -H 'Connection: Upgrade' -H 'Upgrade: h2c' \
+        -w '\n%{http_code}\n' http://docker/grpc 2>&1)"
+    if [[ $out == *"only the administrator"* && $out == *$'\n403' ]]; then pass build-grpc-refused; else
+        fail build-grpc-refused "$out"
     fi
 }
 
