@@ -7,8 +7,8 @@
 #   bash integration/run-tests.sh            (as root, for the e2e suites and the VM)
 #   LABGPU_SKIP_VM=1 bash integration/run-tests.sh    without the VM lane (quick local runs)
 #
-# LABGPU_SUMMARY_FILE=F appends each step's row to F (name, seconds, passed, failed, status;
-# tab-separated), for .ci/run's table.
+# LABGPU_SUMMARY_FILE=F appends each step's row to F (name|seconds|passed|failed|status; the
+# counts empty when the step has none), for .ci/run's table.
 set -uo pipefail
 
 # shellcheck source=integration/lib.sh
@@ -45,11 +45,11 @@ step() { # name, command...
     local p f
     read -r p f < <(counts "$log"; echo)
     rm -f "$log"
-    rows+=("$(printf '%s\t%s\t%s\t%s\t%s' "$name" "$((SECONDS - t0))" "${p:-}" "${f:-}" "$status")")
+    rows+=("$name|$((SECONDS - t0))|${p:-}|${f:-}|$status")
 }
 skip() { # name, why
     printf '\n=== %s: skipped (%s)\n' "$1" "$2"
-    rows+=("$(printf '%s\t0\t\t\tskipped' "$1")")
+    rows+=("$1|0|||skipped")
 }
 
 if cargo fmt --version >/dev/null 2>&1; then
@@ -74,7 +74,7 @@ fi
 echo
 echo "=== summary"
 for row in "${rows[@]}"; do
-    IFS=$'\t' read -r name secs p f status <<<"$row"
+    IFS='|' read -r name secs p f status <<<"$row"
     if [[ -n $p ]]; then result="$p passed, $f failed"; else result="$status"; fi
     printf '  %-11s %5s min  %s\n' "$name" "$(awk -v s="$secs" 'BEGIN { printf "%.1f", s / 60 }')" "$result"
     [[ -n ${LABGPU_SUMMARY_FILE:-} ]] && printf '%s\n' "$row" >>"$LABGPU_SUMMARY_FILE"
