@@ -27,9 +27,18 @@ T0=$SECONDS
 
 SHARE=""
 OUT=""
+CHILD=""
+TAIL=""
+# shellcheck disable=SC2317 # run by the trap
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
+    # build-image.sh and run.sh stop debootstrap and qemu on SIGTERM.
+    if [[ -n $CHILD ]]; then
+        kill -TERM "$CHILD" 2>/dev/null || true
+        wait "$CHILD" 2>/dev/null || true
+    fi
+    [[ -n $TAIL ]] && kill "$TAIL" 2>/dev/null
     [[ -n $SHARE ]] && rm -rf "$SHARE"
     [[ -n $OUT ]] && rm -f "$OUT"
     exit "$rc"
@@ -37,6 +46,18 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+
+# child CMD...: CMD in the background, waited for, so that a signal to this script reaches the
+# trap at once (bash runs traps only between foreground commands) and the trap can stop it;
+# SIGTERM also comes when this script is killed outright (parent-death signal).
+child() {
+    setpriv --pdeathsig TERM -- "$@" &
+    CHILD=$!
+    local rc=0
+    wait "$CHILD" || rc=$?
+    CHILD=""
+    return "$rc"
+}
 
 # --- the package, built on the host -----------------------------------------------------------
 deb="${LABGPU_VM_DEB:-}"
@@ -58,7 +79,9 @@ fi
 
 # --- the image --------------------------------------------------------------------------------
 t=$SECONDS
-IMAGE="$(bash "$VM_DIR/build-image.sh")" || vm_die "the image could not be built"
+OUT="$(mktemp /tmp/labgpu-vm-out.XXXX)"
+child bash "$VM_DIR/build-image.sh" >"$OUT" || vm_die "the image could not be built"
+IMAGE="$(tail -n 1 "$OUT")"
 image_s=$((SECONDS - t))
 
 # --- the share: the job, the .deb, the suites ---------------------------------------------------
@@ -66,11 +89,17 @@ SHARE="$(mktemp -d /tmp/labgpu-vm-share.XXXX)"
 cp "$deb" "$SHARE/"
 cp -r "$REPO/integration" "$SHARE/integration"
 cp "$VM_DIR/job.sh" "$SHARE/job.sh"
-OUT="$(mktemp /tmp/labgpu-vm-out.XXXX)"
 
 t=$SECONDS
-bash "$VM_DIR/run.sh" "$IMAGE" "$SHARE" "${LABGPU_VM_TIMEOUT:-1800}" 2>&1 | tee "$OUT"
-rc=${PIPESTATUS[0]}
+: >"$OUT"
+tail -n +1 -f "$OUT" &
+TAIL=$!
+rc=0
+child bash "$VM_DIR/run.sh" "$IMAGE" "$SHARE" "${LABGPU_VM_TIMEOUT:-1800}" >"$OUT" 2>&1 || rc=$?
+sleep 1 # tail's last lines
+kill "$TAIL" 2>/dev/null
+wait "$TAIL" 2>/dev/null
+TAIL=""
 vm_s=$((SECONDS - t))
 
 # --- what it took, what it found ----------------------------------------------------------------
