@@ -288,7 +288,7 @@ check "package is gone from dpkg" not_installed
 check "/usr/bin/labgpu removed" test ! -e /usr/bin/labgpu
 check "/etc/labgpu removed" test ! -e /etc/labgpu
 check "no runtimes.labgpu left in daemon.json" jqt '(.runtimes // {}) | has("labgpu") | not' "$cfg"
-check "default-runtime labgpu (ours) taken out" jqt 'has("default-runtime") | not' "$cfg"
+check "default-runtime labgpu (ours) reset to runc (a reload applies only keys the file sets)" jqt '."default-runtime" == "runc"' "$cfg"
 check "nvidia runtime and features still there" \
   jqt '.runtimes.nvidia.path == "nvidia-container-runtime" and .features.buildkit == true' "$cfg"
 if [ "$touch_log" = 1 ]; then

@@ -28,7 +28,7 @@ cat <<EOF
 
 ==========================================================================================
  labgpu demo: docker 20.10 on this host, four fake GPUs (/dev/nvidia0-3 under
- $LG_TMP/dev), policy $LG_TMP/policy.toml:
+ $LG_TMP/dev), policy $LG_POLICY:
    alice: GPUs 0, 1; runs as herself; $(lg_home alice) at /workspace
    bob:   GPU 2
    every container: 11 capabilities at most, no-new-privileges, no --privileged
@@ -61,7 +61,7 @@ say "alice's and bob's containers are clean; one started with --runtime runc and
 docker run -d --name demo-alice --runtime labgpu --label labgpu.user=alice $IMG sleep 600 >/dev/null
 docker run -d --name demo-bob --runtime labgpu --label labgpu.user=bob $IMG sleep 600 >/dev/null
 docker run -d --name demo-bypass --runtime runc --device "$LG_TMP/dev/nvidia2:/dev/nvidia2" $IMG sleep 600 >/dev/null
-show "$LG_BIN verify --policy $LG_TMP/policy.toml --root $LG_TMP/exec/runtime-runc/moby"
+show "$LG_BIN verify --policy $LG_POLICY --root $LG_EXEC_ROOT/runtime-runc/moby"
 docker rm -f demo-alice demo-bob demo-bypass >/dev/null
 
 say "labgpu's decision log"

@@ -15,15 +15,33 @@
 #   LABGPU_E2E_OWN_CONTAINERD=1  start a private containerd even if no system one is running
 #   LABGPU_E2E_TIMEOUT=60    seconds each docker command may take
 #   LABGPU_E2E_RUNTIME=runc  run the e2e cases under another runtime (to test the harness)
+#   LABGPU_E2E_SYSTEM_DOCKER=1  use the machine's own dockerd (/var/run/docker.sock) and the
+#                            installed /usr/bin/labgpu, registered as runtime "labgpu" (the .deb
+#                            does that), instead of a private dockerd. For throwaway machines (the
+#                            VM lane): the test policy replaces /etc/labgpu/policy.toml for the
+#                            run. Containers, images and volumes the run made are removed at the
+#                            end; the policy file is put back.
+#   LABGPU_E2E_EXEC_ROOT=/run/docker   that dockerd's exec root (runc state under runtime-runc)
+#   LABGPU_E2E_HOOK_LOG=FILE the file a fake nvidia-container-runtime-hook on that dockerd's PATH
+#                            appends to (`--gpus` needs one; the VM lane installs it)
 
 LG_REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-LG_BIN="${LABGPU_E2E_BIN:-$LG_REPO/target/release/labgpu}"
+LG_SYSTEM_DOCKER="${LABGPU_E2E_SYSTEM_DOCKER:-0}"
+if [[ $LG_SYSTEM_DOCKER == 1 ]]; then
+    LG_BIN="${LABGPU_E2E_BIN:-/usr/bin/labgpu}"
+else
+    LG_BIN="${LABGPU_E2E_BIN:-$LG_REPO/target/release/labgpu}"
+fi
 LG_IMAGE="labgpu-test:latest"
 LG_RUNTIME="${LABGPU_E2E_RUNTIME:-labgpu}"
 LG_TIMEOUT="${LABGPU_E2E_TIMEOUT:-60}"
 LG_TMP=""
 LG_RUN_ID=""
 LG_SOCK=""
+LG_POLICY=""    # the policy file the runtime (and the proxy) read
+LG_DATA_ROOT="" # dockerd's data root (containers/<id>/...)
+LG_EXEC_ROOT="" # dockerd's exec root (runtime-runc/moby: runc's state)
+LG_HOOK_LOG=""  # what the fake nvidia-container-runtime-hook appends to
 LG_DOCKERD_PID=""
 LG_CONTAINERD_PID=""
 LG_NETNS_PID=""
@@ -79,6 +97,15 @@ lg_install_packages() {
     fi
 }
 
+# The system-docker mode installs nothing (the VM lane has no network): it checks.
+lg_check_tools() {
+    local t
+    for t in docker runc busybox curl script runuser unshare; do
+        command -v "$t" >/dev/null 2>&1 || lg_die "$t is missing"
+    done
+    [[ $(ldd /bin/busybox 2>&1) == *"not a dynamic"* ]] || lg_die "/bin/busybox is not static (busybox-static)"
+}
+
 lg_find_cargo() {
     command -v cargo >/dev/null 2>&1 && return 0
     # rustup installs put cargo here; a non-login root shell may not have it on PATH.
@@ -91,7 +118,7 @@ lg_find_cargo() {
 }
 
 lg_build() {
-    if [[ ${LABGPU_E2E_SKIP_BUILD:-0} == 1 || -n ${LABGPU_E2E_BIN:-} ]]; then
+    if [[ ${LABGPU_E2E_SKIP_BUILD:-0} == 1 || -n ${LABGPU_E2E_BIN:-} || $LG_SYSTEM_DOCKER == 1 ]]; then
         [[ -x $LG_BIN ]] || lg_say "warning: LABGPU_E2E_SKIP_BUILD=1 but $LG_BIN is missing"
         return 0
     fi
@@ -109,7 +136,19 @@ lg_mktmp() {
     chmod 755 "$LG_TMP"
     # Lower-case hex: part of the host account names (useradd's default NAME_REGEX).
     LG_RUN_ID="$(printf '%s' "$LG_TMP" | sha256sum | cut -c1-6)"
-    LG_SOCK="$LG_TMP/docker.sock"
+    if [[ $LG_SYSTEM_DOCKER == 1 ]]; then
+        LG_SOCK=/var/run/docker.sock
+        LG_POLICY=/etc/labgpu/policy.toml
+        LG_EXEC_ROOT="${LABGPU_E2E_EXEC_ROOT:-/run/docker}"
+        LG_HOOK_LOG="${LABGPU_E2E_HOOK_LOG:-}"
+        # LG_DATA_ROOT: from docker info, in lg_use_system_docker.
+    else
+        LG_SOCK="$LG_TMP/docker.sock"
+        LG_POLICY="$LG_TMP/policy.toml"
+        LG_DATA_ROOT="$LG_TMP/docker"
+        LG_EXEC_ROOT="$LG_TMP/exec"
+        LG_HOOK_LOG="$LG_TMP/hook-ran"
+    fi
     # The client's own config (credential helpers, contexts) stays out of the way.
     export DOCKER_CONFIG="$LG_TMP/cli"
     export DOCKER_HOST="unix://$LG_SOCK"
@@ -246,7 +285,7 @@ version = 1
 owner_label = "labgpu.user"
 unlabeled = "${LG_POLICY_UNLABELED:-deny}"
 log = "$LG_TMP/labgpu.log"
-docker_root = "$LG_TMP/docker"
+docker_root = "$LG_DATA_ROOT"
 
 [gpus]
 dev_root = "$LG_TMP/dev"
@@ -286,15 +325,16 @@ EOF
 }
 
 lg_write_policy() {
-    lg_policy_text >"$LG_TMP/policy.toml.new"
-    mv "$LG_TMP/policy.toml.new" "$LG_TMP/policy.toml"
+    lg_policy_text >"$LG_POLICY.new"
+    chmod 644 "$LG_POLICY.new"
+    mv "$LG_POLICY.new" "$LG_POLICY"
 }
 
 # The runtime docker is told about: labgpu with the test policy.
 lg_make_wrapper() {
     cat >"$LG_TMP/labgpu-wrapper" <<EOF
 #!/bin/sh
-export LABGPU_POLICY=$LG_TMP/policy.toml
+export LABGPU_POLICY=$LG_POLICY
 exec $LG_BIN "\$@"
 EOF
     chmod 755 "$LG_TMP/labgpu-wrapper"
@@ -317,16 +357,20 @@ lg_write_daemon_json() {
 }
 
 # `--gpus` on docker 20.10 needs nvidia-container-runtime-hook on dockerd's PATH (looked up at
-# dockerd start, then added as a prestart hook). This one records each run in $LG_TMP/hook-ran.
-lg_make_fake_hook() {
-    mkdir -p "$LG_TMP/hookbin"
-    cat >"$LG_TMP/hookbin/nvidia-container-runtime-hook" <<EOF
+# dockerd start, then added as a prestart hook). This one records each run in FILE ($2).
+lg_write_fake_hook() { # path, log file
+    cat >"$1" <<EOF
 #!/bin/sh
-echo "\$*" >>'$LG_TMP/hook-ran'
+echo "\$*" >>'$2'
 cat >/dev/null
 exit 0
 EOF
-    chmod 755 "$LG_TMP/hookbin/nvidia-container-runtime-hook"
+    chmod 755 "$1"
+}
+
+lg_make_fake_hook() {
+    mkdir -p "$LG_TMP/hookbin"
+    lg_write_fake_hook "$LG_TMP/hookbin/nvidia-container-runtime-hook" "$LG_HOOK_LOG"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -430,6 +474,64 @@ lg_start_dockerd() {
     lg_die "private dockerd failed to start"
 }
 
+# ---------------------------------------------------------------------------------------------
+# The machine's own dockerd (LABGPU_E2E_SYSTEM_DOCKER=1)
+
+# What exists before the run, so that teardown removes only what the run made.
+lg_system_inventory() { # containers|images|volumes
+    case $1 in
+    containers) lg_docker ps -aq --no-trunc ;;
+    images) lg_docker image ls -aq --no-trunc ;;
+    volumes) lg_docker volume ls -q ;;
+    esac 2>/dev/null | LC_ALL=C sort -u
+}
+
+lg_use_system_docker() {
+    LG_DOCKER_CLI="$(command -v docker)" || lg_die "no docker client"
+    lg_docker info >/dev/null 2>&1 || lg_die "the system dockerd does not answer on $LG_SOCK"
+    LG_DATA_ROOT="$(lg_docker info --format '{{.DockerRootDir}}')"
+    local path
+    path="$(lg_docker info --format '{{with index .Runtimes "labgpu"}}{{.Path}}{{end}}')"
+    [[ -n $path ]] || lg_die "runtime labgpu is not registered with the system dockerd (install the .deb)"
+    [[ $path -ef $LG_BIN ]] || lg_die "runtime labgpu is $path, not $LG_BIN"
+    [[ -d $LG_EXEC_ROOT/runtime-runc ]] || lg_say "warning: no $LG_EXEC_ROOT/runtime-runc (LABGPU_E2E_EXEC_ROOT?)"
+    local what
+    for what in containers images volumes; do
+        lg_system_inventory "$what" >"$LG_TMP/before-$what"
+    done
+    mkdir -p "$(dirname "$LG_POLICY")"
+    if [[ -e $LG_POLICY ]]; then
+        cp -p "$LG_POLICY" "$LG_TMP/policy.orig"
+    fi
+    lg_say "system dockerd $(lg_docker version --format '{{.Server.Version}}'), data root $LG_DATA_ROOT, cgroup $(lg_docker info --format '{{.CgroupDriver}} v{{.CgroupVersion}}'), policy $LG_POLICY"
+}
+
+# The containers, images and volumes that were not there before the run; the policy file back.
+lg_release_system_docker() {
+    local what new
+    if [[ -f $LG_TMP/before-containers ]]; then
+        new="$(lg_system_inventory containers | LC_ALL=C comm -13 "$LG_TMP/before-containers" -)"
+        # shellcheck disable=SC2086 # one id per word
+        [[ -z $new ]] || timeout 120 "$LG_DOCKER_CLI" rm -f $new >/dev/null 2>&1 || true
+        for what in images volumes; do
+            new="$(lg_system_inventory "$what" | LC_ALL=C comm -13 "$LG_TMP/before-$what" -)"
+            [[ -n $new ]] || continue
+            if [[ $what == images ]]; then
+                # shellcheck disable=SC2086
+                timeout 120 "$LG_DOCKER_CLI" rmi -f $new >/dev/null 2>&1 || true
+            else
+                # shellcheck disable=SC2086
+                timeout 120 "$LG_DOCKER_CLI" volume rm -f $new >/dev/null 2>&1 || true
+            fi
+        done
+    fi
+    if [[ -f $LG_TMP/policy.orig ]]; then
+        mv "$LG_TMP/policy.orig" "$LG_POLICY"
+    elif [[ -n $LG_POLICY ]]; then
+        rm -f "$LG_POLICY"
+    fi
+}
+
 # Pids of processes (containerd, shims) whose command line names our temp dir.
 lg_our_pids() {
     [[ -n $LG_TMP ]] || return 0
@@ -497,16 +599,25 @@ setup_all() {
     lg_require_root
     trap teardown_all EXIT
     trap 'exit 130' INT TERM
-    lg_install_packages
+    if [[ $LG_SYSTEM_DOCKER == 1 ]]; then
+        lg_check_tools
+    else
+        lg_install_packages
+    fi
     lg_build
     lg_mktmp /tmp/labgpu-e2e
     lg_say "temp dir $LG_TMP"
     lg_make_fake_gpus "$LG_TMP/dev"
     lg_make_users
-    lg_write_policy
-    lg_make_wrapper
-    lg_make_fake_hook
-    lg_start_dockerd "$LG_TMP/hookbin"
+    if [[ $LG_SYSTEM_DOCKER == 1 ]]; then
+        lg_use_system_docker
+        lg_write_policy
+    else
+        lg_write_policy
+        lg_make_wrapper
+        lg_make_fake_hook
+        lg_start_dockerd "$LG_TMP/hookbin"
+    fi
     lg_make_image
 }
 
@@ -514,9 +625,15 @@ teardown_all() {
     local rc=$?
     trap - EXIT INT TERM
     [[ -n $LG_TMP && -d $LG_TMP ]] || exit "$rc"
-    lg_stop_dockerd
+    if [[ $LG_SYSTEM_DOCKER == 1 ]]; then
+        lg_release_system_docker
+    else
+        lg_stop_dockerd
+    fi
     lg_unmount_all
-    [[ -f $LG_TMP/policy.toml ]] && lg_write_policy # a case may have left it broken
+    if [[ $LG_SYSTEM_DOCKER != 1 && -f $LG_POLICY ]]; then
+        lg_write_policy # a case may have left it broken
+    fi
     lg_remove_users
     if [[ ${LABGPU_E2E_KEEP:-0} == 1 ]]; then
         lg_say "kept $LG_TMP (LABGPU_E2E_KEEP=1)"

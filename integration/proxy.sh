@@ -2,7 +2,8 @@
 # The identity proxy against real Docker: the private dockerd of lib.sh with the labgpu
 # runtime, `labgpu proxy` in front of it, and the real docker CLI run as host users alice,
 # bob and carol (never in the docker group; the proxy socket is all they get). Prints
-# `N passed, N failed`; exits 1 if any failed.
+# `N passed, N failed`; exits 1 if any failed. With LABGPU_E2E_SYSTEM_DOCKER=1 (the VM lane),
+# the system's dockerd and the running labgpu-proxy.service on /run/labgpu/docker.sock.
 #
 #   bash integration/proxy.sh             (as root; see lib.sh for the LABGPU_E2E_* knobs)
 #   LABGPU_E2E_ONLY='owner streams' bash integration/proxy.sh    run only these case groups
@@ -54,9 +55,39 @@ expect_status() {
     if [[ $4 == *"$3"* && $4 == *$'\n'"$2" ]]; then pass "$1"; else fail "$1" "want $2 and '$3': $4"; fi
 }
 
+# The packaged unit, started by the caller (systemctl enable --now labgpu-proxy).
+use_system_proxy() {
+    PSOCK=/run/labgpu/docker.sock
+    systemctl is-active --quiet labgpu-proxy.service || lg_die "labgpu-proxy.service is not active"
+    PROXY_PID="$(systemctl show -p MainPID --value labgpu-proxy.service)"
+    [[ -S $PSOCK && $PROXY_PID != 0 ]] || lg_die "labgpu-proxy.service has no socket $PSOCK"
+}
+
+proxy_log_tail() {
+    if [[ $LG_SYSTEM_DOCKER == 1 ]]; then
+        journalctl -q -u labgpu-proxy.service -n "$1" --no-pager 2>&1
+    else
+        tail -n "$1" "$LG_TMP/proxy.log"
+    fi
+}
+
 start_proxy() {
+    if [[ $LG_SYSTEM_DOCKER == 1 ]]; then
+        use_system_proxy
+    else
+        start_own_proxy
+    fi
+    PROXY_FDS0="$(ls "/proc/$PROXY_PID/fd" | wc -l)"
+    local u
+    for u in alice bob carol; do
+        mkdir -p "$LG_TMP/cli-$u"
+        chown "$(lg_user "$u")" "$LG_TMP/cli-$u"
+    done
+}
+
+start_own_proxy() {
     PSOCK="$LG_TMP/proxy/docker.sock"
-    "$LG_BIN" proxy --listen "$PSOCK" --upstream "$LG_SOCK" --policy "$LG_TMP/policy.toml" \
+    "$LG_BIN" proxy --listen "$PSOCK" --upstream "$LG_SOCK" --policy "$LG_POLICY" \
         >"$LG_TMP/proxy.log" 2>&1 &
     PROXY_PID=$!
     local i
@@ -69,17 +100,11 @@ start_proxy() {
         cat "$LG_TMP/proxy.log" >&2
         lg_die "labgpu proxy did not start"
     }
-    PROXY_FDS0="$(ls "/proc/$PROXY_PID/fd" | wc -l)"
-    local u
-    for u in alice bob carol; do
-        mkdir -p "$LG_TMP/cli-$u"
-        chown "$(lg_user "$u")" "$LG_TMP/cli-$u"
-    done
 }
 
 proxy_teardown() {
     local rc=$?
-    if [[ -n $PROXY_PID ]]; then
+    if [[ -n $PROXY_PID && $LG_SYSTEM_DOCKER != 1 ]]; then
         kill -TERM "$PROXY_PID" 2>/dev/null || true
         wait "$PROXY_PID" 2>/dev/null || true
         if [[ -e $PSOCK ]]; then
@@ -152,7 +177,7 @@ case_owner() {
         fail owner-lowercase-keys "$out"
     fi
     out="$(api nobody GET /v1.41/containers/json 2>&1)"
-    if [[ $out == *'"message":"labgpu proxy: uid '*"is not a user in $LG_TMP/policy.toml"* && $out == *$'\n403' ]]; then
+    if [[ $out == *'"message":"labgpu proxy: uid '*"is not a user in $LG_POLICY"* && $out == *$'\n403' ]]; then
         pass owner-unknown-uid-json
     else
         fail owner-unknown-uid-json "$out"
@@ -371,24 +396,50 @@ case_build() {
     expect_status build-network-container 403 "cannot join another container's network" \
         "$(api alice POST '/v1.41/build?networkmode=container%3Apa1' 2>&1)"
     # With unlabeled = "deny" build steps could not run: the proxy says so first.
-    lg_policy_text | sed 's/^unlabeled = .*/unlabeled = "deny"/' >"$LG_TMP/policy.toml"
+    lg_policy_text | sed 's/^unlabeled = .*/unlabeled = "deny"/' >"$LG_POLICY"
     expect_fail build-needs-no-gpu 'unlabeled = "no-gpu"' \
         as alice env DOCKER_BUILDKIT=0 "$LG_DOCKER_CLI" build -q -t alice/built3 "$ctx"
     lg_write_policy
 }
 
 case_buildkit() {
-    # BuildKit (DOCKER_BUILDKIT=1, /build?version=2 and /session) runs RUN steps with runc
-    # directly: refused, with the way to build meanwhile.
-    local ctx="$LG_TMP/build-bk"
+    # BuildKit runs RUN steps with runc directly, outside labgpu: refused, with the way to
+    # build meanwhile (DOCKER_BUILDKIT=0).
+    local ctx="$LG_TMP/build-bk" cli out rc=0
     mkdir -p "$ctx"
     printf 'FROM %s\nRUN echo bk > /bk\n' "$I" >"$ctx/Dockerfile"
     chown -R "$(lg_user alice)" "$ctx"
-    expect_fail build-buildkit-refused "DOCKER_BUILDKIT=0 docker build" \
-        as alice env DOCKER_BUILDKIT=1 "$LG_DOCKER_CLI" build --progress plain --network none -t alice/bk "$ctx"
+    cli="$("$LG_DOCKER_CLI" version --format '{{.Client.Version}}' 2>/dev/null)"
+    if ((${cli%%.*} < 23)); then
+        # Docker 20.10's CLI with DOCKER_BUILDKIT=1: /session, then /build?version=2, whose
+        # refusal it prints.
+        expect_fail build-buildkit-refused "DOCKER_BUILDKIT=0 docker build" \
+            as alice env DOCKER_BUILDKIT=1 "$LG_DOCKER_CLI" build --progress plain --network none -t alice/bk "$ctx"
+    elif as alice "$LG_DOCKER_CLI" buildx version >/dev/null 2>&1; then
+        # CLI 23 and later build with BuildKit through buildx, which drives BuildKit's
+        # controller over /grpc: refused. buildx then falls back to a BuildKit container of
+        # its own (which the proxy would refuse as privileged, and which cannot be pulled
+        # here): the build must fail, and the proxy must have refused /grpc.
+        out="$(as alice env DOCKER_BUILDKIT=1 "$LG_DOCKER_CLI" build --progress plain --network none \
+            -t alice/bk "$ctx" 2>&1)" || rc=$?
+        if ((rc == 0)); then
+            fail build-buildx-refused "a BuildKit build through buildx succeeded: $out"
+        elif ! proxy_log_tail 100 | grep -q "refused: the BuildKit gRPC API (/grpc).*$(lg_user alice)"; then
+            fail build-buildx-refused "no /grpc refusal for alice in the proxy's log; the build said: $out"
+        else
+            pass build-buildx-refused
+        fi
+    else
+        printf 'skip build-buildkit (docker CLI %s builds with BuildKit only through buildx, not installed)\n' "$cli"
+    fi
     expect_status build-version-2 403 "BuildKit builds run their steps outside the labgpu runtime" \
         "$(api alice POST '/v1.41/build?version=2&remote=client-session' 2>&1)"
-    expect_status build-grpc 403 "BuildKit gRPC API" "$(api alice POST /grpc 2>&1)"
+    # The h2c upgrade to /grpc that buildx's docker driver makes.
+    out="$(as alice curl -sS --unix-socket "$PSOCK" -X POST -H 'Connection: Upgrade' -H 'Upgrade: h2c' \
+        -w '\n%{http_code}\n' http://docker/grpc 2>&1)"
+    if [[ $out == *"only the administrator"* && $out == *$'\n403' ]]; then pass build-grpc-refused; else
+        fail build-grpc-refused "$out"
+    fi
 }
 
 # Local volume options are mount(8) run by dockerd as root.
@@ -475,7 +526,7 @@ case_seccomp() {
     # Listed by the administrator (by the hash `labgpu seccomp hash` prints): it runs.
     local hash
     hash="$("$LG_BIN" seccomp hash --docker "$(real version -f '{{.Server.Version}}')" "$LG_TMP/cli-alice/all.json")"
-    lg_policy_text | sed "/^\[users.alice\]/a seccomp_profiles = [\"$hash\"]" >"$LG_TMP/policy.toml"
+    lg_policy_text | sed "/^\[users.alice\]/a seccomp_profiles = [\"$hash\"]" >"$LG_POLICY"
     expect_ok seccomp-listed-profile dk alice run --rm --security-opt "seccomp=$LG_TMP/cli-alice/all.json" "$I" true &&
         pass seccomp-listed-profile
     lg_write_policy
@@ -580,7 +631,7 @@ case_owned_volumes() {
     out="$(dk bob run --rm -v adminvol:/x "$I" sh -c 'touch /x/f 2>&1; ls /x' 2>&1)"
     if [[ $out == *"Read-only file system"* ]]; then pass ovol-admin-read-only; else fail ovol-admin-read-only "$out"; fi
     expect_fail ovol-admin-rm "made by the administrator" dk bob volume rm adminvol
-    lg_policy_text | sed '/^\[users.bob\]/a writable_volumes = ["adminvol"]' >"$LG_TMP/policy.toml"
+    lg_policy_text | sed '/^\[users.bob\]/a writable_volumes = ["adminvol"]' >"$LG_POLICY"
     expect_ok ovol-admin-writable dk bob run --rm -v adminvol:/x "$I" touch /x/f && pass ovol-admin-writable
     lg_write_policy
     real volume rm -f av1 av-implicit adminvol >/dev/null 2>&1
@@ -635,7 +686,7 @@ case_provenance() {
     fi
     # verify names the container that claims an owner the proxy did not record.
     id="$(real run -d --runtime labgpu --label labgpu.user=bob "$I" sleep 60 2>&1)"
-    out="$("$LG_BIN" verify --policy "$LG_TMP/policy.toml" --root "$LG_TMP/exec/runtime-runc/moby" 2>&1)"
+    out="$("$LG_BIN" verify --policy "$LG_POLICY" --root "$LG_EXEC_ROOT/runtime-runc/moby" 2>&1)"
     if [[ $(printf '%s\n' "$out" | grep "^${id:0:12}") == *"not created through the labgpu proxy"* ]]; then
         pass verify-unrecorded-owner
     else
@@ -676,12 +727,12 @@ case_provenance() {
 case_policy() {
     # Read per request: a user taken out of the policy is refused on the next request, and a
     # broken policy stops users (503) but not the administrator.
-    lg_policy_text | sed '/^\[users.carol\]/,$d' >"$LG_TMP/policy.toml.new"
-    mv "$LG_TMP/policy.toml.new" "$LG_TMP/policy.toml"
+    lg_policy_text | sed '/^\[users.carol\]/,$d' >"$LG_POLICY.new"
+    mv "$LG_POLICY.new" "$LG_POLICY"
     expect_fail policy-user-removed "uid $(lg_uid carol) ($(lg_user carol)) is not a user in" dk carol ps
     lg_write_policy
     expect_ok policy-user-back dk carol ps && pass policy-user-back
-    echo 'version = 1 [broken' >>"$LG_TMP/policy.toml"
+    echo 'version = 1 [broken' >>"$LG_POLICY"
     expect_fail policy-broken "the proxy cannot use its policy" dk alice ps
     local names
     names="$(DOCKER_HOST="unix://$PSOCK" lg_docker ps -a --format '{{.Names}}' 2>&1 | grep -c .)"
@@ -693,7 +744,8 @@ case_policy() {
 case_keepalive() {
     local out
     out="$(as alice curl -sv --unix-socket "$PSOCK" http://docker/_ping http://docker/v1.41/version 2>&1)"
-    if [[ $out == *"Re-using existing connection"* && $out == *OK* && $out == *ApiVersion* ]]; then
+    # curl 7.88 says "Re-using existing connection", 8.14 "Re-using existing http: connection".
+    if [[ $out == *"Re-using existing "*connection* && $out == *OK* && $out == *ApiVersion* ]]; then
         pass keepalive-two-requests
     else
         fail keepalive-two-requests "$out"
@@ -944,7 +996,7 @@ case_cleanup() {
     # Owners can remove their own containers; the proxy is still alive and its fds settle.
     expect_ok cleanup-rm dk alice rm -f pa1 pa2 plog pwait pbuilt2 && pass cleanup-rm
     if kill -0 "$PROXY_PID" 2>/dev/null; then pass proxy-alive; else
-        fail proxy-alive "the proxy died: $(tail "$LG_TMP/proxy.log")"
+        fail proxy-alive "the proxy died: $(proxy_log_tail 10)"
     fi
     # Every attach, exec -it, logs -f and build stream of the run is over: back to the start.
     local i n
@@ -983,8 +1035,8 @@ for c in ${LABGPU_E2E_ONLY:-$ALL_CASES}; do
 done
 if ((LG_FAILED)); then
     printf 'failed: %s\n' "${LG_FAILURES[@]}"
-    lg_say "proxy log: $LG_TMP/proxy.log (LABGPU_E2E_KEEP=1 keeps it)"
-    tail -n 20 "$LG_TMP/proxy.log" | sed 's/^/     | proxy: /'
+    [[ $LG_SYSTEM_DOCKER == 1 ]] || lg_say "proxy log: $LG_TMP/proxy.log (LABGPU_E2E_KEEP=1 keeps it)"
+    proxy_log_tail 20 | sed 's/^/     | proxy: /'
 fi
 lg_say "took $((SECONDS - START))s"
 print_summary

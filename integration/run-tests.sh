@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
-# The test command: formatting, clippy, the Rust tests, then the real-Docker e2e, proxy and
-# seccomp suites.
-# Every step runs even if an earlier one failed; exits non-zero if any failed.
+# The test command: formatting, clippy, the Rust tests, the real-Docker e2e, proxy and
+# seccomp suites, then the VM lane (integration/vm/lane.sh: the .deb installed on systemd +
+# cgroup v2 + Docker 26). Every step runs even if an earlier one failed; exits non-zero if
+# any failed. Ends with one line per step: minutes, and its "N passed, N failed" where it
+# has one.
 #
-#   bash integration/run-tests.sh     (as root, for the e2e suite)
+#   bash integration/run-tests.sh            (as root, for the e2e suites and the VM)
+#   LABGPU_SKIP_VM=1 bash integration/run-tests.sh    without the VM lane (quick local runs)
+#
+# LABGPU_SUMMARY_FILE=F appends each step's row to F (name|seconds|passed|failed|status; the
+# counts empty when the step has none), for .ci/run's table.
 set -uo pipefail
 
 # shellcheck source=integration/lib.sh
@@ -14,34 +20,67 @@ lg_find_cargo || lg_die "cargo not found (install Rust >= 1.85 with rustup)"
 if ((EUID == 0)); then lg_install_packages; fi
 
 failed=()
+rows=()
+# counts LOG: "passed failed" from a step's output: the sum of cargo's "test result:" lines, or
+# the last "[word: ]N passed, N failed" line of a suite; nothing when there is neither.
+counts() {
+    if grep -q '^test result: ' "$1"; then
+        sed -n 's/^test result: [a-zA-Z]*\. \([0-9]*\) passed; \([0-9]*\) failed.*/\1 \2/p' "$1" |
+            awk '{ p += $1; f += $2 } END { print p, f }'
+    else
+        sed -nE 's/^([a-z-]+: )?([0-9]+) passed, ([0-9]+) failed.*/\2 \3/p' "$1" | tail -n 1
+    fi
+}
 step() { # name, command...
-    local name="$1"
+    local name="$1" t0=$SECONDS log status rc
     shift
     printf '\n=== %s: %s\n' "$name" "$*"
-    if "$@"; then
-        printf '=== %s: ok\n' "$name"
-    else
-        printf '=== %s: FAILED\n' "$name"
+    log="$(mktemp /tmp/labgpu-run-tests.XXXX)"
+    "$@" 2>&1 | tee "$log"
+    rc=${PIPESTATUS[0]}
+    if ((rc == 0)); then status=ok; else
+        status=FAILED
         failed+=("$name")
     fi
+    printf '=== %s: %s\n' "$name" "$status"
+    local p f
+    read -r p f < <(counts "$log"; echo)
+    rm -f "$log"
+    rows+=("$name|$((SECONDS - t0))|${p:-}|${f:-}|$status")
+}
+skip() { # name, why
+    printf '\n=== %s: skipped (%s)\n' "$1" "$2"
+    rows+=("$1|0|||skipped")
 }
 
 if cargo fmt --version >/dev/null 2>&1; then
     step fmt cargo fmt --all -- --check
 else
-    echo "=== fmt: skipped (rustfmt not installed)"
+    skip fmt "rustfmt not installed"
 fi
 if cargo clippy --version >/dev/null 2>&1; then
     step clippy cargo clippy --release --all-targets -- -D warnings
 else
-    echo "=== clippy: skipped (clippy not installed)"
+    skip clippy "clippy not installed"
 fi
 step cargo-test cargo test --release
 step e2e timeout 600 bash "$LG_REPO/integration/e2e.sh"
 step proxy timeout 600 bash "$LG_REPO/integration/proxy.sh"
 step seccomp-docker timeout 600 bash "$LG_REPO/integration/seccomp-docker.sh"
+if [[ ${LABGPU_SKIP_VM:-0} == 1 ]]; then
+    skip vm "LABGPU_SKIP_VM=1"
+else
+    step vm timeout 2700 bash "$LG_REPO/integration/vm/lane.sh"
+fi
 
 echo
+echo "=== summary"
+for row in "${rows[@]}"; do
+    IFS='|' read -r name secs p f status <<<"$row"
+    if [[ -n $p ]]; then result="$p passed, $f failed"; else result="$status"; fi
+    printf '  %-11s %5s min  %s\n' "$name" "$(awk -v s="$secs" 'BEGIN { printf "%.1f", s / 60 }')" "$result"
+    [[ -n ${LABGPU_SUMMARY_FILE:-} ]] && printf '%s\n' "$row" >>"$LABGPU_SUMMARY_FILE"
+done
 if ((${#failed[@]})); then
     echo "run-tests: FAILED: ${failed[*]}"
     exit 1

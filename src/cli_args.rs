@@ -126,7 +126,8 @@ pub enum SetupCommand {
         /// Print the resulting file on stdout and write nothing.
         #[arg(long)]
         dry_run: bool,
-        /// Take runtimes.labgpu out, and default-runtime if it is labgpu.
+        /// Take runtimes.labgpu out (an emptied runtimes stays as {}), and set default-runtime
+        /// to runc if it is labgpu: a reload only applies keys the file sets.
         #[arg(long)]
         remove: bool,
         /// Runtime path to register (default: the path of this labgpu binary).

@@ -7,6 +7,11 @@
 //!
 //! labgpu owns exactly two things in the file: `runtimes.labgpu` and, when it says `"labgpu"`,
 //! `default-runtime`.
+//!
+//! dockerd applies `runtimes` and `default-runtime` on a reload only when the file sets them: a
+//! key taken out leaves the running daemon with its old value (and a reload whose default runtime
+//! is no longer among the runtimes fails whole). So `--remove` leaves an emptied `runtimes` as
+//! `{}` and turns a `default-runtime` of labgpu into Docker's stock `runc`.
 
 use std::fs::{self, File, Metadata, OpenOptions};
 use std::io::{self, Write};
@@ -67,7 +72,7 @@ pub enum Action {
         runtime_path: String,
         make_default: bool,
     },
-    /// Take `runtimes.labgpu` out, and `default-runtime` if it is `"labgpu"`.
+    /// Take `runtimes.labgpu` out, and make `default-runtime` `"runc"` if it is `"labgpu"`.
     Remove,
 }
 
@@ -197,15 +202,17 @@ fn add(
     Ok(())
 }
 
+/// Docker's own runtime, the default when daemon.json names none.
+const STOCK_RUNTIME: &str = "runc";
+
+/// Keys stay in the file (see the module doc): a reload must see them to forget labgpu.
 fn remove(obj: &mut Map<String, Value>) {
     // A "runtimes" that is not an object is not labgpu's to judge on the way out.
     if let Some(Value::Object(runtimes)) = obj.get_mut("runtimes") {
-        if runtimes.shift_remove(RUNTIME_NAME).is_some() && runtimes.is_empty() {
-            obj.shift_remove("runtimes");
-        }
+        runtimes.shift_remove(RUNTIME_NAME);
     }
     if obj.get("default-runtime").and_then(Value::as_str) == Some(RUNTIME_NAME) {
-        obj.shift_remove("default-runtime");
+        obj.insert("default-runtime".into(), STOCK_RUNTIME.into());
     }
 }
 
@@ -719,7 +726,10 @@ mod tests {
         // Removing twice: the second changes nothing.
         let r1 = run(Some(&once), &Action::Remove).unwrap();
         assert!(r1.changed);
-        assert_eq!(r1.value, Some(json!({"debug": true})));
+        assert_eq!(
+            r1.value,
+            Some(json!({"debug": true, "runtimes": {}, "default-runtime": "runc"}))
+        );
         assert!(!run(Some(&text(&r1)), &Action::Remove).unwrap().changed);
         // Removing from a missing file creates nothing.
         let r = run(None, &Action::Remove).unwrap();
@@ -762,12 +772,17 @@ mod tests {
                 json!({"default-runtime": "nvidia", "runtimes": {"nvidia": {"path": "/usr/bin/nvidia-container-runtime"}}})
             )
         );
+        // Ours becomes runc, in its place, and the emptied runtimes stays: dockerd's reload
+        // ignores keys that are not in the file.
         let ours = r#"{"default-runtime": "labgpu", "runtimes": {"labgpu": {"path": "/usr/bin/labgpu"}}, "features": {"cdi": true}}"#;
         let m = run(Some(ours), &Action::Remove).unwrap();
-        assert_eq!(m.value, Some(json!({"features": {"cdi": true}})));
-        // A default-runtime of labgpu without the entry is still ours to take out.
+        assert_eq!(
+            text(&m),
+            "{\n  \"default-runtime\": \"runc\",\n  \"runtimes\": {},\n  \"features\": {\n    \"cdi\": true\n  }\n}\n"
+        );
+        // A default-runtime of labgpu without the entry is still ours to reset.
         let m = run(Some(r#"{"default-runtime": "labgpu"}"#), &Action::Remove).unwrap();
-        assert_eq!(m.value, Some(json!({})));
+        assert_eq!(m.value, Some(json!({"default-runtime": "runc"})));
         // A runtimes that is not ours to judge is left alone on the way out.
         let m = run(Some(r#"{"runtimes": 3}"#), &Action::Remove).unwrap();
         assert!(!m.changed);
@@ -866,7 +881,7 @@ mod tests {
         assert_eq!(backups(dir.path()).len(), 2);
         assert_eq!(
             serde_json::from_str::<Value>(&fs::read_to_string(&cfg).unwrap()).unwrap(),
-            json!({"debug": true})
+            json!({"debug": true, "runtimes": {}})
         );
     }
 
