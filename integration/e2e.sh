@@ -693,6 +693,21 @@ case_verify_bypass() {
     docker volume create -o type=proc -o device=proc lgv-vproc >/dev/null
     verify_finding verify-proc-volume "a proc filesystem is mounted at /x" -v lgv-vproc:/x
     docker volume rm -f lgv-vproc >/dev/null 2>&1
+    # Reachability is what the kernel allows: a rule for every GPU is a bypass reaching them
+    # all; a node planted in /dev that the device cgroup denies reaches nothing.
+    verify_finding verify-cgroup-rule-gpus "can reach GPU 3" --device-cgroup-rule 'c 195:* rwm'
+    local id row
+    id="$(docker run -d --runtime runc "$I" sleep 300 2>&1)"
+    if docker exec "$id" mknod /dev/nvidia3 c 195 3 2>&1 && docker exec "$id" ls /dev/nvidia3 >/dev/null 2>&1; then
+        run_verify
+        row="$(printf '%s\n' "$VERIFY_OUT" | grep "^${id:0:12}")"
+        if [[ -n $row && $row != *"GPU 3"* ]]; then pass verify-planted-node; else
+            fail verify-planted-node "a denied node in /dev counted as reachable: $row"
+        fi
+    else
+        fail verify-planted-node "could not plant /dev/nvidia3 in a --runtime runc container"
+    fi
+    docker rm -f "$id" >/dev/null 2>&1
     # What labgpu itself runs stays clean.
     docker run -d --name lg-vb-ok --runtime "$RT" "${B[@]}" --cap-add SYS_ADMIN "$I" sleep 300 >/dev/null
     run_verify

@@ -22,6 +22,8 @@ pub struct Ctx<'a> {
     pub host_mounts: &'a [MountInfo],
     pub proc_root: &'a Path,
     pub docker_root: &'a Path,
+    /// Device programs attached to a cgroup v2 directory (the kernel; a stub in tests).
+    pub device_programs: &'a dyn Fn(&Path) -> Result<u32, String>,
 }
 
 /// A running container as read once from runc's state and /proc.

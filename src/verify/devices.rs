@@ -2,10 +2,15 @@
 //! never another's; none at all if labgpu did not create it), and no other host device
 //! beyond Docker's standard set and the policy's `devices`.
 //!
-//! What the kernel allows is read from the container's device cgroup: `devices.list` on
-//! cgroup v1. (On cgroup v2 the rules are an eBPF program; see `reachable_gpus`.)
+//! What the kernel allows is read from the container's device cgroup. On cgroup v1 that is
+//! `devices.list`, the kernel's own table. On cgroup v2 the rules are an eBPF program, which
+//! cannot be read back as rules: labgpu takes the rules runc compiled into it (runc records
+//! them in its state, root-only) and asks the kernel whether a device program is attached to
+//! the container's cgroup at all (`BPF_PROG_QUERY`). None attached means every device opens;
+//! otherwise the recorded rules are what runc allowed, an upper bound of what opens (another
+//! program, systemd's, can only deny more). The nodes in the container's /dev are never
+//! consulted: a node is reachable when the kernel lets it open, wherever it was made.
 
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use serde_json::Value;
@@ -64,50 +69,130 @@ pub fn cgroup_allows_rw(rules: &[DevRule], kind: char, major: i64, minor: i64) -
         .any(|r| r.grants_rw() && r.covers(kind, major, minor))
 }
 
-/// The container's device rules as the kernel holds them; `None` on cgroup v2.
-fn cgroup_rules(s: &Subject) -> Result<Option<Vec<DevRule>>, String> {
-    let Some(cg) = s
+/// The container's device rules: the kernel's table on v1; on v2 runc's recorded rules, or
+/// "everything" when no device program is attached to its cgroup.
+fn cgroup_rules(ctx: &Ctx, s: &Subject) -> Result<Vec<DevRule>, String> {
+    if let Some(cg) = s
         .state
         .pointer("/cgroup_paths/devices")
         .and_then(Value::as_str)
-    else {
-        return Ok(None);
+    {
+        let list = Path::new(cg).join("devices.list");
+        let text = std::fs::read_to_string(&list)
+            .map_err(|e| format!("cannot read {}: {e}", list.display()))?;
+        return Ok(parse_devices_list(&text));
+    }
+    let unified = s
+        .state
+        .pointer("/cgroup_paths/")
+        .and_then(Value::as_str)
+        .ok_or_else(|| "runc's state names no devices or unified cgroup".to_string())?;
+    let programs = (ctx.device_programs)(Path::new(unified))?;
+    if programs == 0 {
+        return Ok(vec![DevRule {
+            kind: 'a',
+            major: None,
+            minor: None,
+            access: "rwm".into(),
+        }]);
+    }
+    Ok(recorded_rules(&s.state))
+}
+
+/// The device rules runc compiled into the container's program (`config.cgroups.devices`
+/// in its state: `type` a character code, -1 for any number), as allow rules applied in
+/// order after runc's own deny-all: the allows that are not taken back by a later deny.
+pub fn recorded_rules(state: &Value) -> Vec<DevRule> {
+    let rules = state
+        .pointer("/config/cgroups/devices")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let mut out: Vec<DevRule> = Vec::new();
+    for r in rules {
+        let kind = r
+            .get("type")
+            .and_then(Value::as_u64)
+            .and_then(|t| char::from_u32(t as u32))
+            .unwrap_or('a');
+        let num = |k: &str| r.get(k).and_then(Value::as_i64).filter(|n| *n >= 0);
+        let rule = DevRule {
+            kind,
+            major: num("major"),
+            minor: num("minor"),
+            access: r
+                .get("permissions")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
+        };
+        if r.get("allow").and_then(Value::as_bool) == Some(true) {
+            out.push(rule);
+        } else if rule.kind == 'a' && rule.major.is_none() && rule.minor.is_none() {
+            // A deny-all resets what came before.
+            out.clear();
+        }
+    }
+    out
+}
+
+/// How many device programs are attached to (or inherited by) a v2 cgroup, from the kernel.
+pub fn attached_device_programs(cgroup: &Path) -> Result<u32, String> {
+    use std::os::fd::AsRawFd;
+    let dir = std::fs::File::open(cgroup)
+        .map_err(|e| format!("cannot open cgroup {}: {e}", cgroup.display()))?;
+    #[repr(C)]
+    #[derive(Default)]
+    struct Query {
+        target_fd: u32,
+        attach_type: u32,
+        query_flags: u32,
+        attach_flags: u32,
+        prog_ids: u64,
+        prog_cnt: u32,
+        _pad: u32,
+    }
+    const BPF_PROG_QUERY: libc::c_long = 16;
+    const BPF_CGROUP_DEVICE: u32 = 6;
+    const BPF_F_QUERY_EFFECTIVE: u32 = 1;
+    let mut q = Query {
+        target_fd: dir.as_raw_fd() as u32,
+        attach_type: BPF_CGROUP_DEVICE,
+        query_flags: BPF_F_QUERY_EFFECTIVE,
+        ..Query::default()
     };
-    let list = Path::new(cg).join("devices.list");
-    let text = std::fs::read_to_string(&list)
-        .map_err(|e| format!("cannot read {}: {e}", list.display()))?;
-    Ok(Some(parse_devices_list(&text)))
+    // SAFETY: `q` is a valid, initialised bpf_attr query of the size passed.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_QUERY,
+            &mut q as *mut Query,
+            std::mem::size_of::<Query>(),
+        )
+    };
+    if rc != 0 {
+        return Err(format!(
+            "cannot ask the kernel for the device programs of {}: {}",
+            cgroup.display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(q.prog_cnt)
 }
 
 /// GPU minors the container can open.
 pub fn reachable_gpus(ctx: &Ctx, s: &Subject) -> Result<Vec<u32>, String> {
-    let gpus = ctx.inventory.gpus();
-    let reachable: Box<dyn Fn(i64, i64) -> bool> = match cgroup_rules(s)? {
-        Some(rules) => Box::new(move |major, minor| cgroup_allows_rw(&rules, 'c', major, minor)),
-        // cgroup v2 has no readable device list: fall back to the nodes in its /dev.
-        None => {
-            let present = dev_nodes(&s.proc_dir.join("root/dev"))?;
-            Box::new(move |major, minor| present.contains(&(major, minor)))
-        }
-    };
-    Ok(gpus
+    let rules = cgroup_rules(ctx, s)?;
+    Ok(ctx
+        .inventory
+        .gpus()
         .iter()
-        .filter(|g| g.nodes.iter().any(|n| reachable(n.major, n.minor)))
-        .map(|g| g.minor)
-        .collect())
-}
-
-fn dev_nodes(dev: &Path) -> Result<Vec<(i64, i64)>, String> {
-    Ok(std::fs::read_dir(dev)
-        .map_err(|e| format!("cannot list {}: {e}", dev.display()))?
-        .flatten()
-        .filter_map(|e| {
-            let m = std::fs::metadata(e.path()).ok()?;
-            Some((
-                i64::from(libc::major(m.rdev())),
-                i64::from(libc::minor(m.rdev())),
-            ))
+        .filter(|g| {
+            g.nodes
+                .iter()
+                .any(|n| cgroup_allows_rw(&rules, 'c', n.major, n.minor))
         })
+        .map(|g| g.minor)
         .collect())
 }
 
@@ -147,9 +232,7 @@ pub fn gpu_findings(s: &Subject, a: &ContainerAudit) -> Vec<Finding> {
 /// (`--device /dev/loop0`), a wildcard (`--device-cgroup-rule 'b *:* rwm'`), a char device
 /// such as /dev/mem. GPUs are `gpu_findings`' business.
 pub fn other_devices(ctx: &Ctx, s: &Subject, d: &Decision) -> Result<Vec<Finding>, String> {
-    let Some(rules) = cgroup_rules(s)? else {
-        return Ok(Vec::new());
-    };
+    let rules = cgroup_rules(ctx, s)?;
     let nvidia = ctx.inventory.nvidia_majors();
     let mut findings = Vec::new();
     for r in rules.iter().filter(|r| r.grants_rw()) {
@@ -207,6 +290,23 @@ fn device_name(kind: char, major: Option<i64>, minor: Option<i64>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runc_recorded_rules_after_its_deny_all() {
+        let state = serde_json::json!({"config": {"cgroups": {"devices": [
+            {"type": 97, "major": -1, "minor": -1, "permissions": "rwm", "allow": true},
+            {"type": 97, "major": -1, "minor": -1, "permissions": "rwm", "allow": false},
+            {"type": 99, "major": 1, "minor": 3, "permissions": "rwm", "allow": true},
+            {"type": 99, "major": 195, "minor": -1, "permissions": "rwm", "allow": true},
+            {"type": 98, "major": 7, "minor": 0, "permissions": "m", "allow": true}
+        ]}}});
+        let rules = recorded_rules(&state);
+        assert_eq!(rules.len(), 3);
+        assert!(cgroup_allows_rw(&rules, 'c', 195, 2));
+        assert!(cgroup_allows_rw(&rules, 'c', 1, 3));
+        assert!(!cgroup_allows_rw(&rules, 'b', 7, 0));
+        assert!(!cgroup_allows_rw(&rules, 'c', 1, 1));
+    }
 
     #[test]
     fn devices_list_grants() {

@@ -154,6 +154,15 @@ impl Audit {
 }
 
 pub fn run(opts: &Options) -> Result<Audit, VerifyError> {
+    run_with(opts, &devices::attached_device_programs)
+}
+
+/// `run`, asking `device_programs` (the kernel, in `run`) how many device programs guard a
+/// cgroup v2 directory.
+fn run_with(
+    opts: &Options,
+    device_programs: &dyn Fn(&Path) -> Result<u32, String>,
+) -> Result<Audit, VerifyError> {
     let policy = Policy::load(&opts.policy)?;
     let refs: Vec<&GpuRef> = policy.users.values().flat_map(|u| &u.gpus).collect();
     let inventory = inventory_for(&policy.gpus, &refs, Purpose::Admin)?;
@@ -171,6 +180,7 @@ pub fn run(opts: &Options) -> Result<Audit, VerifyError> {
         host_mounts: &host_mounts,
         proc_root: &opts.proc_root,
         docker_root: &docker_root,
+        device_programs,
     };
     let mut containers = Vec::new();
     for root in &opts.roots {
@@ -434,12 +444,23 @@ mod fixture_tests {
             root
         }
         fn run(&self, policy: &Path, root: &Path) -> Audit {
-            run(&Options {
-                policy: policy.to_path_buf(),
-                roots: vec![root.to_path_buf()],
-                container: None,
-                proc_root: self.proc(),
-            })
+            self.run_v2(policy, root, &|_| Err("no cgroup v2 here".into()))
+        }
+        fn run_v2(
+            &self,
+            policy: &Path,
+            root: &Path,
+            programs: &dyn Fn(&Path) -> Result<u32, String>,
+        ) -> Audit {
+            run_with(
+                &Options {
+                    policy: policy.to_path_buf(),
+                    roots: vec![root.to_path_buf()],
+                    container: None,
+                    proc_root: self.proc(),
+                },
+                programs,
+            )
             .unwrap()
         }
     }
@@ -640,5 +661,41 @@ mod fixture_tests {
             .contains("differs from \"bob\""));
         crate::records::record(&state, "c1", "alice").unwrap();
         assert_eq!(f.run(&policy, &root).containers[0].findings, vec![]);
+    }
+
+    /// cgroup v2: runc's recorded rules decide while a device program is attached; with none
+    /// attached every device opens. A node planted in /dev changes nothing.
+    #[test]
+    fn cgroup_v2_reachability_comes_from_runcs_rules_and_the_kernel() {
+        let f = Fixture::new();
+        let dev = f.dir.path().join("dev");
+        std::fs::create_dir_all(&dev).unwrap();
+        let policy = f.write_policy("");
+        let root = f.container("00000000200405fb", 1, DOCKER_MOUNTS, START);
+        let state_path = root.join("c1/state.json");
+        let mut state: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&state_path).unwrap()).unwrap();
+        state["cgroup_paths"] = json!({"": f.dir.path().join("cgroup/c1")});
+        state["config"]["cgroups"] = json!({"devices": [
+            {"type": 97, "major": -1, "minor": -1, "permissions": "rwm", "allow": false},
+            {"type": 99, "major": 1, "minor": 3, "permissions": "rwm", "allow": true},
+            {"type": 98, "major": 7, "minor": 0, "permissions": "rw", "allow": true}]});
+        std::fs::write(&state_path, state.to_string()).unwrap();
+        let audit = f.run_v2(&policy, &root, &|_| Ok(1));
+        assert_eq!(
+            kinds(&audit),
+            [Kind::Device],
+            "{:?}",
+            audit.containers[0].findings
+        );
+        let audit = f.run_v2(&policy, &root, &|_| Ok(0));
+        assert!(
+            audit.containers[0]
+                .findings
+                .iter()
+                .any(|f| f.detail.contains("*:*")),
+            "{:?}",
+            audit.containers[0].findings
+        );
     }
 }
