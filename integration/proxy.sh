@@ -663,6 +663,44 @@ case_owned_networks() {
     true
 }
 
+# One user's flood of half-sent requests (or a stranger's) must not starve another user.
+case_flood() {
+    local f="$LG_TMP/flood" t opened i
+    mkdir -p "$f"
+    chmod 777 "$f"
+    as alice python3 "$LG_REPO/integration/flood.py" "$PSOCK" 5000 14 >"$f/alice" 2>&1 &
+    local apid=$!
+    for ((i = 0; i < 100; i++)); do grep -qs '^opened' "$f/alice" && break; sleep 0.1; done
+    opened="$(awk '/^opened/ {print $2}' "$f/alice")"
+    if [[ -n $opened ]] && ((opened <= 64)); then pass "flood-user-capped ($opened of 5000 held)"; else
+        fail flood-user-capped "alice holds $opened connections: $(cat "$f/alice")"
+    fi
+    t="$(as bob curl -sS -o /dev/null -w '%{time_total}' --unix-socket "$PSOCK" http://docker/v1.41/containers/json 2>&1)"
+    if awk -v t="$t" 'BEGIN { exit !(t + 0 > 0 && t + 0 < 1) }'; then
+        pass "flood-other-user-ps (${t}s while alice holds $opened)"
+    else
+        fail flood-other-user-ps "bob's ps took $t s"
+    fi
+    as nobody python3 "$LG_REPO/integration/flood.py" "$PSOCK" 2000 1 >"$f/nobody" 2>&1 &
+    local npid=$!
+    for ((i = 0; i < 100; i++)); do grep -qs '^opened' "$f/nobody" && break; sleep 0.1; done
+    opened="$(awk '/^opened/ {print $2}' "$f/nobody")"
+    if [[ -n $opened ]] && ((opened <= 4)); then pass "flood-stranger-capped ($opened of 2000 held)"; else
+        fail flood-stranger-capped "uid nobody holds $opened connections: $(cat "$f/nobody")"
+    fi
+    t="$(as bob curl -sS -o /dev/null -w '%{time_total}' --unix-socket "$PSOCK" http://docker/v1.41/containers/json 2>&1)"
+    if awk -v t="$t" 'BEGIN { exit !(t + 0 > 0 && t + 0 < 1) }'; then
+        pass "flood-stranger-other-user-ps (${t}s)"
+    else
+        fail flood-stranger-other-user-ps "bob's ps took $t s"
+    fi
+    wait "$apid" "$npid"
+    # Headers must arrive within 10 s: after 14 s none of alice's half-sent requests is open.
+    if grep -q '^still-open 0$' "$f/alice"; then pass flood-header-timeout; else
+        fail flood-header-timeout "$(cat "$f/alice")"
+    fi
+}
+
 # Owners come from the proxy's records: a docker-group member's label is not one.
 case_provenance() {
     local id out
@@ -1013,7 +1051,7 @@ $(ss -xp 2>/dev/null | grep "pid=$PROXY_PID,")"
 
 # ---------------------------------------------------------------------------------------------
 
-ALL_CASES="owner isolation refusals streams build buildkit volumes images owned_volumes owned_networks rawfields seccomp provenance policy keepalive archive load cleanup"
+ALL_CASES="owner isolation refusals streams build buildkit volumes images owned_volumes owned_networks rawfields seccomp provenance policy keepalive archive flood load cleanup"
 START=$SECONDS
 START_TS="$(date +%s)"
 setup_all
