@@ -570,12 +570,12 @@ case_images() {
     real tag "$I" team/loaded:1 && real save -o "$dir/team.tar" team/loaded:1 && real rmi team/loaded:1 >/dev/null
     chmod 644 "$dir/team.tar"
     expect_ok img-load-own dk alice load -i "$dir/own.tar" && pass img-load-own
-    expect_fail img-load-shared 'names an image "team/loaded:1"' dk alice load -i "$dir/team.tar"
+    expect_fail img-load-shared 'team/loaded:1", outside your prefix' dk alice load -i "$dir/team.tar"
     if real image inspect team/loaded:1 >/dev/null 2>&1; then fail img-load-nothing-loaded "team/loaded:1 exists"; else
         pass img-load-nothing-loaded
     fi
     gzip -c "$dir/team.tar" >"$dir/team.tar.gz" && chmod 644 "$dir/team.tar.gz"
-    expect_fail img-load-gzip 'names an image "team/loaded:1"' dk alice load -i "$dir/team.tar.gz"
+    expect_fail img-load-gzip 'team/loaded:1", outside your prefix' dk alice load -i "$dir/team.tar.gz"
     # rmi and prune: only names under the prefix.
     expect_fail img-rm-shared "only under their own prefix" dk alice rmi "$I"
     expect_fail img-rm-by-id "only under their own prefix" dk alice rmi -f "$shared_id"

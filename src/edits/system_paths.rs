@@ -3,7 +3,7 @@
 //!
 //! The API takes `HostConfig.MaskedPaths`/`ReadonlyPaths`, and a non-empty list *replaces*
 //! Docker's defaults: `/proc/sys` then becomes writable (host root through
-//! `kernel.core_pattern`). `--security-opt writable-cgroups=true` (Docker 25+) drops `ro` from
+//! `kernel.core_pattern`). `--security-opt writable-cgroups=true` (Docker 28+) drops `ro` from
 //! the cgroup mount (on cgroup v1, a `release_agent` runs on the host as root). So whatever
 //! the spec says, the defaults of every Docker version labgpu knows are put back.
 
