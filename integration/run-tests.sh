@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command: formatting, clippy, the Rust tests, then the real-Docker e2e, proxy and
-# seccomp suites.
+# seccomp suites, and the fuzz targets (integration/fuzz.sh, 60 s each).
 # Every step runs even if an earlier one failed; exits non-zero if any failed.
 #
 #   bash integration/run-tests.sh     (as root, for the e2e suite)
@@ -40,6 +40,8 @@ step cargo-test cargo test --release
 step e2e timeout 600 bash "$LG_REPO/integration/e2e.sh"
 step proxy timeout 600 bash "$LG_REPO/integration/proxy.sh"
 step seccomp-docker timeout 600 bash "$LG_REPO/integration/seccomp-docker.sh"
+# Builds cargo-fuzz and the targets first (several minutes on 2 cores), then 6 x 60 s.
+step fuzz timeout 1800 bash "$LG_REPO/integration/fuzz.sh"
 
 echo
 if ((${#failed[@]})); then

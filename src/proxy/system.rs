@@ -279,7 +279,7 @@ async fn prune(call: &Call<'_>) -> Result<Response<Body>, ProxyError> {
 
 /// The `until` prune filter as a unix time: a Go duration before now (`24h`, `90m`, `1h30m`)
 /// or unix seconds.
-fn until_of(v: &Value) -> Result<i64, RuleError> {
+pub fn until_of(v: &Value) -> Result<i64, RuleError> {
     let values: Vec<String> = match v {
         Value::Object(m) => m.keys().cloned().collect(),
         Value::Array(a) => a
