@@ -46,7 +46,7 @@ if [[ ${LABGPU_FUZZ_NIGHTLY:-1} == 1 ]] && cargo +nightly --version >/dev/null 2
     say "toolchain: nightly ($(cargo +nightly --version))"
 else
     export RUSTC_BOOTSTRAP=1
-    say "toolchain: $(cargo --version) with RUSTC_BOOTSTRAP=1 (no nightly installed)"
+    say "toolchain: $(cargo --version) with RUSTC_BOOTSTRAP=1 (no rustup nightly, or LABGPU_FUZZ_NIGHTLY=0)"
 fi
 
 ALL_TARGETS=()
