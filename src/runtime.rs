@@ -82,7 +82,7 @@ pub enum RuntimeError {
         label: String,
         policy: PathBuf,
     },
-    #[error("labgpu failed while checking the container ({0}); it was not started. This is a bug: please report it")]
+    #[error("labgpu stopped on an internal error ({0}), so runc was not run; this is a bug in labgpu, please report it")]
     Panic(String),
     #[error("updating device rules of a running container is not allowed (linux.resources.devices in update)")]
     UpdateDevices,
@@ -95,25 +95,14 @@ pub enum RuntimeError {
 
 /// Handles a runc subcommand and execs runc; returns only on failure, with the exit code.
 pub fn handle(argv: &[OsString], inv: &Invocation) -> i32 {
-    // A panic is a bug, and still a refusal: runc never runs a spec labgpu did not finish.
-    let prepared = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| prepare(argv, inv)));
     // exec_runc returns only if execve failed, which is a refusal like any other.
-    let err = match prepared {
-        Ok(Ok(runc)) => exec_runc(&runc, argv),
-        Ok(Err(e)) => e,
-        Err(panic) => RuntimeError::Panic(panic_message(&panic)),
+    let err = match refuse_panics(|| prepare(argv, inv)) {
+        Ok(runc) => exec_runc(&runc, argv),
+        Err(e) => e,
     };
     tracing::error!(subcommand = %inv.subcommand, error = %err, "refused");
     refusal::report(inv, &err.to_string());
     1
-}
-
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".into())
 }
 
 /// Everything `handle` does before it execs runc (policy, owner, inventory, spec rewrite and
@@ -127,6 +116,21 @@ pub fn prepare(argv: &[OsString], inv: &Invocation) -> Result<PathBuf, RuntimeEr
         "update" => prepare_update(argv, inv, &path),
         _ => find_runc(Policy::runc_hint(&path).as_deref()),
     }
+}
+
+/// `prepare`, with a panic (a bug) turned into a refusal: the user gets a sentence in runc's
+/// log like any other refusal, and runc never runs a spec the edits did not finish.
+fn refuse_panics(
+    prepare: impl FnOnce() -> Result<PathBuf, RuntimeError> + std::panic::UnwindSafe,
+) -> Result<PathBuf, RuntimeError> {
+    std::panic::catch_unwind(prepare).unwrap_or_else(|payload| {
+        let what = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".into());
+        Err(RuntimeError::Panic(what))
+    })
 }
 
 fn exec_runc(runc: &Path, argv: &[OsString]) -> RuntimeError {
@@ -361,6 +365,18 @@ mod tests {
             br#"{"memory":{"limit":1000},"devices":null}"#
         ));
         assert!(!touches_devices(b"not json"));
+    }
+
+    #[test]
+    fn a_panic_in_prepare_is_a_refusal() {
+        let e = refuse_panics(|| panic!("index {} out of range", 3)).unwrap_err();
+        assert!(
+            matches!(&e, RuntimeError::Panic(m) if m == "index 3 out of range"),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("runc was not run"), "{e}");
+        let ok = refuse_panics(|| Ok(PathBuf::from("/usr/bin/runc")));
+        assert_eq!(ok.unwrap(), PathBuf::from("/usr/bin/runc"));
     }
 
     #[test]

@@ -14,7 +14,9 @@ mod create;
 mod mounts;
 mod storage;
 
-pub use create::{create_container_refs, rewrite_create, ContainerRef, Resolved};
+pub use create::{
+    create_container_refs, named_volumes, network_names, rewrite_create, ContainerRef, Resolved,
+};
 pub(in crate::proxy) use create::{pin_links, ref_list, ENDPOINT};
 
 use super::archive;
