@@ -282,7 +282,7 @@ expect_fail() {
 # srun --gres=gpu:N docker run: the container can open exactly what Slurm's own cgroup lets
 # the step open, no more; and has exactly those nodes.
 case_one() {
-    local out step ctr
+    local out step ctr rc=0
     out="$(as alice srun --gres=gpu:1 sh -c "DEV=$LG_TMP/dev; $STEP_PROBE; $(probe_ctr)" 2>&1)"
     step="$(allowed "$out" "step ")"
     ctr="$(allowed "$out")"
@@ -293,6 +293,10 @@ case_one() {
     expect_eq gpu1-container-has-the-jobs-node "$step" "$(nodes "$out")" "$out"
     # Slurm's first GPU is the first File= of gres.conf: nvidia2, not nvidia0.
     expect_eq gpu1-first-index-is-first-file 2 "$ctr"
+    out="$(ns "$LG_BIN" policy check "$LG_POLICY" --docker "$LG_SOCK" 2>&1)" || rc=$?
+    if [[ $rc == 0 && $out == *", 0 errors, 0 warnings"* ]]; then pass policy-check-gres-mapping; else
+        fail policy-check-gres-mapping "exit $rc: $out"
+    fi
     out="$(as bob srun --gres=gpu:2 sh -c "DEV=$LG_TMP/dev; $STEP_PROBE; $(probe_ctr)" 2>&1)"
     step="$(allowed "$out" "step ")"
     if [[ $step =~ ^[0-3]\ [0-3]$ ]]; then pass "gpu2-slurm-allocates-two ($step)"; else
@@ -343,6 +347,14 @@ case_epilog() {
             "$(cat "$LG_TMP/state/containers/$id" 2>&1)"
     else
         fail salloc-srun-docker-run-d "$(as alice srun --jobid="$job" docker run -d "$I" true 2>&1)"
+    fi
+    # What an administrator sees of the job from this node.
+    out="$(ns "$LG_BIN" slurm job "$job" --policy "$LG_POLICY" 2>&1)"
+    if [[ $out == *"RUNNING, uid $(lg_uid alice) (policy user alice), node $NODE"* &&
+        $out == *"GPUs on $NODE (Slurm's [0], through $SL/gres.conf): nvidia2"* ]]; then
+        pass slurm-job-shows-the-mapping
+    else
+        fail slurm-job-shows-the-mapping "$out"
     fi
     # The salloc shell (here: anything outside a step, SLURM_JOB_ID or not) is not in the job.
     local out

@@ -342,6 +342,15 @@ fn policy_check(path: &Path, docker: &Path) -> anyhow::Result<i32> {
         }
     }
     errors += check_docker_root(&policy, docker);
+    let (slurm_errors, slurm_warnings) = crate::slurm::grant::check_node(&policy, &inventory);
+    for e in &slurm_errors {
+        println!("error: {e}");
+    }
+    for w in &slurm_warnings {
+        println!("warning: {w}");
+    }
+    errors += slurm_errors.len();
+    warnings += slurm_warnings.len();
     for gpu in inventory.gpus() {
         let owners = owners_of(&policy, &inventory, gpu.minor);
         if owners.len() > 1 {

@@ -8,7 +8,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use super::{gres, scontrol, Job, JobId, SlurmError};
-use crate::gpu::NVIDIA_MAJOR;
+use crate::gpu::{Inventory, NVIDIA_MAJOR};
 use crate::policy::{GpuSource, OutsideJob, Policy, SlurmSection, UserPolicy};
 
 /// Where job facts come from: scontrol, or a stand-in in tests.
@@ -224,6 +224,60 @@ pub fn for_owner(
     minors_for(policy, &scontrol, name, uid, job).map(Some)
 }
 
+/// `labgpu policy check` on a node with `gpus = "slurm"` users: what would make their
+/// containers fail here. Errors first, then warnings; none when no user's GPUs come from
+/// Slurm.
+pub fn check_node(policy: &Policy, inventory: &dyn Inventory) -> (Vec<String>, Vec<String>) {
+    let (mut errors, mut warnings) = (Vec::new(), Vec::new());
+    let slurm_users = policy
+        .users
+        .values()
+        .any(|u| policy.gpu_source(u) == GpuSource::Slurm);
+    if !slurm_users {
+        return (errors, warnings);
+    }
+    let slurm = policy.slurm_or_default();
+    let scontrol = slurm.scontrol.as_path();
+    let runnable = std::fs::metadata(scontrol).is_ok_and(|m| m.is_file() && m.mode() & 0o111 != 0);
+    if !runnable {
+        errors.push(format!(
+            "[slurm] scontrol {} is not an executable file",
+            scontrol.display()
+        ));
+    }
+    let node = match node_name(&slurm) {
+        Ok(n) => n,
+        Err(e) => {
+            errors.push(e.to_string());
+            return (errors, warnings);
+        }
+    };
+    let path = gres_conf(&slurm);
+    let gpus = match gres::node_gpus(&path, &node) {
+        Ok(g) => g,
+        Err(e @ SlurmError::GresConf { .. }) if !path.exists() => {
+            warnings.push(format!("{e}: jobs get no GPU on node {node}"));
+            return (errors, warnings);
+        }
+        Err(e) => {
+            errors.push(e.to_string());
+            return (errors, warnings);
+        }
+    };
+    for file in &gpus.files {
+        match gpu_minor(&path, file) {
+            Ok(m) if inventory.gpus().iter().any(|g| g.minor == m) => {}
+            Ok(m) => errors.push(format!(
+                "gres.conf {} names {} (GPU minor {m}), which is not in this host's GPU inventory ([gpus])",
+                path.display(),
+                file.display()
+            )),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    (errors, warnings)
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -350,6 +404,27 @@ pub(crate) mod tests {
             err.to_string().contains("[slurm] outside_job = \"deny\""),
             "{err}"
         );
+    }
+
+    #[test]
+    fn policy_check_names_what_would_fail_here() {
+        let d = tempfile::tempdir().unwrap();
+        let inv = crate::gpu::devfs::scan(d.path(), &d.path().join("devices")).unwrap();
+        let p = policy(d.path(), "scontrol = \"/nonexistent/scontrol\"");
+        let (errors, warnings) = check_node(&p, &inv);
+        assert_eq!(
+            errors,
+            ["[slurm] scontrol /nonexistent/scontrol is not an executable file"]
+        );
+        assert!(
+            warnings[0].contains("jobs get no GPU on node vm"),
+            "{warnings:?}"
+        );
+        std::fs::write(d.path().join("gres.conf"), "Name=gpu File=/dev/null\n").unwrap();
+        let (errors, _) = check_node(&p, &inv);
+        assert!(errors[1].contains("not the NVIDIA GPUs' 195"), "{errors:?}");
+        let none = Policy::parse(Path::new("/p"), b"version = 1\n[users.a]\ngpus = [0]\n").unwrap();
+        assert_eq!(check_node(&none, &inv), (vec![], vec![]));
     }
 
     #[test]
