@@ -37,6 +37,9 @@ pub struct Options {
 enum Outcome {
     Removed,
     AlreadyGone,
+    /// A call failed, yet Docker no longer has it.
+    GoneAnyway(String),
+    /// Still there, or Docker cannot say: why.
     Failed(String),
 }
 
@@ -82,31 +85,8 @@ pub fn run(opts: &Options) -> i32 {
         return 0;
     }
     let stop = Duration::from_secs(policy.slurm_or_default().stop_timeout);
-    let deadline = start + BUDGET - CHECK_RESERVE;
-    let outcomes = remove_all(&opts.docker, &ids, stop, deadline);
-    let mut survivors = 0;
-    for (id, outcome) in ids.iter().zip(outcomes) {
-        let owner = records::recorded(state_dir, id)
-            .ok()
-            .flatten()
-            .map_or("?".to_string(), |r| r.owner);
-        let short: String = id.chars().take(12).collect();
-        let line = match outcome {
-            Outcome::Removed => format!("container {short} ({owner}) stopped and removed"),
-            Outcome::AlreadyGone => format!("container {short} ({owner}) was already gone"),
-            Outcome::Failed(why) => match still_there(&opts.docker, id) {
-                Ok(false) => format!("container {short} ({owner}) is gone ({why})"),
-                Ok(true) | Err(_) => {
-                    survivors += 1;
-                    format!("container {short} ({owner}) SURVIVES: {why}")
-                }
-            },
-        };
-        if !line.contains("SURVIVES") {
-            let _ = records::forget(state_dir, id);
-        }
-        say(&format!("job {job}: {line}"));
-    }
+    let outcomes = remove_all(&opts.docker, &ids, stop, start);
+    let survivors = report(state_dir, job, &ids, outcomes);
     if survivors > 0 {
         say(&format!(
             "job {job}: {survivors} of its {} containers survive and may hold GPUs Slurm gives the next job; exiting 1 so that Slurm drains the node (scontrol update nodename=… state=resume after removing them)",
@@ -115,6 +95,35 @@ pub fn run(opts: &Options) -> i32 {
         return 1;
     }
     0
+}
+
+/// One line per container; the records of those that are gone are dropped. Returns how many
+/// survive.
+fn report(state_dir: &Path, job: JobId, ids: &[String], outcomes: Vec<Outcome>) -> usize {
+    let mut survivors = 0;
+    for (id, outcome) in ids.iter().zip(outcomes) {
+        let owner = records::recorded(state_dir, id)
+            .ok()
+            .flatten()
+            .map_or("?".to_string(), |r| r.owner);
+        let short: String = id.chars().take(12).collect();
+        let survived = matches!(outcome, Outcome::Failed(_));
+        let line = match outcome {
+            Outcome::Removed => format!("container {short} ({owner}) stopped and removed"),
+            Outcome::AlreadyGone => format!("container {short} ({owner}) was already gone"),
+            Outcome::GoneAnyway(why) => format!("container {short} ({owner}) is gone ({why})"),
+            Outcome::Failed(why) => {
+                survivors += 1;
+                format!("container {short} ({owner}) SURVIVES: {why}")
+            }
+        };
+        // A survivor keeps its record, so that the next run (by hand) finds it again.
+        if !survived {
+            let _ = records::forget(state_dir, id);
+        }
+        say(&format!("job {job}: {line}"));
+    }
+    survivors
 }
 
 /// The job id slurmd gives an epilog.
@@ -129,12 +138,24 @@ fn job_from_env() -> Result<JobId, String> {
         .map_err(|_| format!("SLURM_JOB_ID={raw:?} is not a job id"))
 }
 
-/// Stops and removes every container in parallel, each by `deadline`.
-fn remove_all(docker: &Path, ids: &[String], stop: Duration, deadline: Instant) -> Vec<Outcome> {
+/// Stops and removes every container in parallel, then looks again at the ones that failed,
+/// all within `BUDGET` of `start`.
+fn remove_all(docker: &Path, ids: &[String], stop: Duration, start: Instant) -> Vec<Outcome> {
+    let deadline = start + BUDGET - CHECK_RESERVE;
+    let check = |id: &str, outcome: Outcome| match outcome {
+        Outcome::Failed(why) => {
+            let left = (start + BUDGET).saturating_duration_since(Instant::now());
+            match still_there(docker, id, left.min(CHECK_RESERVE)) {
+                Ok(false) => Outcome::GoneAnyway(why),
+                Ok(true) | Err(_) => Outcome::Failed(why),
+            }
+        }
+        done => done,
+    };
     std::thread::scope(|scope| {
         let handles: Vec<_> = ids
             .iter()
-            .map(|id| scope.spawn(move || remove(docker, id, stop, deadline)))
+            .map(|id| scope.spawn(move || check(id, remove(docker, id, stop, deadline))))
             .collect();
         handles
             .into_iter()
@@ -190,12 +211,12 @@ fn status(e: &DockerApiError) -> Option<u16> {
 }
 
 /// Whether Docker still has `id` (an unanswered question counts as yes).
-fn still_there(docker: &Path, id: &str) -> Result<bool, DockerApiError> {
+fn still_there(docker: &Path, id: &str, timeout: Duration) -> Result<bool, DockerApiError> {
     match docker_api::request_within(
         docker,
         "GET",
         &format!("/containers/{id}/json"),
-        CHECK_RESERVE,
+        timeout.max(Duration::from_millis(100)),
     ) {
         Ok(_) => Ok(true),
         Err(e) if status(&e) == Some(404) => Ok(false),
