@@ -49,6 +49,8 @@ pub enum RuntimeError {
     Edit(#[from] EditError),
     #[error(transparent)]
     Volume(#[from] VolumeError),
+    #[error(transparent)]
+    Slurm(#[from] crate::slurm::SlurmError),
     #[error("runc not found: set [runtime] runc in the policy or install runc at one of {}", RUNC_CANDIDATES.join(", "))]
     NoRunc,
     #[error("runc {0} from [runtime] runc does not exist")]
@@ -196,6 +198,8 @@ fn prepare_create(
         }
     }
     let owner = ownership.owner;
+    let slurm_gpus =
+        crate::slurm::grant::for_owner(&policy, owner.as_deref(), ownership.slurm_job)?;
     let refs: Vec<_> = owner
         .as_deref()
         .and_then(|o| policy.user(o))
@@ -204,6 +208,9 @@ fn prepare_create(
     let inventory = inventory_for(&policy.gpus, &refs, Purpose::Runtime)?;
     let backings = volumes::spec_backings(&spec, &root, Path::new(MOUNT_TABLE))?;
     let mut decision = decide(&policy, owner.as_deref(), &inventory, root, &id)?;
+    if let Some(minors) = &slurm_gpus {
+        decision.grant_minors(&policy, &inventory, minors)?;
+    }
     decision.runc_root = Some(runc_root(inv));
     decision.volume_backings = backings;
     let mut report = Report::default();
@@ -214,6 +221,7 @@ fn prepare_create(
         owner = decision.owner.as_deref().unwrap_or("-"),
         ignored_label = ownership.ignored_label.as_deref().unwrap_or("-"),
         gpus = ?decision.gpu_ids,
+        slurm_job = ?ownership.slurm_job,
         removed = ?report.removed,
         added = ?report.added,
         "{} allowed",
