@@ -22,6 +22,7 @@ pub mod log;
 pub mod owner;
 pub mod paths;
 pub mod policy;
+pub mod policy_cache;
 pub mod proxy;
 pub mod records;
 pub mod refusal;

@@ -15,6 +15,7 @@ use crate::edits::{self, stamp, EditError, Report};
 use crate::gpu::{inventory_for, GpuError, Purpose};
 use crate::owner::{self, OwnerError};
 use crate::policy::{policy_path, Policy, PolicyError, Unlabeled};
+use crate::policy_cache::RuntimePolicy;
 use crate::refusal;
 use crate::spec::{self, SpecError};
 use crate::volumes::{self, VolumeError};
@@ -116,7 +117,17 @@ pub fn prepare(argv: &[OsString], inv: &Invocation) -> Result<PathBuf, RuntimeEr
         "create" | "run" | "restore" => prepare_create(argv, inv, &path),
         "exec" => prepare_exec(argv, inv, &path),
         "update" => prepare_update(argv, inv, &path),
-        _ => find_runc(Policy::runc_hint(&path).as_deref()),
+        _ => passthrough_runc(&path),
+    }
+}
+
+/// The runc for a subcommand labgpu does not inspect: the one the last create resolved for
+/// this very policy file (see `policy_cache`), else `[runtime] runc` read leniently, so that
+/// a policy broken mid-edit never blocks stop, kill or delete.
+fn passthrough_runc(policy_path: &Path) -> Result<PathBuf, RuntimeError> {
+    match crate::policy_cache::cached_runc(policy_path) {
+        Some(runc) => Ok(runc),
+        None => find_runc(Policy::runc_hint(policy_path).as_deref()),
     }
 }
 
@@ -164,10 +175,14 @@ pub fn find_runc(configured: Option<&Path>) -> Result<PathBuf, RuntimeError> {
     Ok(runc)
 }
 
-fn load_policy(path: &Path) -> Result<Policy, RuntimeError> {
-    let policy = Policy::load(path)?;
-    crate::log::init(policy.runtime.log.as_ref().map(|l| l.as_path()));
-    Ok(policy)
+/// The policy (from the cache when it matches the file, see `policy_cache`) and the runc it
+/// names; the decision log is opened where the policy says.
+fn load_policy(path: &Path) -> Result<(RuntimePolicy, PathBuf), RuntimeError> {
+    let loaded = RuntimePolicy::load(path)?;
+    crate::log::init(loaded.policy.runtime.log.as_ref().map(|l| l.as_path()));
+    let runc = find_runc(loaded.policy.runtime.runc.as_ref().map(|r| r.as_path()))?;
+    loaded.remember(&runc);
+    Ok((loaded, runc))
 }
 
 /// create / run / restore: rewrite `<bundle>/config.json` to the owner's policy.
@@ -182,12 +197,22 @@ fn prepare_create(
         Some(b) => PathBuf::from(b),
         None => std::env::current_dir().map_err(RuntimeError::NoBundle)?,
     };
-    let policy = load_policy(policy_path)?;
-    let runc = find_runc(policy.runtime.runc.as_ref().map(|r| r.as_path()))?;
+    let (mut loaded, runc) = load_policy(policy_path)?;
     let config = bundle.join("config.json");
     let mut spec = spec::load(&config)?;
-    let root = owner::docker_root(policy.runtime.docker_root.as_ref().map(|r| r.as_path()));
-    let ownership = owner::resolve(&policy, &spec, &id, &root)?;
+    let root = owner::docker_root(
+        loaded
+            .policy
+            .runtime
+            .docker_root
+            .as_ref()
+            .map(|r| r.as_path()),
+    );
+    let ownership = owner::resolve(&loaded.policy, &spec, &id, &root)?;
+    if let Some(o) = &ownership.owner {
+        loaded.with_user(o)?;
+    }
+    let policy = &loaded.policy;
     if let (None, Some(label)) = (&ownership.owner, &ownership.ignored_label) {
         if policy.runtime.unlabeled == Unlabeled::Deny {
             return Err(RuntimeError::NotFromProxy {
@@ -243,13 +268,16 @@ fn prepare_exec(
         }
     }
     let id = container_id(sub).ok_or_else(|| RuntimeError::NoId("exec".into()))?;
-    let policy = load_policy(policy_path)?;
-    let runc = find_runc(policy.runtime.runc.as_ref().map(|r| r.as_path()))?;
+    let (mut loaded, runc) = load_policy(policy_path)?;
     let root = inv
         .root
         .clone()
         .unwrap_or_else(|| PathBuf::from(RUNC_DEFAULT_ROOT));
     let owner = stamped_owner(&root, &id)?;
+    if let Some(o) = &owner {
+        loaded.with_user(o)?;
+    }
+    let policy = &loaded.policy;
     let user = match decide::policy_user(&policy, owner.as_deref()) {
         Err(DecideError::UnknownOwner { owner, policy }) => {
             return Err(RuntimeError::OwnerGone { id, owner, policy })
@@ -312,7 +340,7 @@ fn prepare_update(
     inv: &Invocation,
     policy_path: &Path,
 ) -> Result<PathBuf, RuntimeError> {
-    let runc = find_runc(Policy::runc_hint(policy_path).as_deref())?;
+    let runc = passthrough_runc(policy_path)?;
     let sub = inv.sub_args(argv);
     let Some(source) = flag_value(sub, &["--resources", "-r"]) else {
         return Ok(runc);
