@@ -49,10 +49,10 @@ const END: &str = "end\n";
 
 /// The fields of a file's stat that any change to it moves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Identity([i64; 7]);
+pub(crate) struct Identity([i64; 7]);
 
 impl Identity {
-    fn of(m: &Metadata) -> Identity {
+    pub(crate) fn of(m: &Metadata) -> Identity {
         Identity([
             m.dev() as i64,
             m.ino() as i64,
@@ -64,12 +64,22 @@ impl Identity {
         ])
     }
 
-    fn line(&self) -> String {
+    pub(crate) fn line(&self) -> String {
         let v: Vec<String> = self.0.iter().map(i64::to_string).collect();
         v.join(" ")
     }
 
-    fn settled(m: &Metadata) -> bool {
+    pub(crate) fn parse(line: &str) -> Option<Identity> {
+        let ids: Vec<i64> = line
+            .split(' ')
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .ok()?;
+        Some(Identity(ids.try_into().ok()?))
+    }
+
+    /// Whether an entry may be written for a file with this stat (see the module doc).
+    pub(crate) fn settled(m: &Metadata) -> bool {
         let ctime = SystemTime::UNIX_EPOCH
             + Duration::new(
                 m.ctime().max(0) as u64,
@@ -91,8 +101,13 @@ pub fn entry_path(policy_path: &Path) -> PathBuf {
 
 /// The entry's file name: one entry per policy path (LABGPU_POLICY may name several).
 fn entry_name(policy_path: &Path) -> String {
-    let digest = Sha256::digest(policy_path.as_os_str().as_bytes());
-    format!("{}.cache", &hex(&digest)[..32])
+    named(policy_path, "cache")
+}
+
+/// An entry's file name for the file at `path`, of kind `ext`.
+pub(crate) fn named(path: &Path, ext: &str) -> String {
+    let digest = Sha256::digest(path.as_os_str().as_bytes());
+    format!("{}.{ext}", &hex(&digest)[..32])
 }
 
 /// The policy as the runtime sees it: in full after a parse, or without the users' tables
@@ -257,12 +272,7 @@ impl Head {
         if next()? != MAGIC {
             return None;
         }
-        let ids: Vec<i64> = next()?
-            .split(' ')
-            .map(str::parse)
-            .collect::<Result<_, _>>()
-            .ok()?;
-        let identity = Identity(ids.try_into().ok()?);
+        let identity = Identity::parse(next()?)?;
         let sha256 = next()?.to_string();
         let runc = PathBuf::from(next()?);
         let header_len = next()?.parse().ok()?;
@@ -305,9 +315,14 @@ fn from_cache(path: &Path, identity: Identity) -> Option<RuntimePolicy> {
 /// cache directory and the entry opened without following a symlink, and each owned by root
 /// and not writable by group or others.
 fn open_entry(policy_path: &Path) -> Option<File> {
+    open_named(&entry_name(policy_path))
+}
+
+/// The entry called `name`, checked as [`open_entry`] says.
+pub(crate) fn open_named(name: &str) -> Option<File> {
     let parent = open_checked(None, CACHE_PARENT, true)?;
     let dir = open_checked(Some(&parent), CACHE_DIR, true)?;
-    let entry = open_checked(Some(&dir), &entry_name(policy_path), false)?;
+    let entry = open_checked(Some(&dir), name, false)?;
     Some(File::from(entry))
 }
 
@@ -325,9 +340,10 @@ fn open_checked(at: Option<&OwnedFd>, name: &str, dir: bool) -> Option<OwnedFd> 
     }
     // SAFETY: `fd` was just opened and is owned by nothing else.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let meta = File::from(fd.try_clone().ok()?).metadata().ok()?;
-    let kind_ok = if dir { meta.is_dir() } else { meta.is_file() };
-    (kind_ok && meta.uid() == 0 && meta.mode() & 0o022 == 0).then_some(fd)
+    let meta = nix::sys::stat::fstat(fd.as_raw_fd()).ok()?;
+    let kind = meta.st_mode & libc::S_IFMT;
+    let kind_ok = kind == if dir { libc::S_IFDIR } else { libc::S_IFREG };
+    (kind_ok && meta.st_uid == 0 && meta.st_mode & 0o022 == 0).then_some(fd)
 }
 
 /// Opens (creating, mode 0700) the cache directory, refusing one that is not root's alone.
@@ -371,8 +387,12 @@ fn compile(policy: &Policy, parsed: &Parsed, runc: &Path) -> Option<Vec<u8>> {
 
 fn store(policy: &Policy, parsed: &Parsed, runc: &Path) -> Option<()> {
     let bytes = compile(policy, parsed, runc)?;
+    write_named(&entry_name(&policy.path), &bytes)
+}
+
+/// Writes the entry `name` atomically (a temp file renamed over it). Best effort.
+pub(crate) fn write_named(name: &str, bytes: &[u8]) -> Option<()> {
     let dir = open_dir_for_writing()?;
-    let name = entry_name(&policy.path);
     let tmp = format!(".{name}.{}", std::process::id());
     let c_tmp = CString::new(tmp.as_str()).ok()?;
     let c_name = CString::new(name).ok()?;
@@ -384,7 +404,7 @@ fn store(policy: &Policy, parsed: &Parsed, runc: &Path) -> Option<()> {
     }
     // SAFETY: `fd` was just opened and is owned by nothing else.
     let mut file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-    let written = file.write_all(&bytes).is_ok();
+    let written = file.write_all(bytes).is_ok();
     drop(file);
     // SAFETY: as above; renameat replaces the entry atomically, so readers see old or new.
     let ok = written
