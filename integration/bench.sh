@@ -20,6 +20,7 @@
 # Knobs: LABGPU_BENCH_RUNS (create runs per arm, 60), LABGPU_BENCH_DOCKER_RUNS (60),
 # LABGPU_BENCH_COUNTS (10,50), LABGPU_BENCH_FIXTURES (1000), LABGPU_BENCH_CP_MIB (1024),
 # LABGPU_BENCH_SKIP_DOCKER=1 (no docker run, no proxy), LABGPU_BENCH_SKIP_PROXY=1,
+# LABGPU_BENCH_ONLY=proxy (the proxy's part alone),
 # LABGPU_E2E_SKIP_BUILD=1, LABGPU_BENCH_DISK=1 (bundles on disk, not on a tmpfs like
 # Docker's /run).
 # Everything lives in /tmp/labgpu-bench.XXXX and is removed at the end, containers included.
@@ -123,6 +124,8 @@ echo "docker:  $(dockerd --version)"
 echo "load:    $(cut -d' ' -f1-3 /proc/loadavg) (1/5/15 min) at start"
 echo "bundles: $BENCH_DIR ($(stat -f -c %T "$BENCH_DIR"))"
 
+ONLY="${LABGPU_BENCH_ONLY:-}"
+if [[ -z $ONLY ]]; then
 echo
 echo "== criterion: labgpu in-process (benches/rewrite.rs); full output in target/bench-criterion.log"
 # Stale estimates must not reach the table.
@@ -151,6 +154,7 @@ else
     lg_say "valgrind not installed (apt-get install valgrind): no instruction counts"
 fi
 timings verify --labgpu "$LG_BIN" --tmp "$BENCH_DIR" --counts "$COUNTS" --fixtures "$FIXTURES"
+fi
 
 if [[ ${LABGPU_BENCH_SKIP_DOCKER:-0} != 1 ]]; then
     lg_make_fake_gpus "$LG_TMP/dev"
@@ -165,8 +169,10 @@ if [[ ${LABGPU_BENCH_SKIP_DOCKER:-0} != 1 ]]; then
     lg_start_dockerd
     # No test accounts here: the image's passwd needs none.
     LG_TEST_USERS="" lg_make_image
-    timings docker --runs "$DOCKER_RUNS" --image "$LG_IMAGE" --docker "$LG_DOCKER_CLI"
-    grep -q 'create allowed' "$LG_TMP/labgpu.log" || lg_die "labgpu's log shows no create: was it in the path?"
+    if [[ -z $ONLY ]]; then
+        timings docker --runs "$DOCKER_RUNS" --image "$LG_IMAGE" --docker "$LG_DOCKER_CLI"
+        grep -q 'create allowed' "$LG_TMP/labgpu.log" || lg_die "labgpu's log shows no create: was it in the path?"
+    fi
     if [[ ${LABGPU_BENCH_SKIP_PROXY:-0} != 1 ]]; then
         proxy_bench
     fi
