@@ -223,8 +223,7 @@ fn prepare_create(
         }
     }
     let owner = ownership.owner;
-    let slurm_gpus =
-        crate::slurm::grant::for_owner(&policy, owner.as_deref(), ownership.slurm_job)?;
+    let slurm_gpus = crate::slurm::grant::for_owner(policy, owner.as_deref(), ownership.slurm_job)?;
     let refs: Vec<_> = owner
         .as_deref()
         .and_then(|o| policy.user(o))
@@ -232,9 +231,9 @@ fn prepare_create(
         .unwrap_or_default();
     let inventory = inventory_for(&policy.gpus, &refs, Purpose::Runtime)?;
     let backings = volumes::spec_backings(&spec, &root, Path::new(MOUNT_TABLE))?;
-    let mut decision = decide(&policy, owner.as_deref(), &inventory, root, &id)?;
+    let mut decision = decide(policy, owner.as_deref(), &inventory, root, &id)?;
     if let Some(minors) = &slurm_gpus {
-        decision.grant_minors(&policy, &inventory, minors)?;
+        decision.grant_minors(policy, &inventory, minors)?;
     }
     decision.runc_root = Some(runc_root(inv));
     decision.volume_backings = backings;
@@ -278,13 +277,13 @@ fn prepare_exec(
         loaded.with_user(o)?;
     }
     let policy = &loaded.policy;
-    let user = match decide::policy_user(&policy, owner.as_deref()) {
+    let user = match decide::policy_user(policy, owner.as_deref()) {
         Err(DecideError::UnknownOwner { owner, policy }) => {
             return Err(RuntimeError::OwnerGone { id, owner, policy })
         }
         other => other?,
     };
-    let rules = decide::process_rules(&policy, owner.as_deref(), user)?;
+    let rules = decide::process_rules(policy, owner.as_deref(), user)?;
     let mut report = Report::default();
     match flag_value(sub, &["--process", "-p"]) {
         Some(file) => {
