@@ -17,40 +17,41 @@ pub struct Usage {
 }
 
 /// Reads the usage of the cgroups in `m`, under the cgroup file system at `root`
-/// (/sys/fs/cgroup).
+/// (/sys/fs/cgroup). Each figure comes from the unified hierarchy where it has the file,
+/// else from the v1 controller's: a hybrid host puts a container in both, with the
+/// controllers (memory, pids) on the v1 side only.
 pub fn usage(root: &Path, m: &Membership) -> Usage {
-    let unified = m
+    let v2 = m
         .paths
         .get("")
         .filter(|p| p.as_str() != "/")
-        .map(|p| v2_dir(root, p));
-    match unified {
-        // Pure v2, or a hybrid host whose engine uses the unified hierarchy.
-        Some(dir) if dir.join("cgroup.procs").exists() => Usage {
-            cpu_seconds: read_keyed(&dir.join("cpu.stat"), "usage_usec").map(|u| u as f64 / 1e6),
-            memory_bytes: read_u64(&dir.join("memory.current")).map(|c| {
-                c.saturating_sub(read_keyed(&dir.join("memory.stat"), "inactive_file").unwrap_or(0))
+        .map(|p| v2_dir(root, p))
+        .filter(|d| d.join("cgroup.procs").exists());
+    let v2 = v2.as_deref();
+    let v1 = |controller| v1_dir(root, m, controller);
+    Usage {
+        cpu_seconds: v2
+            .and_then(|d| read_keyed(&d.join("cpu.stat"), "usage_usec"))
+            .map(|u| u as f64 / 1e6)
+            .or_else(|| {
+                let d = v1("cpuacct")?;
+                read_u64(&d.join("cpuacct.usage")).map(|ns| ns as f64 / 1e9)
             }),
-            pids: read_u64(&dir.join("pids.current")),
-        },
-        _ => {
-            let cpu = v1_dir(root, m, "cpuacct");
-            let mem = v1_dir(root, m, "memory");
-            let pids = v1_dir(root, m, "pids");
-            Usage {
-                cpu_seconds: cpu
-                    .and_then(|d| read_u64(&d.join("cpuacct.usage")))
-                    .map(|ns| ns as f64 / 1e9),
-                memory_bytes: mem.and_then(|d| {
-                    let usage = read_u64(&d.join("memory.usage_in_bytes"))?;
-                    let stat = d.join("memory.stat");
-                    Some(
-                        usage.saturating_sub(read_keyed(&stat, "total_inactive_file").unwrap_or(0)),
-                    )
-                }),
-                pids: pids.and_then(|d| read_u64(&d.join("pids.current"))),
-            }
-        }
+        memory_bytes: v2
+            .and_then(|d| {
+                let current = read_u64(&d.join("memory.current"))?;
+                let inactive = read_keyed(&d.join("memory.stat"), "inactive_file");
+                Some(current.saturating_sub(inactive.unwrap_or(0)))
+            })
+            .or_else(|| {
+                let d = v1("memory")?;
+                let usage = read_u64(&d.join("memory.usage_in_bytes"))?;
+                let inactive = read_keyed(&d.join("memory.stat"), "total_inactive_file");
+                Some(usage.saturating_sub(inactive.unwrap_or(0)))
+            }),
+        pids: v2
+            .and_then(|d| read_u64(&d.join("pids.current")))
+            .or_else(|| read_u64(&v1("pids")?.join("pids.current"))),
     }
 }
 
@@ -141,6 +142,28 @@ mod tests {
         let u = usage(r, &m);
         assert_eq!(u.cpu_seconds, Some(1.0));
         assert_eq!(u.memory_bytes, None);
+    }
+
+    /// Docker on a hybrid host: the container's unified cgroup exists but has no memory or
+    /// pids controller; those come from v1.
+    #[test]
+    fn hybrid_takes_what_the_unified_side_lacks_from_v1() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        let u = r.join("unified/docker/c1");
+        write(&u, "cgroup.procs", "42\n");
+        write(&u, "cpu.stat", "usage_usec 2000000\n");
+        write(
+            &r.join("memory/docker/c1"),
+            "memory.usage_in_bytes",
+            "5000\n",
+        );
+        write(&r.join("pids/docker/c1"), "pids.current", "4\n");
+        let m = parse("8:pids:/docker/c1\n4:memory:/docker/c1\n0::/docker/c1\n");
+        let got = usage(r, &m);
+        assert_eq!(got.cpu_seconds, Some(2.0));
+        assert_eq!(got.memory_bytes, Some(5000));
+        assert_eq!(got.pids, Some(4));
     }
 
     #[test]

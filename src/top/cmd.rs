@@ -84,6 +84,9 @@ pub fn top(opts: &Options) -> anyhow::Result<i32> {
         return Ok(0);
     }
     let mut stdout = std::io::stdout();
+    // The first screen at once (without CPU rates, which need a second look).
+    write!(stdout, "\x1b[H\x1b[2J{}", render::screen(&prev))?;
+    stdout.flush()?;
     loop {
         std::thread::sleep(opts.interval);
         let mut cur = match source.look() {

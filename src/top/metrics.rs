@@ -429,4 +429,55 @@ mod tests {
         assert_eq!(s["labgpu_verify_findings{kind=\"foreign-gpu\"}"], "0");
         assert_eq!(s["labgpu_verify_containers{status=\"violation\"}"], "1");
     }
+
+    /// config/grafana-dashboard.json is JSON Grafana can import, and every series it graphs
+    /// is one `render` writes (a renamed metric would leave a panel empty).
+    #[test]
+    fn the_shipped_grafana_dashboard_graphs_series_that_exist() {
+        let text = include_str!("../../config/grafana-dashboard.json");
+        let dash: serde_json::Value = serde_json::from_str(text).unwrap();
+        assert!(dash["panels"].as_array().is_some_and(|p| !p.is_empty()));
+        assert_eq!(dash["templating"]["list"][0]["type"], "datasource");
+        let mut exprs = Vec::new();
+        collect_exprs(&dash, &mut exprs);
+        assert!(exprs.len() >= 10, "{exprs:?}");
+        let refusals = BTreeMap::from([("privileged".to_string(), 1)]);
+        let audit = Audit {
+            policy: "/p".into(),
+            containers: vec![],
+            gpu_processes: None,
+            summary: Default::default(),
+        };
+        let out = render(
+            &view(),
+            &Extra {
+                audit: Some(Ok(&audit)),
+                refusals: Some(&refusals),
+            },
+        );
+        for e in &exprs {
+            for name in e
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("labgpu_"))
+            {
+                assert!(
+                    out.contains(&format!("# TYPE {name} ")),
+                    "the dashboard's {e:?} graphs {name}, which labgpu does not export"
+                );
+            }
+        }
+    }
+
+    fn collect_exprs(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                if let Some(e) = m.get("expr").and_then(|e| e.as_str()) {
+                    out.push(e.to_string());
+                }
+                m.values().for_each(|v| collect_exprs(v, out));
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|v| collect_exprs(v, out)),
+            _ => {}
+        }
+    }
 }
