@@ -130,7 +130,8 @@ make_scene() {
     real run -d --name tf1 --runtime runc --label labgpu.user=alice \
         --device "$LG_TMP/dev/nvidia3:/dev/nvidia3" "$I" sleep 600 >/dev/null ||
         lg_die "the forged container did not start"
-    runuser -u "$(lg_user carol)" -- sleep 600 &
+    # runuser says "Terminated" when the sleep is killed at the end.
+    runuser -u "$(lg_user carol)" -- sleep 600 2>/dev/null &
     CAROL_RUNUSER=$!
     disown "$CAROL_RUNUSER"
     PA="$(pid_of ta1)" PB="$(pid_of tb1)" PF="$(pid_of tf1)"
@@ -286,9 +287,10 @@ case_metrics() {
     expect_eq metrics-content-type "text/plain; version=0.0.4; charset=utf-8" "$ct"
     expect_eq metrics-loopback-only 127.0.0.1 "${METRICS%:*}"
     # Every series the shipped Grafana dashboard graphs is one the proxy exports.
-    local name missing=""
+    local name missing="" text
+    text="$(curl -sS "http://$METRICS/metrics")"
     for name in $(jq -r '.. | .expr? // empty' "$LG_REPO/config/grafana-dashboard.json" | grep -o 'labgpu_[a-z_]*' | sort -u); do
-        curl -sS "http://$METRICS/metrics" | grep -q "^# TYPE $name " || missing+=" $name"
+        grep -q "^# TYPE $name " <<<"$text" || missing+=" $name"
     done
     expect_eq metrics-dashboard-series "" "$missing"
 }
@@ -311,6 +313,7 @@ EOF
         prometheus --config.file="$p/prometheus.yml" --storage.tsdb.path="$p/data" \
             --web.listen-address="127.0.0.1:$PROM_PORT" >"$p/log" 2>&1 &
         PROM_PID=$!
+        disown "$PROM_PID"
         sleep 1
         kill -0 "$PROM_PID" 2>/dev/null && break
         PROM_PID=""
