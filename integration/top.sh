@@ -67,8 +67,9 @@ install_tools() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" \
         >/tmp/labgpu-top-apt.log 2>&1 || lg_say "apt-get install ${need[*]} failed (/tmp/labgpu-top-apt.log)"
     ((made)) && rm -f "$rcd"
-    command -v jq >/dev/null && command -v tmux >/dev/null && command -v prometheus >/dev/null ||
+    if ! command -v jq >/dev/null || ! command -v tmux >/dev/null || ! command -v prometheus >/dev/null; then
         lg_die "top.sh needs jq, tmux and prometheus"
+    fi
 }
 
 # The fake libnvidia-ml.so.1, answering from $NVML_DIR/fixture (rewritten by set_gpus).
@@ -92,6 +93,7 @@ set_gpus() {
 
 start_proxy() {
     LG_PROXY_EXTRA=(--metrics 127.0.0.1:0 --root "$LG_EXEC_ROOT/runtime-runc/moby")
+    # shellcheck disable=SC2119 # no command prefix: the proxy runs in the host's namespaces
     lg_start_own_proxy
     local i
     for ((i = 0; i < 50; i++)); do
@@ -112,7 +114,7 @@ top_teardown() {
     [[ -n $PC ]] && kill "$PC" 2>/dev/null
     local i
     for ((i = 0; i < 20; i++)); do
-        [[ -n $CAROL_RUNUSER ]] && kill -0 "$CAROL_RUNUSER" 2>/dev/null || break
+        if [[ -z $CAROL_RUNUSER ]] || ! kill -0 "$CAROL_RUNUSER" 2>/dev/null; then break; fi
         sleep 0.1
     done
     lg_stop_own_proxy
