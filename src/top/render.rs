@@ -105,7 +105,7 @@ fn users(out: &mut String, users: &[UserView]) {
         let c = u.ceilings.clone().unwrap_or_default();
         let cpu = against(
             u.cpu_cores.map_or("-".into(), percent_of_cores),
-            c.cpus.map(|n| percent_of_cores(n)),
+            c.cpus.map(percent_of_cores),
         );
         let mem = against(bytes(u.memory_bytes), c.memory_bytes.map(bytes));
         let pids = against(u.pids.to_string(), c.pids.map(|p| p.to_string()));
