@@ -214,6 +214,13 @@ capture() {
 row() { awk -v p="$2" '{ for (i = 1; i <= NF; i++) if ($i == p) { print; exit } }' <<<"$1"; }
 
 case_screens() {
+    # --once: one screen for scripts and mail, the same rows.
+    local once
+    once="$("$LG_BIN" top --once --policy "$LG_POLICY" 2>&1)"
+    printf '%s\n' "$once" >"$LG_TMP/top-once.txt"
+    if [[ "$(row "$once" "$PA")" == *" alice "* && "$(row "$once" "$PB")" == *" bob "* ]]; then
+        pass screen-once
+    else fail screen-once "$once"; fi
     TMUX_SOCK="$LG_TMP/tmux-root"
     tmux -S "$TMUX_SOCK" new-session -d -s top -x 150 -y 50 \
         "$LG_BIN top --policy $LG_POLICY --interval 1" || fail tmux-start
