@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::service::service_fn;
@@ -18,7 +19,8 @@ use tracing::{info, warn};
 use super::body::{full, Body};
 use super::error::ProxyError;
 use super::server::State;
-use crate::top::{self, Sources};
+use crate::policy::Policy;
+use crate::top::{self, Sources, View};
 
 /// The proxy's refusals since it started, by `ProxyError::reason`.
 #[derive(Debug, Default)]
@@ -35,6 +37,41 @@ impl Refusals {
     }
 }
 
+/// How long one look at the host serves every `/labgpu/top` caller: a user polling in a
+/// loop (or many users' `labgpu top`) costs one /proc scan and one NVML query a second.
+const VIEW_FRESH: Duration = Duration::from_secs(1);
+
+/// The last whole-host view, shared by all callers; the lock is held while a new one is
+/// taken, so concurrent callers wait for it instead of each taking their own.
+#[derive(Debug, Default)]
+pub struct ViewCache(tokio::sync::Mutex<Option<(Instant, Arc<View>)>>);
+
+impl ViewCache {
+    async fn get(&self, policy: Arc<Policy>, src: Sources) -> Result<Arc<View>, ProxyError> {
+        let mut slot = self.0.lock().await;
+        if let Some((at, view)) = slot.as_ref() {
+            if at.elapsed() < VIEW_FRESH && view_policy_matches(view, &policy) {
+                return Ok(view.clone());
+            }
+        }
+        let view = tokio::task::spawn_blocking(move || top::collect(&policy, &src))
+            .await
+            .map_err(|e| ProxyError::Body(e.to_string()))?;
+        let view = Arc::new(view);
+        *slot = Some((Instant::now(), view.clone()));
+        Ok(view)
+    }
+}
+
+/// A view is per policy only through its list of users; a policy edit within the second
+/// simply waits for the next look (owners come from records, not from the policy).
+fn view_policy_matches(view: &View, policy: &Policy) -> bool {
+    policy
+        .users
+        .keys()
+        .all(|u| view.users.iter().any(|v| &v.user == u))
+}
+
 /// `GET /labgpu/top`: the whole view for the administrator (`user` None), else `user`'s part.
 pub async fn top(state: &State, user: Option<String>) -> Result<Response<Body>, ProxyError> {
     let policy = state.policies.load(&state.policy)?;
@@ -42,15 +79,19 @@ pub async fn top(state: &State, user: Option<String>) -> Result<Response<Body>, 
         proc_root: state.proc_root.clone(),
         ..Sources::default()
     };
-    let view = tokio::task::spawn_blocking(move || {
-        let all = top::collect(&policy, &src);
-        match user {
-            None => all,
-            Some(name) => top::restrict(&all, &name, &top::granted_minors(&policy, &name)),
+    let all = state.views.get(policy.clone(), src).await?;
+    let view = match user {
+        None => (*all).clone(),
+        Some(name) => {
+            let granted = tokio::task::spawn_blocking({
+                let (policy, name) = (policy.clone(), name.clone());
+                move || top::granted_minors(&policy, &name)
+            })
+            .await
+            .map_err(|e| ProxyError::Body(e.to_string()))?;
+            top::restrict(&all, &name, &granted)
         }
-    })
-    .await
-    .map_err(|e| ProxyError::Body(e.to_string()))?;
+    };
     let body = serde_json::to_vec(&view).map_err(|e| ProxyError::Body(e.to_string()))?;
     Ok(with_type(full(body.into()), "application/json"))
 }
@@ -89,7 +130,7 @@ pub async fn serve_metrics(state: Arc<State>, listener: TcpListener, addr: Socke
             Ok((s, _)) => s,
             Err(e) => {
                 warn!(error = %e, "metrics accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };

@@ -37,6 +37,8 @@ pub struct State {
     pub policies: PolicyCache,
     pub conns: Arc<Connections>,
     pub refusals: Arc<Refusals>,
+    /// The last look at the host, for `/labgpu/top`.
+    pub views: observe::ViewCache,
     /// runc state roots the metrics' verify audit scans.
     pub roots: Vec<PathBuf>,
 }
@@ -54,6 +56,7 @@ pub async fn serve(opts: Options) -> anyhow::Result<()> {
         policies: PolicyCache::default(),
         conns: Arc::new(Connections::default()),
         refusals: Arc::new(Refusals::default()),
+        views: observe::ViewCache::default(),
         roots: opts.roots.clone(),
     });
     if let Some((l, addr)) = metrics {

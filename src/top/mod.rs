@@ -202,7 +202,10 @@ fn gpu_view(
                     })
                 }
                 None => uid.and_then(|u| {
-                    let name = crate::proxy::identity::passwd_name(u);
+                    let name = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(u))
+                        .ok()
+                        .flatten()
+                        .map(|p| p.name);
                     policy.user_for_uid(u, name.as_deref()).map(str::to_string)
                 }),
             };
