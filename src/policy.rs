@@ -902,6 +902,27 @@ mod tests {
     }
 
     #[test]
+    fn proxy_metrics_is_an_address_and_port() {
+        let p = parse("version = 1\n[proxy]\nmetrics = \"127.0.0.1:9400\"\n").unwrap();
+        assert_eq!(p.proxy.unwrap().metrics.as_deref(), Some("127.0.0.1:9400"));
+        assert_eq!(
+            parse("version = 1\n[proxy]\n")
+                .unwrap()
+                .proxy
+                .unwrap()
+                .metrics,
+            None
+        );
+        let err = parse("version = 1\n[proxy]\nmetrics = \"localhost\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("[proxy] metrics = \"localhost\" must be an address and port"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn minimal_policy_gets_safe_defaults() {
         let p = parse("version = 1\n").unwrap();
         assert_eq!(p.runtime.unlabeled, Unlabeled::Deny);

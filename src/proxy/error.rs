@@ -248,3 +248,31 @@ impl ProxyError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The metrics' `reason` label: one per kind of refusal, the policy's refusals by name.
+    #[test]
+    fn refusals_have_stable_reasons() {
+        let privileged = RuleError::Privileged {
+            user: "bob".into(),
+            section: "[users.bob]".into(),
+        };
+        assert_eq!(ProxyError::from(privileged).reason(), "privileged");
+        assert_eq!(ProxyError::NotYours("c1".into()).reason(), "not_yours");
+        let bind = RuleError::BindNotAllowed {
+            path: "/etc".into(),
+            user: "bob".into(),
+            section: "[users.bob]".into(),
+        };
+        assert_eq!(ProxyError::from(bind).reason(), "bind_not_allowed");
+        for r in ["privileged", "not_yours", "bind_not_allowed"] {
+            assert!(
+                r.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{r}"
+            );
+        }
+    }
+}

@@ -41,7 +41,12 @@ impl Source {
         match self {
             Source::Host(policy) => Ok(collect(policy, &Sources::default())),
             Source::Proxy(socket) => {
-                let v = crate::docker_api::get_json(socket, TOP_PATH)?;
+                let v = crate::docker_api::get_json(socket, TOP_PATH).with_context(|| {
+                    format!(
+                        "labgpu top asks the labgpu proxy on {} (--socket or DOCKER_HOST to name another)",
+                        socket.display()
+                    )
+                })?;
                 serde_json::from_value(v).with_context(|| {
                     format!(
                         "{} answered {TOP_PATH} with something that is not labgpu top's view",
