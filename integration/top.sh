@@ -286,7 +286,12 @@ case_metrics() {
     expect_eq metrics-bob-gpu-util 70 "$(metric 'labgpu_user_gpu_utilization_percent{user="bob"}')"
     expect_eq metrics-alice-containers 1 "$(metric 'labgpu_user_containers{user="alice"}')"
     expect_eq metrics-gpu3-util 90 "$(metric 'labgpu_gpu_utilization_percent{gpu="3"}')"
-    expect_eq metrics-unowned 1 "$(metric labgpu_unowned_containers)"
+    # At least the forged one (the host may run other dockerds' containers: all unowned here).
+    local unowned
+    unowned="$(metric labgpu_unowned_containers)"
+    if [[ $unowned =~ ^[0-9]+$ ]] && ((unowned >= 1)); then pass metrics-unowned; else
+        fail metrics-unowned "labgpu_unowned_containers = '$unowned'"
+    fi
     expect_eq metrics-verify-bypass 1 "$(metric 'labgpu_verify_findings{kind="bypass"}')"
     # A refusal through the proxy is counted by its reason.
     dk bob run --rm --privileged "$I" true >/dev/null 2>&1
