@@ -361,20 +361,15 @@ pub fn fill_rates(prev: &View, cur: &mut View) {
             _ => None,
         };
     }
-    let ceilings: BTreeMap<String, Option<Ceilings>> = cur
-        .users
-        .iter()
-        .map(|u| (u.user.clone(), u.ceilings.clone()))
-        .collect();
-    let names = cur.users.iter().map(|u| u.user.clone()).collect::<Vec<_>>();
-    cur.users = totals(cur, names.into_iter())
-        .into_iter()
-        .filter(|u| ceilings.contains_key(&u.user))
-        .map(|mut u| {
-            u.ceilings = ceilings[&u.user].clone();
-            u
-        })
-        .collect();
+    let containers = &cur.containers;
+    for u in &mut cur.users {
+        let cores: Vec<f64> = containers
+            .iter()
+            .filter(|c| c.owner.as_deref() == Some(u.user.as_str()))
+            .filter_map(|c| c.cpu_cores)
+            .collect();
+        u.cpu_cores = (!cores.is_empty()).then(|| cores.iter().sum());
+    }
 }
 
 #[cfg(test)]
