@@ -289,6 +289,7 @@ docker_root = "$LG_DATA_ROOT"
 
 [gpus]
 dev_root = "$LG_TMP/dev"
+${LG_POLICY_GPUS_EXTRA:-}
 
 [defaults]
 capabilities = ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL",
@@ -597,13 +598,14 @@ lg_unmount_all() {
 
 LG_PSOCK=""
 LG_PROXY_PID=""
+LG_PROXY_EXTRA=() # more `labgpu proxy` arguments (top.sh: --metrics, --root)
 
 # Starts `labgpu proxy` on $LG_TMP/proxy/docker.sock (LG_PSOCK), logging to $LG_TMP/proxy.log;
 # arguments, if any, are a command prefix to start it under (slurm.sh: nsenter).
 lg_start_own_proxy() {
     LG_PSOCK="$LG_TMP/proxy/docker.sock"
     "$@" "$LG_BIN" proxy --listen "$LG_PSOCK" --upstream "$LG_SOCK" --policy "$LG_POLICY" \
-        >"$LG_TMP/proxy.log" 2>&1 &
+        ${LG_PROXY_EXTRA[@]+"${LG_PROXY_EXTRA[@]}"} >"$LG_TMP/proxy.log" 2>&1 &
     LG_PROXY_PID=$!
     local i
     for ((i = 0; i < 50; i++)); do

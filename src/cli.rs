@@ -27,11 +27,7 @@ pub fn main(argv: Vec<OsString>) -> i32 {
         } => verify(
             verify::Options {
                 policy: policy.unwrap_or_else(policy_path),
-                roots: if roots.is_empty() {
-                    verify::DEFAULT_ROOTS.iter().map(PathBuf::from).collect()
-                } else {
-                    roots
-                },
+                roots: verify_roots(roots),
                 container,
                 proc_root,
             },
@@ -45,11 +41,31 @@ pub fn main(argv: Vec<OsString>) -> i32 {
             listen,
             upstream,
             policy,
+            metrics,
+            roots,
         } => crate::proxy::run(crate::proxy::Options {
             listen,
             upstream,
             policy: policy.unwrap_or_else(policy_path),
+            metrics,
+            roots: verify_roots(roots),
         }),
+        Command_::Top {
+            policy,
+            socket,
+            once,
+            json,
+            interval,
+        } => crate::top::cmd::top(&crate::top::cmd::Options {
+            policy: policy.unwrap_or_else(policy_path),
+            socket,
+            once,
+            json,
+            interval: std::time::Duration::from_secs_f64(interval.clamp(0.2, 3600.0)),
+        }),
+        Command_::Metrics { policy, roots } => {
+            crate::top::cmd::print_metrics(&policy.unwrap_or_else(policy_path), verify_roots(roots))
+        }
         Command_::Setup {
             command:
                 SetupCommand::Docker {
@@ -83,6 +99,15 @@ pub fn main(argv: Vec<OsString>) -> i32 {
             eprintln!("labgpu: {e:#}");
             2
         }
+    }
+}
+
+/// The runc state roots given, else Docker's, containerd's and runc's.
+fn verify_roots(roots: Vec<PathBuf>) -> Vec<PathBuf> {
+    if roots.is_empty() {
+        verify::DEFAULT_ROOTS.iter().map(PathBuf::from).collect()
+    } else {
+        roots
     }
 }
 

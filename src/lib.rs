@@ -8,7 +8,9 @@
 //! grants that job's GPUs on this node, and `labgpu slurm epilog` removes the containers
 //! when the job ends. `seccomp` models Docker's
 //! default seccomp profiles, so that a default resolved for capabilities labgpu cuts is
-//! replaced, and a custom profile allows no more than the default would.
+//! replaced, and a custom profile allows no more than the default would. `top` shows who
+//! uses which GPU (`labgpu top`, and the proxy's `/labgpu/top` for users) and writes the
+//! Prometheus metrics the proxy serves on its `--metrics` listener.
 
 pub mod argv;
 pub mod cdi;
@@ -30,5 +32,6 @@ pub mod seccomp;
 pub mod setup;
 pub mod slurm;
 pub mod spec;
+pub mod top;
 pub mod verify;
 pub mod volumes;

@@ -131,6 +131,10 @@ pub struct ProxySection {
     /// Bind mounts, volumes and tmpfs one container create may ask for.
     #[serde(default = "default_max_mounts")]
     pub max_mounts: usize,
+    /// Where the proxy serves Prometheus metrics (`host:port`); none unless set (or
+    /// `labgpu proxy --metrics`). The metrics name users and their usage: keep it on loopback
+    /// unless the network to the scraper is trusted.
+    pub metrics: Option<String>,
 }
 
 impl Default for ProxySection {
@@ -145,6 +149,7 @@ impl Default for ProxySection {
             max_connections_unknown: default_max_connections_unknown(),
             max_body_bytes: default_max_body_bytes(),
             max_mounts: default_max_mounts(),
+            metrics: None,
         }
     }
 }
@@ -753,6 +758,13 @@ impl Policy {
                     proxy.image_prefix
                 )));
             }
+            if let Some(m) = &proxy.metrics {
+                if m.parse::<std::net::SocketAddr>().is_err() {
+                    return Err(invalid(format!(
+                        "[proxy] metrics = {m:?} must be an address and port such as \"127.0.0.1:9400\""
+                    )));
+                }
+            }
             if proxy.runtime.is_empty() || proxy.runtime == "runc" {
                 return Err(invalid(format!(
                     "[proxy] runtime = {:?} must name the labgpu runtime as registered with Docker",
@@ -887,6 +899,27 @@ mod tests {
 
     fn parse(text: &str) -> Result<Policy, PolicyError> {
         Policy::parse(Path::new("/etc/labgpu/policy.toml"), text.as_bytes())
+    }
+
+    #[test]
+    fn proxy_metrics_is_an_address_and_port() {
+        let p = parse("version = 1\n[proxy]\nmetrics = \"127.0.0.1:9400\"\n").unwrap();
+        assert_eq!(p.proxy.unwrap().metrics.as_deref(), Some("127.0.0.1:9400"));
+        assert_eq!(
+            parse("version = 1\n[proxy]\n")
+                .unwrap()
+                .proxy
+                .unwrap()
+                .metrics,
+            None
+        );
+        let err = parse("version = 1\n[proxy]\nmetrics = \"localhost\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("[proxy] metrics = \"localhost\" must be an address and port"),
+            "{err}"
+        );
     }
 
     #[test]

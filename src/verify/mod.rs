@@ -143,6 +143,48 @@ pub enum Kind {
     Unreadable,
 }
 
+impl Kind {
+    /// Every kind, for reports that list kinds with no findings too (the metrics).
+    pub const ALL: [Kind; 15] = [
+        Kind::Bypass,
+        Kind::ForeignGpu,
+        Kind::Drift,
+        Kind::Capabilities,
+        Kind::NoNewPrivileges,
+        Kind::User,
+        Kind::Seccomp,
+        Kind::Namespace,
+        Kind::Device,
+        Kind::SystemPaths,
+        Kind::Mount,
+        Kind::Volume,
+        Kind::Owner,
+        Kind::Slurm,
+        Kind::Unreadable,
+    ];
+
+    /// The kind as `verify --json` writes it (`foreign-gpu`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Bypass => "bypass",
+            Kind::ForeignGpu => "foreign-gpu",
+            Kind::Drift => "drift",
+            Kind::Capabilities => "capabilities",
+            Kind::NoNewPrivileges => "no-new-privileges",
+            Kind::User => "user",
+            Kind::Seccomp => "seccomp",
+            Kind::Namespace => "namespace",
+            Kind::Device => "device",
+            Kind::SystemPaths => "system-paths",
+            Kind::Mount => "mount",
+            Kind::Volume => "volume",
+            Kind::Owner => "owner",
+            Kind::Slurm => "slurm",
+            Kind::Unreadable => "unreadable",
+        }
+    }
+}
+
 impl Audit {
     /// 0 all clean, 1 violations, 2 something could not be audited.
     pub fn exit_code(&self) -> i32 {
@@ -369,6 +411,18 @@ pub fn render_table(audit: &Audit) -> String {
         s.containers, s.ok, s.violations, s.errors, s.stopped
     ));
     out
+}
+
+#[cfg(test)]
+mod kind_tests {
+    use super::Kind;
+
+    #[test]
+    fn kind_names_are_the_json_names() {
+        for k in Kind::ALL {
+            assert_eq!(serde_json::to_value(k).unwrap(), k.name());
+        }
+    }
 }
 
 #[cfg(test)]
