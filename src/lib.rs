@@ -26,5 +26,6 @@ pub mod runtime;
 pub mod seccomp;
 pub mod setup;
 pub mod spec;
+pub mod userns;
 pub mod verify;
 pub mod volumes;

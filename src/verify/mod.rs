@@ -9,6 +9,7 @@ mod namespaces;
 mod owner;
 mod process;
 mod system_paths;
+mod userns;
 
 use std::path::{Path, PathBuf};
 
@@ -136,6 +137,8 @@ pub enum Kind {
     Volume,
     /// Its owner is not the one the labgpu proxy recorded creating it for.
     Owner,
+    /// Runs without the user namespace `userns = "owner"` asks for, or with other mappings.
+    Userns,
     /// The container could not be audited.
     Unreadable,
 }
