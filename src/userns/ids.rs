@@ -1,7 +1,7 @@
 //! The host's account databases, as the user namespace checks need them: the owner's
 //! account name and groups, and every uid and gid someone already has.
 
-use std::ffi::{CStr, CString};
+use std::ffi::CString;
 
 use nix::unistd::{Gid, Group, Uid, User};
 
@@ -87,41 +87,39 @@ pub fn known_ids(policy: &Policy) -> KnownIds {
     KnownIds { uids, gids }
 }
 
-/// (name, uid, gid) of every passwd entry NSS enumerates.
+/// The host's account files. Read directly rather than enumerated through NSS, which
+/// loads every module (systemd's costs milliseconds) and which directory services usually
+/// do not enumerate anyway.
+const PASSWD: &str = "/etc/passwd";
+const GROUP: &str = "/etc/group";
+
+/// (name, uid, gid) of every /etc/passwd entry.
 fn passwd_entries() -> Vec<(String, u32, u32)> {
-    let mut out = Vec::new();
-    // SAFETY: getpwent's static buffer is read before the next call and copied out; the
-    // runtime and CLI call this from one thread.
-    unsafe {
-        libc::setpwent();
-        loop {
-            let p = libc::getpwent();
-            if p.is_null() {
-                break;
-            }
-            let name = CStr::from_ptr((*p).pw_name).to_string_lossy().into_owned();
-            out.push((name, (*p).pw_uid, (*p).pw_gid));
-        }
-        libc::endpwent();
-    }
-    out
+    colon_file(PASSWD)
+        .filter_map(|f| {
+            Some((
+                f.first()?.to_string(),
+                f.get(2)?.parse().ok()?,
+                f.get(3)?.parse().ok()?,
+            ))
+        })
+        .collect()
 }
 
-/// (name, gid) of every group entry NSS enumerates.
+/// (name, gid) of every /etc/group entry.
 fn group_entries() -> Vec<(String, u32)> {
-    let mut out = Vec::new();
-    // SAFETY: as in passwd_entries.
-    unsafe {
-        libc::setgrent();
-        loop {
-            let g = libc::getgrent();
-            if g.is_null() {
-                break;
-            }
-            let name = CStr::from_ptr((*g).gr_name).to_string_lossy().into_owned();
-            out.push((name, (*g).gr_gid));
-        }
-        libc::endgrent();
-    }
-    out
+    colon_file(GROUP)
+        .filter_map(|f| Some((f.first()?.to_string(), f.get(2)?.parse().ok()?)))
+        .collect()
+}
+
+/// The colon-separated fields of each line of `path` (none if it cannot be read).
+fn colon_file(path: &str) -> impl Iterator<Item = Vec<String>> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#') && !l.trim().is_empty())
+        .map(|l| l.split(':').map(str::to_string).collect())
+        .collect::<Vec<_>>()
+        .into_iter()
 }
