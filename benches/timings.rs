@@ -599,6 +599,8 @@ fn userns(o: &Opts) {
             serde_json::from_slice(&bundle_spec(&bundle, &runc, &["true"])).unwrap();
         spec["root"] = serde_json::json!({"path": merged, "readonly": false});
         let original = serde_json::to_vec(&spec).unwrap();
+        // Kept for profiling one create by hand (strace, perf) after the run.
+        std::fs::write(bundle.join("config.orig.json"), &original).unwrap();
         let config = bundle.join("config.json");
         let rroot = dir.join(format!("runc-root-{layers}"));
         let errfile = dir.join("stderr");

@@ -19,6 +19,7 @@
 
 use std::io;
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags};
@@ -132,7 +133,11 @@ pub fn prepare(
         std::env::current_dir().map_err(io_err("read", Path::new("the working directory")))?;
     let host_ns = std::fs::File::open("/proc/self/ns/mnt")
         .map_err(io_err("open", Path::new("/proc/self/ns/mnt")))?;
-    detach_all(&layers.merged)?;
+    let docker_overlay = detach_all(&layers.merged)?;
+    // The last reference to Docker's overlay syncs the filesystem under it when released
+    // (tens to hundreds of milliseconds under write load): not on the create path.
+    sys::release_in_background(docker_overlay)
+        .map_err(io_err("hand off the unmounted overlay of", &layers.merged))?;
     nix::sched::unshare(CloneFlags::CLONE_NEWNS).map_err(nix_err(
         "unshare the mount namespace of",
         Path::new("labgpu"),
@@ -265,8 +270,9 @@ fn mount_overlay(
 }
 
 /// Unmounts every mount stacked on `merged` in this namespace (Docker's overlay, or one
-/// labgpu left there before a dockerd restart); anything but an overlay is refused.
-fn detach_all(merged: &Path) -> Result<(), RootfsError> {
+/// labgpu left there before a dockerd restart); anything but an overlay is refused. Returns
+/// a descriptor on each, which keeps its filesystem alive until it is closed.
+fn detach_all(merged: &Path) -> Result<Vec<OwnedFd>, RootfsError> {
     let table = std::fs::read_to_string("/proc/self/mountinfo")
         .map_err(io_err("read", Path::new("/proc/self/mountinfo")))?;
     let mut count = 0;
@@ -286,11 +292,18 @@ fn detach_all(merged: &Path) -> Result<(), RootfsError> {
         }
         count += 1;
     }
+    let mut held = Vec::with_capacity(count);
     for _ in 0..count {
+        let top = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH)
+            .open(merged)
+            .map_err(io_err("open", merged))?;
+        held.push(OwnedFd::from(top));
         nix::mount::umount2(merged, MntFlags::MNT_DETACH)
             .map_err(nix_err("unmount Docker's overlay from", merged))?;
     }
-    Ok(())
+    Ok(held)
 }
 
 /// The filesystem type of `path`, for messages.

@@ -135,6 +135,53 @@ pub fn idmap_userns(map: &IdMap) -> io::Result<OwnedFd> {
     Ok(OwnedFd::from(ns))
 }
 
+/// Closes `fds` in a detached grandchild after this process has closed its copies: the last
+/// reference to an unmounted overlay syncs its upper filesystem when dropped, which must not
+/// hold up a create. The grandchild closes every other descriptor at once (it must not keep
+/// the shim's pipes open), waits for this process to let go (end of file on a pipe), and is
+/// reparented to the nearest subreaper (containerd's shim) or init, which reaps it.
+pub fn release_in_background(fds: Vec<OwnedFd>) -> io::Result<()> {
+    if fds.is_empty() {
+        return Ok(());
+    }
+    let (go_rd, go_wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let rd = go_rd.as_raw_fd();
+    let mut keep: Vec<libc::c_uint> = fds.iter().map(|f| f.as_raw_fd() as libc::c_uint).collect();
+    keep.push(rd as libc::c_uint);
+    keep.sort_unstable();
+    // SAFETY: the process has one thread (checked by the caller); the child and grandchild
+    // call only fork, close_range, read, close and _exit, which are async-signal-safe, and
+    // touch only memory allocated before the fork.
+    let child = unsafe { libc::fork() };
+    if child == 0 {
+        unsafe {
+            if libc::fork() == 0 {
+                let mut from = 0;
+                for &fd in &keep {
+                    if fd > from {
+                        libc::syscall(libc::SYS_close_range, from, fd - 1, 0);
+                    }
+                    from = fd + 1;
+                }
+                libc::syscall(libc::SYS_close_range, from, libc::c_uint::MAX, 0);
+                let mut b = 0u8;
+                while libc::read(rd, (&mut b as *mut u8).cast(), 1) < 0
+                    && *libc::__errno_location() == libc::EINTR
+                {}
+                for &fd in &keep {
+                    libc::close(fd as libc::c_int);
+                }
+            }
+            libc::_exit(0);
+        }
+    }
+    let child = check(child.into())? as i32;
+    nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(child), None)?;
+    drop(fds);
+    drop(go_wr);
+    Ok(())
+}
+
 /// The user-namespace child: released and reaped when dropped, on every path.
 struct Child {
     pid: i32,
