@@ -648,6 +648,51 @@ lg_unmount_all() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# labgpu proxy in front of the private dockerd (proxy.sh, slurm.sh)
+
+LG_PSOCK=""
+LG_PROXY_PID=""
+
+# Starts `labgpu proxy` on $LG_TMP/proxy/docker.sock (LG_PSOCK), logging to $LG_TMP/proxy.log;
+# arguments, if any, are a command prefix to start it under (slurm.sh: nsenter).
+lg_start_own_proxy() {
+    LG_PSOCK="$LG_TMP/proxy/docker.sock"
+    "$@" "$LG_BIN" proxy --listen "$LG_PSOCK" --upstream "$LG_SOCK" --policy "$LG_POLICY" \
+        >"$LG_TMP/proxy.log" 2>&1 &
+    LG_PROXY_PID=$!
+    local i
+    for ((i = 0; i < 50; i++)); do
+        [[ -S $LG_PSOCK ]] && break
+        kill -0 "$LG_PROXY_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    [[ -S $LG_PSOCK ]] || {
+        cat "$LG_TMP/proxy.log" >&2
+        lg_die "labgpu proxy did not start"
+    }
+}
+
+# Stops the proxy lg_start_own_proxy started; it must take its socket with it.
+lg_stop_own_proxy() {
+    [[ -n $LG_PROXY_PID ]] || return 0
+    kill -TERM "$LG_PROXY_PID" 2>/dev/null || true
+    wait "$LG_PROXY_PID" 2>/dev/null || true
+    if [[ -e $LG_PSOCK ]]; then
+        lg_say "warning: the proxy left its socket $LG_PSOCK behind"
+    fi
+    LG_PROXY_PID=""
+}
+
+# A per-user DOCKER_CONFIG under $LG_TMP for each test user (the CLI writes there).
+lg_make_cli_dirs() {
+    local u
+    for u in $LG_TEST_USERS; do
+        mkdir -p "$LG_TMP/cli-$u"
+        chown "$(lg_user "$u")" "$LG_TMP/cli-$u"
+    done
+}
+
+# ---------------------------------------------------------------------------------------------
 # The whole environment
 
 setup_all() {

@@ -41,6 +41,17 @@ pub fn get_json(socket: &Path, path: &str) -> Result<Value, DockerApiError> {
 
 /// `method path` with no body; the JSON answer (`Null` for an empty one).
 pub fn request(socket: &Path, method: &str, path: &str) -> Result<Value, DockerApiError> {
+    request_within(socket, method, path, TIMEOUT)
+}
+
+/// `request`, waiting up to `timeout` for each read and write (a `stop` takes as long as the
+/// container's stop timeout).
+pub fn request_within(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    timeout: Duration,
+) -> Result<Value, DockerApiError> {
     let io = |source| DockerApiError::Io {
         socket: socket.to_path_buf(),
         source,
@@ -51,8 +62,8 @@ pub fn request(socket: &Path, method: &str, path: &str) -> Result<Value, DockerA
         reason: reason.to_string(),
     };
     let mut stream = UnixStream::connect(socket).map_err(io)?;
-    stream.set_read_timeout(Some(TIMEOUT)).map_err(io)?;
-    stream.set_write_timeout(Some(TIMEOUT)).map_err(io)?;
+    stream.set_read_timeout(Some(timeout)).map_err(io)?;
+    stream.set_write_timeout(Some(timeout)).map_err(io)?;
     write!(
         stream,
         "{method} {path} HTTP/1.0\r\nHost: docker\r\nContent-Length: 0\r\n\r\n"
@@ -100,8 +111,15 @@ mod tests {
         let listener = UnixListener::bind(&sock).unwrap();
         std::thread::spawn(move || {
             let (mut s, _) = listener.accept().unwrap();
+            // The whole request, or the client's write races our close (EPIPE).
+            let mut req = Vec::new();
             let mut buf = [0u8; 1024];
-            let _ = s.read(&mut buf);
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                }
+            }
             s.write_all(answer.as_bytes()).unwrap();
         });
         (dir, sock)

@@ -3,7 +3,10 @@
 //! Flow: `argv` decides the face; the runtime face (`runtime`) loads the `policy`, finds the
 //! `owner`, scans the `gpu` inventory, `decide`s, applies the `edits` to the `spec`, and execs
 //! runc; refusals go out through `refusal`. The admin CLI lives in `cli`;
-//! `proxy` is the identity-aware Docker socket in front of it all. `seccomp` models Docker's
+//! `proxy` is the identity-aware Docker socket in front of it all. `slurm` ties a
+//! container to the Slurm job its creator runs in: the proxy records the job, the runtime
+//! grants that job's GPUs on this node, and `labgpu slurm epilog` removes the containers
+//! when the job ends. `seccomp` models Docker's
 //! default seccomp profiles, so that a default resolved for capabilities labgpu cuts is
 //! replaced, and a custom profile allows no more than the default would.
 
@@ -25,6 +28,7 @@ pub mod refusal;
 pub mod runtime;
 pub mod seccomp;
 pub mod setup;
+pub mod slurm;
 pub mod spec;
 pub mod userns;
 pub mod verify;

@@ -39,6 +39,10 @@ pub enum RecordError {
 #[serde(deny_unknown_fields)]
 pub struct Record {
     pub owner: String,
+    /// The Slurm job the caller ran in (`slurm::cgroup`); absent in records from before
+    /// Slurm support, and for containers made outside a job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slurm_job: Option<u32>,
 }
 
 fn records_dir(state_dir: &Path) -> PathBuf {
@@ -48,6 +52,18 @@ fn records_dir(state_dir: &Path) -> PathBuf {
 /// Records that the proxy created container `id` for `owner` (atomically; the directory is
 /// created root-only).
 pub fn record(state_dir: &Path, id: &str, owner: &str) -> Result<(), RecordError> {
+    record_full(
+        state_dir,
+        id,
+        &Record {
+            owner: owner.to_string(),
+            slurm_job: None,
+        },
+    )
+}
+
+/// Records container `id` as `record` says.
+pub fn record_full(state_dir: &Path, id: &str, record: &Record) -> Result<(), RecordError> {
     if !valid_container_id(id) {
         return Err(RecordError::BadId(id.to_string()));
     }
@@ -59,10 +75,7 @@ pub fn record(state_dir: &Path, id: &str, owner: &str) -> Result<(), RecordError
     };
     std::fs::create_dir_all(&dir).map_err(write_err)?;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(write_err)?;
-    let bytes = serde_json::to_vec(&Record {
-        owner: owner.to_string(),
-    })
-    .map_err(|e| write_err(std::io::Error::other(e)))?;
+    let bytes = serde_json::to_vec(record).map_err(|e| write_err(std::io::Error::other(e)))?;
     let tmp = dir.join(format!(".{id}.tmp-{}", std::process::id()));
     let result = (|| {
         let mut f = std::fs::OpenOptions::new()
@@ -84,22 +97,18 @@ pub fn record(state_dir: &Path, id: &str, owner: &str) -> Result<(), RecordError
 /// The owner the proxy recorded for `id`; `None` when it did not create it (or there are no
 /// records yet).
 pub fn recorded_owner(state_dir: &Path, id: &str) -> Result<Option<String>, RecordError> {
+    Ok(recorded(state_dir, id)?.map(|r| r.owner))
+}
+
+/// The proxy's record of `id`; `None` when it did not create it (or there are no records).
+pub fn recorded(state_dir: &Path, id: &str) -> Result<Option<Record>, RecordError> {
     if !valid_container_id(id) {
         return Err(RecordError::BadId(id.to_string()));
     }
-    let dir = records_dir(state_dir);
-    match std::fs::symlink_metadata(&dir) {
-        Ok(m) if m.is_dir() && m.uid() == 0 && m.mode() & 0o022 == 0 => {}
-        Ok(m) => {
-            return Err(RecordError::Untrusted {
-                path: dir,
-                uid: m.uid(),
-                mode: m.mode() & 0o7777,
-            })
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => return Err(RecordError::Read { path: dir, source }),
+    if !trusted_dir(state_dir)? {
+        return Ok(None);
     }
+    let dir = records_dir(state_dir);
     let path = dir.join(id);
     let read_err = |source| RecordError::Read {
         path: path.clone(),
@@ -116,7 +125,57 @@ pub fn recorded_owner(state_dir: &Path, id: &str) -> Result<Option<String>, Reco
         path: path.clone(),
         reason: e.to_string(),
     })?;
-    Ok(Some(record.owner))
+    Ok(Some(record))
+}
+
+/// Whether the records directory is there and only root can change it; `false` when it does
+/// not exist yet, an error when it is not to be believed.
+fn trusted_dir(state_dir: &Path) -> Result<bool, RecordError> {
+    let dir = records_dir(state_dir);
+    match std::fs::symlink_metadata(&dir) {
+        Ok(m) if m.is_dir() && m.uid() == 0 && m.mode() & 0o022 == 0 => Ok(true),
+        Ok(m) => Err(RecordError::Untrusted {
+            path: dir,
+            uid: m.uid(),
+            mode: m.mode() & 0o7777,
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(source) => Err(RecordError::Read { path: dir, source }),
+    }
+}
+
+/// The containers the proxy recorded as created from inside Slurm job `job`, sorted.
+pub fn for_job(state_dir: &Path, job: u32) -> Result<Vec<String>, RecordError> {
+    if !trusted_dir(state_dir)? {
+        return Ok(Vec::new());
+    }
+    let dir = records_dir(state_dir);
+    let entries = std::fs::read_dir(&dir).map_err(|source| RecordError::Read {
+        path: dir.clone(),
+        source,
+    })?;
+    let mut ids = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|source| RecordError::Read {
+            path: dir.clone(),
+            source,
+        })?;
+        let Ok(id) = entry.file_name().into_string() else {
+            continue;
+        };
+        // Temporary files of a record being written start with '.'.
+        if id.starts_with('.') || !valid_container_id(&id) {
+            continue;
+        }
+        // A record removed meanwhile (the container went) is simply not there.
+        if let Some(r) = recorded(state_dir, &id)? {
+            if r.slurm_job == Some(job) {
+                ids.push(id);
+            }
+        }
+    }
+    ids.sort();
+    Ok(ids)
 }
 
 /// Forgets container `id` (removed through the proxy); a missing record is not an error.
@@ -191,6 +250,30 @@ mod tests {
                 Err(RecordError::Untrusted { .. })
             ));
         }
+    }
+
+    #[test]
+    fn job_records_and_old_records() {
+        let d = tempfile::tempdir().unwrap();
+        let job = |owner: &str, j| Record {
+            owner: owner.into(),
+            slurm_job: j,
+        };
+        record_full(d.path(), "c1", &job("alice", Some(17))).unwrap();
+        record_full(d.path(), "c2", &job("alice", Some(18))).unwrap();
+        record_full(d.path(), "c3", &job("bob", Some(17))).unwrap();
+        record(d.path(), "c4", "alice").unwrap();
+        assert_eq!(for_job(d.path(), 17).unwrap(), ["c1", "c3"]);
+        assert!(for_job(d.path(), 99).unwrap().is_empty());
+        assert_eq!(
+            recorded(d.path(), "c2").unwrap(),
+            Some(job("alice", Some(18)))
+        );
+        // A record without a job reads as one, and is written without the key.
+        let c4 = std::fs::read_to_string(d.path().join(DIR).join("c4")).unwrap();
+        assert_eq!(c4, r#"{"owner":"alice"}"#);
+        assert_eq!(recorded(d.path(), "c4").unwrap(), Some(job("alice", None)));
+        assert!(for_job(&d.path().join("none"), 17).unwrap().is_empty());
     }
 
     #[test]

@@ -211,7 +211,7 @@ pub fn rewrite<R: Read, W: Write>(mut input: R, output: W, owner: Owner) -> Resu
     Ok(copier.stats)
 }
 
-fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+pub(super) fn read_up_to(r: &mut (impl Read + ?Sized), buf: &mut [u8]) -> io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match r.read(&mut buf[n..])? {
@@ -224,7 +224,7 @@ fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 
 /// The magic numbers dockerd's DecompressStream recognises: it would decompress what we
 /// cannot read as tar, so such an upload is refused with its name rather than as garbage.
-fn compression(head: &[u8]) -> Option<&'static str> {
+pub(super) fn compression(head: &[u8]) -> Option<&'static str> {
     [
         (&b"\x1f\x8b\x08"[..], "gzip"),
         (b"BZh", "bzip2"),

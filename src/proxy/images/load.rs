@@ -12,6 +12,7 @@ use std::io::{self, Read, Write};
 use serde_json::Value;
 
 use super::names;
+use crate::proxy::archive::{compression, read_up_to};
 use crate::proxy::body::Body;
 use crate::proxy::stream::{self, Failure};
 
@@ -179,30 +180,6 @@ impl Read for Tee<'_> {
         }
         Ok(n)
     }
-}
-
-fn read_up_to(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..])? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n)
-}
-
-/// The compressions dockerd's DecompressStream recognises.
-fn compression(head: &[u8]) -> Option<&'static str> {
-    [
-        (&b"\x1f\x8b\x08"[..], "gzip"),
-        (b"BZh", "bzip2"),
-        (b"\xfd7zXZ\x00", "xz"),
-        (b"\x28\xb5\x2f\xfd", "zstd"),
-    ]
-    .into_iter()
-    .find(|(magic, _)| head.starts_with(magic))
-    .map(|(_, name)| name)
 }
 
 #[cfg(test)]
