@@ -216,3 +216,33 @@ pub fn with_fs_ids<T>(uid: u32, gid: u32, f: impl FnOnce() -> T) -> io::Result<T
     caps::set(None, CapSet::Effective, &permitted).map_err(io::Error::other)?;
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    /// The handed-off descriptor is closed by the grandchild, not leaked by anyone: the
+    /// pipe's reader sees end of file once every copy of its writer is gone.
+    #[test]
+    fn a_released_descriptor_is_closed_in_the_background() {
+        let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            held.push(wr.try_clone().unwrap());
+        }
+        drop(wr);
+        release_in_background(held).unwrap();
+        let mut reader = std::fs::File::from(rd);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            tx.send(reader.read_to_end(&mut buf).map(|_| buf)).unwrap();
+        });
+        let got = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the writer was still open after 10 s");
+        assert_eq!(got.unwrap(), b"");
+        release_in_background(Vec::new()).unwrap();
+    }
+}
