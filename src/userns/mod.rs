@@ -41,6 +41,8 @@ pub enum UsernsError {
     Subid(#[from] SubidError),
     #[error("the container has no owner to map its root to, and [defaults] userns = \"owner\" in {policy}: label it, or set [runtime] unlabeled = \"deny\"")]
     NoOwner { policy: PathBuf },
+    #[error("[users.{user}] userns = \"owner\" would map container root to host {kind} 0, which is root's: give {user} their own uid and gid")]
+    HostRoot { user: String, kind: &'static str },
     #[error("[users.{user}] groups: host group {group} does not exist")]
     UnknownGroup { user: String, group: String },
     #[error("[users.{user}] userns = \"owner\": the owner's {n} groups need {lines} lines in gid_map, more than the kernel's {max}", max = mapping::MAX_LINES)]
@@ -97,6 +99,12 @@ pub fn resolve(
     let (Some(name), Some(user), Some((uid, gid))) = (owner, user, ids) else {
         return Ok(None);
     };
+    if uid == 0 || gid == 0 {
+        return Err(UsernsError::HostRoot {
+            user: name.to_string(),
+            kind: if uid == 0 { "uid" } else { "gid" },
+        });
+    }
     let account = ids::account(name, uid);
     let mut extra = ids::host_groups(&account, gid);
     for g in &user.groups {
@@ -188,6 +196,20 @@ mod tests {
         assert!(resolve(&p, Some("off"), p.user("off"), None, &f)
             .unwrap()
             .is_none());
+    }
+
+    #[test]
+    fn an_owner_with_root_ids_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let f = files(d.path(), "zed:3000000:65536\n", "zed:3100000:65536\n");
+        let p = policy("");
+        for (ids, kind) in [((0, UID), "uid"), ((UID, 0), "gid")] {
+            let err = resolve(&p, Some("zed"), p.user("zed"), Some(ids), &f).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!("[users.zed] userns = \"owner\" would map container root to host {kind} 0, which is root's: give zed their own uid and gid")
+            );
+        }
     }
 
     #[test]
