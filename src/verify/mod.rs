@@ -10,6 +10,7 @@ mod owner;
 mod process;
 mod slurm;
 mod system_paths;
+mod userns;
 
 use std::path::{Path, PathBuf};
 
@@ -137,6 +138,8 @@ pub enum Kind {
     Volume,
     /// Its owner is not the one the labgpu proxy recorded creating it for.
     Owner,
+    /// Runs without the user namespace `userns = "owner"` asks for, or with other mappings.
+    Userns,
     /// Its Slurm job is over or someone else's, or holds other GPUs than it can reach.
     Slurm,
     /// The container could not be audited.
@@ -145,7 +148,7 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, for reports that list kinds with no findings too (the metrics).
-    pub const ALL: [Kind; 15] = [
+    pub const ALL: [Kind; 16] = [
         Kind::Bypass,
         Kind::ForeignGpu,
         Kind::Drift,
@@ -159,6 +162,7 @@ impl Kind {
         Kind::Mount,
         Kind::Volume,
         Kind::Owner,
+        Kind::Userns,
         Kind::Slurm,
         Kind::Unreadable,
     ];
@@ -179,6 +183,7 @@ impl Kind {
             Kind::Mount => "mount",
             Kind::Volume => "volume",
             Kind::Owner => "owner",
+            Kind::Userns => "userns",
             Kind::Slurm => "slurm",
             Kind::Unreadable => "unreadable",
         }
