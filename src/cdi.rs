@@ -38,10 +38,10 @@ const HOOK_STAGES: [&str; 6] = [
 
 #[derive(Debug, thiserror::Error)]
 pub enum CdiError {
-    #[error("cannot read CDI spec {path}: {source}")]
+    #[error("cannot read CDI spec {path}: {cause}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("CDI spec {path} is malformed: {reason}")]
     Malformed { path: PathBuf, reason: String },
@@ -163,9 +163,9 @@ pub fn edits_for(setting: &CdiSetting, gpus: &[&Gpu]) -> Result<Option<Edits>, C
 }
 
 fn load(path: &Path) -> Result<SpecFile, CdiError> {
-    let read = |source| CdiError::Read {
+    let read = |cause| CdiError::Read {
         path: path.to_path_buf(),
-        source,
+        cause,
     };
     std::fs::metadata(path).map_err(read)?;
     let resolved = root_only(path).map_err(|reason| CdiError::Untrusted {

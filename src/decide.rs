@@ -20,8 +20,8 @@ pub enum DecideError {
     Unlabeled { label: String, policy: PathBuf },
     #[error("owner {owner:?} is not a user in {policy} [users]")]
     UnknownOwner { owner: String, policy: PathBuf },
-    #[error("GPU for [users.{owner}] gpus: {source}")]
-    Gpu { owner: String, source: GpuError },
+    #[error("GPU for [users.{owner}] gpus: {cause}")]
+    Gpu { owner: String, cause: GpuError },
     #[error("[users.{owner}] run_as = \"owner\" but {owner:?} has no uid/gid in the policy and no host passwd entry")]
     NoUid { owner: String },
     #[error(transparent)]
@@ -207,9 +207,9 @@ pub fn decide_for_user(
         .iter()
         .map(|r| inventory.resolve(r))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| DecideError::Gpu {
+        .map_err(|cause| DecideError::Gpu {
             owner: owner.unwrap_or_default().to_string(),
-            source,
+            cause,
         })?;
     let (gpu_ids, nodes, cdi) = gpu_part(policy, inventory, grants)?;
 
@@ -326,7 +326,7 @@ impl Decision {
                     })
                     .ok_or_else(|| DecideError::Gpu {
                         owner: self.owner.clone().unwrap_or_default(),
-                        source: GpuError::Missing {
+                        cause: GpuError::Missing {
                             id: format!("minor {m} (of the Slurm job)"),
                             source_name: inventory.source_name().to_string(),
                         },

@@ -57,10 +57,10 @@ pub enum RuntimeError {
     RuncMissing(PathBuf),
     #[error("runc {0} is labgpu itself; [runtime] runc must name the real runc")]
     RuncIsSelf(PathBuf),
-    #[error("cannot run {path}: {source}")]
+    #[error("cannot run {path}: {cause}")]
     Exec {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{0} was called without a container id")]
     NoId(String),
@@ -88,11 +88,8 @@ pub enum RuntimeError {
     Panic(String),
     #[error("updating device rules of a running container is not allowed (linux.resources.devices in update)")]
     UpdateDevices,
-    #[error("cannot read update resources from {what}: {source}")]
-    UpdateInput {
-        what: String,
-        source: std::io::Error,
-    },
+    #[error("cannot read update resources from {what}: {cause}")]
+    UpdateInput { what: String, cause: std::io::Error },
 }
 
 /// Handles a runc subcommand and execs runc; returns only on failure, with the exit code.
@@ -136,10 +133,10 @@ fn refuse_panics(
 }
 
 fn exec_runc(runc: &Path, argv: &[OsString]) -> RuntimeError {
-    let source = std::process::Command::new(runc).args(&argv[1..]).exec();
+    let cause = std::process::Command::new(runc).args(&argv[1..]).exec();
     RuntimeError::Exec {
         path: runc.to_path_buf(),
-        source,
+        cause,
     }
 }
 
@@ -319,7 +316,7 @@ fn prepare_update(
     };
     let input_err = |what: &str| {
         let what = what.to_string();
-        move |source| RuntimeError::UpdateInput { what, source }
+        move |cause| RuntimeError::UpdateInput { what, cause }
     };
     let bytes = if source == "-" {
         let mut buf = Vec::new();

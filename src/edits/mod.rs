@@ -56,9 +56,9 @@ pub enum EditError {
     },
     #[error("volume {0:?} was not inspected in the mount table before the check")]
     VolumeUnknown(String),
-    #[error("{source} (seccomp_profiles in {section})")]
+    #[error("{cause} (seccomp_profiles in {section})")]
     Seccomp {
-        source: crate::seccomp::SeccompError,
+        cause: crate::seccomp::SeccompError,
         section: String,
     },
     #[error("the spec's {field} is malformed: {reason}")]
