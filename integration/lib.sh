@@ -47,6 +47,7 @@ LG_CONTAINERD_PID=""
 LG_NETNS_PID=""
 LG_DOCKER_CLI=""
 LG_RUN_DOCKER_EXISTED=1
+LG_CDI_FILE="" # e2e.sh docker_cdi: its CDI spec in Docker's spec directory, removed at teardown
 LG_SYS_PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Extra NAME=value pairs for the private dockerd's and containerd's environment, which the
 # shims and so the runtimes inherit (bench.sh: LABGPU_POLICY, with labgpu registered directly).
@@ -348,6 +349,10 @@ lg_write_daemon_json() {
     local key=""
     if grep -qa 'deprecated-key-path' "$(command -v dockerd)"; then
         key=", \"deprecated-key-path\": \"$LG_TMP/key.json\""
+    fi
+    # Docker 25+ applies CDI devices itself when asked to (e2e.sh's docker_cdi case).
+    if grep -qa 'cdi-spec-dirs' "$(command -v dockerd)"; then
+        key+=', "features": {"cdi": true}'
     fi
     # LG_DEFAULT_RUNTIME: dockerd's default runtime (proxy.sh: builds need labgpu's).
     if [[ -n ${LG_DEFAULT_RUNTIME:-} ]]; then
@@ -670,6 +675,8 @@ teardown_all() {
     local rc=$?
     trap - EXIT INT TERM
     [[ -n $LG_TMP && -d $LG_TMP ]] || exit "$rc"
+    # e2e.sh's docker_cdi case: a CDI spec in Docker's spec directory.
+    [[ -n ${LG_CDI_FILE:-} ]] && rm -f "$LG_CDI_FILE"
     if [[ $LG_SYSTEM_DOCKER == 1 ]]; then
         lg_release_system_docker
     else

@@ -71,6 +71,9 @@ pub struct Decision {
     pub runc_root: Option<PathBuf>,
     /// Driver files for the owned GPUs from NVIDIA's CDI spec.
     pub cdi: Option<cdi::Edits>,
+    /// Edits dockerd may have applied from CDI specs itself (`--device nvidia.com/gpu=N`
+    /// with Docker's `features.cdi`), read from its spec directories at the runtime's edge.
+    pub docker_cdi: cdi::DockerApplied,
     pub container_id: String,
     pub policy_sha256: String,
 }
@@ -267,6 +270,7 @@ pub fn decide_for_user(
             .collect(),
         runc_root: None,
         cdi,
+        docker_cdi: cdi::DockerApplied::default(),
         container_id: container_id.to_string(),
         policy_sha256: policy.sha256.clone(),
     })

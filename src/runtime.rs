@@ -210,6 +210,8 @@ fn prepare_create(
     }
     decision.runc_root = Some(runc_root(inv));
     decision.volume_backings = backings;
+    decision.docker_cdi =
+        crate::cdi::docker_applied(&crate::cdi::docker_spec_dirs(Path::new(owner::DAEMON_JSON)));
     let mut report = Report::default();
     edits::apply_all(&mut spec, &decision, &mut report)?;
     spec::write_atomic(&config, &spec)?;

@@ -90,6 +90,7 @@ pub fn apply_all(spec: &mut Value, d: &Decision, report: &mut Report) -> Result<
     system_paths::apply(spec, d, report)?;
     annotations::apply(spec, d, report)?;
     devices::apply(spec, d, report)?;
+    cdi::strip_docker_applied(spec, d, report)?;
     mounts::apply(spec, d, report)?;
     nvidia::apply(spec, report);
     cdi::apply(spec, d, report)?;
@@ -150,6 +151,7 @@ pub(crate) mod testing {
             seccomp_profiles: Vec::new(),
             runc_root: None,
             cdi: None,
+            docker_cdi: Default::default(),
             container_id: "cid".into(),
             policy_sha256: "00".repeat(32),
         }
