@@ -15,7 +15,7 @@ set -uo pipefail
 # shellcheck source=integration/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$LG_REPO" || exit 1
-lg_find_cargo || lg_die "cargo not found (install Rust >= 1.85 with rustup)"
+lg_check_toolchain
 # Before the Rust tests: they run real runc and compile a fake libnvidia-ml.so.
 if ((EUID == 0)); then lg_install_packages; fi
 
