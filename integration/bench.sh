@@ -62,7 +62,7 @@ lg_require_root
 trap bench_teardown EXIT
 trap 'exit 130' INT TERM
 lg_install_packages
-lg_find_cargo || lg_die "cargo not found (install Rust >= 1.85 with rustup)"
+lg_check_toolchain
 cd "$LG_REPO"
 lg_build
 lg_say "cargo bench --no-run"

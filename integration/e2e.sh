@@ -471,6 +471,77 @@ case_cdi() {
     lg_write_policy
 }
 
+# Docker 26+ with `features.cdi` applies `--device vendor.com/class=name` itself (nodes, cgroup
+# rules, mounts, env, hooks land in the spec as if asked for one by one) before the runtime
+# runs. labgpu treats a CDI-named GPU like `--device /dev/nvidiaN`: another user's GPU and
+# whatever its CDI device carries are dropped, the container runs with the owner's own GPUs
+# and driver edits (from [gpus] cdi_spec). Two kinds of device: "N" carries only its node,
+# "mN" also a mount (to /usr/share/cdi/gpuN).
+docker_cdi_dirs() { docker info --format '{{json .CDISpecDirs}}' 2>/dev/null; }
+
+write_docker_cdi_spec() { # file, kind
+    local n
+    {
+        printf 'cdiVersion: 0.5.0\nkind: %s\ndevices:\n' "$2"
+        for n in 0 1 2 3; do
+            printf -- '- name: "%s"\n  containerEdits:\n    deviceNodes:\n' "$n"
+            printf '    - {path: /dev/nvidia%s, hostPath: %s/dev/nvidia%s}\n' "$n" "$LG_TMP" "$n"
+            printf -- '- name: "m%s"\n  containerEdits:\n    deviceNodes:\n' "$n"
+            printf '    - {path: /dev/nvidia%s, hostPath: %s/dev/nvidia%s}\n' "$n" "$LG_TMP" "$n"
+            printf '    mounts:\n    - {hostPath: %s/driver/gpu%s, containerPath: /usr/share/cdi/gpu%s, options: [ro, bind]}\n' \
+                "$LG_TMP" "$n" "$n"
+        done
+        printf -- '- name: all\n  containerEdits:\n    deviceNodes:\n'
+        for n in 0 1 2 3; do printf '    - {path: /dev/nvidia%s, hostPath: %s/dev/nvidia%s}\n' "$n" "$LG_TMP" "$n"; done
+        printf '    mounts:\n    - {hostPath: %s/driver/all, containerPath: /usr/share/cdi/all, options: [ro, bind]}\n' "$LG_TMP"
+        printf 'containerEdits:\n  env: [DOCKER_CDI=%s]\n' "$LG_RUN_ID"
+    } >"$1.new"
+    chmod 644 "$1.new"
+    mv "$1.new" "$1"
+}
+
+case_docker_cdi() {
+    local dirs dir kind
+    dirs="$(docker_cdi_dirs)"
+    if [[ -z $dirs || $dirs == null || $dirs == "[]" ]]; then
+        printf 'skip docker_cdi (Docker %s does not apply CDI devices itself: it needs Docker 26+ with "features": {"cdi": true}; docker info CDISpecDirs: %s)\n' \
+            "$(docker version -f '{{.Server.Version}}' 2>/dev/null)" "${dirs:-none}"
+        return 0
+    fi
+    dir="$(printf '%s' "$dirs" | jq -r '.[0]')"
+    kind="nvidia.com/lgt-$LG_RUN_ID"
+    write_cdi_fixture
+    mkdir -p "$dir"
+    LG_CDI_FILE="$dir/labgpu-e2e-$LG_RUN_ID.yaml"
+    write_docker_cdi_spec "$LG_CDI_FILE" "$kind"
+    sleep 1 # dockerd's CDI cache picks new files up from inotify events
+    local probe="$LS_NVIDIA; $CDI_LS; echo docker_cdi=\$DOCKER_CDI"
+    # The control: without labgpu, dockerd itself puts GPU 2's node and file in.
+    if lg_docker run --rm --runtime runc --device "$kind=m2" "$I" sh -c "$probe" >"$LG_TMP/cdi-control.out" 2>&1 &&
+        grep -qx /dev/nvidia2 "$LG_TMP/cdi-control.out" && grep -qx gpu2 "$LG_TMP/cdi-control.out"; then
+        pass docker-cdi-control-runc
+    else
+        fail docker-cdi-control-runc "dockerd did not apply $kind=m2: $(cat "$LG_TMP/cdi-control.out")"
+    fi
+    local name who dev want_devs want_files
+    for name in node-other-alice mount-other-alice mount-own-bob all-carol; do
+        case $name in
+        node-other-alice) who=("${A[@]}") dev=2 want_devs=$ALICE_DEVS want_files="gpu0 gpu1" ;;
+        mount-other-alice) who=("${A[@]}") dev=m2 want_devs=$ALICE_DEVS want_files="gpu0 gpu1" ;;
+        mount-own-bob) who=("${B[@]}") dev=m2 want_devs=$BOB_DEVS want_files="gpu2" ;;
+        all-carol) who=("${C[@]}") dev=all want_devs=$CAROL_DEVS want_files="" ;;
+        esac
+        if expect_run_ok "docker-cdi-$name" "${who[@]}" --device "$kind=$dev" "$I" sh -c "$probe"; then
+            expect_eq "docker-cdi-$name-devices" "$want_devs" "$(nvidia_set "$RUN_OUT")" "$RUN_OUT"
+            expect_eq "docker-cdi-$name-files" "$want_files" "$(cdi_files)" "$RUN_OUT"
+            expect_eq "docker-cdi-$name-env" "docker_cdi=" "$(printf '%s\n' "$RUN_OUT" | grep '^docker_cdi=')"
+        fi
+    done
+    rm -f "$LG_CDI_FILE"
+    LG_CDI_FILE=""
+    lg_write_policy
+}
+
 # ---------------------------------------------------------------------------------------------
 # Routes to host root a docker-group member (or a proxy user, see proxy.sh) could try: the
 # runtime must refuse or neutralise each whatever Docker was asked.
@@ -1250,7 +1321,7 @@ case_userns() {
 
 # ---------------------------------------------------------------------------------------------
 
-ALL_CASES="devices device_flags caps refusals mounts volumes system_paths seccomp provenance namespaces exec passthrough cdi verify verify_bypass concurrency userns log"
+ALL_CASES="devices device_flags caps refusals mounts volumes system_paths seccomp provenance namespaces exec passthrough cdi docker_cdi verify verify_bypass concurrency userns log"
 START=$SECONDS
 setup_all
 lg_say "suite starts ($((SECONDS - START))s setup); runtime $RT"

@@ -47,6 +47,7 @@ LG_CONTAINERD_PID=""
 LG_NETNS_PID=""
 LG_DOCKER_CLI=""
 LG_RUN_DOCKER_EXISTED=1
+LG_CDI_FILE="" # e2e.sh docker_cdi: its CDI spec in Docker's spec directory, removed at teardown
 LG_SYS_PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Extra NAME=value pairs for the private dockerd's and containerd's environment, which the
 # shims and so the runtimes inherit (bench.sh: LABGPU_POLICY, with labgpu registered directly).
@@ -117,12 +118,38 @@ lg_find_cargo() {
     return 1
 }
 
+# The one command that installs a current Rust toolchain (rustup, as root's).
+LG_RUSTUP_CMD="curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c rustfmt -c clippy"
+
+# Dies, naming the one command that fixes it, unless cargo is there and its rustc is at least
+# Cargo.toml's rust-version (Debian 12's cargo is older: the build would fail part-way).
+lg_check_toolchain() {
+    local need have="no cargo" dir
+    need="$(sed -n 's/^rust-version *= *"\([0-9.]*\)".*/\1/p' "$LG_REPO/Cargo.toml" | head -n 1)"
+    lg_find_cargo || true
+    # The cargo on PATH first, then rustup's (a Debian cargo may shadow a newer rustup one).
+    for dir in "$(dirname "$(command -v cargo 2>/dev/null || echo /nonexistent/cargo)")" \
+        "${CARGO_HOME:-$HOME/.cargo}/bin"; do
+        [[ -x $dir/cargo ]] || continue
+        have="$("$dir/rustc" --version 2>/dev/null || rustc --version 2>/dev/null)"
+        have="$(awk '{ print $2 }' <<<"$have")"
+        if [[ -n $have ]] && printf '%s\n%s\n' "$need" "${have%%-*}" | sort -V -C; then
+            [[ $(command -v cargo) == "$dir/cargo" ]] || export PATH="$dir:$PATH"
+            return 0
+        fi
+        have="rustc ${have:-missing} (in $dir)"
+    done
+    lg_die "labgpu needs Rust >= $need (Cargo.toml rust-version); this machine has $have.
+Install a current toolchain with rustup, then run this command again:
+    $LG_RUSTUP_CMD"
+}
+
 lg_build() {
     if [[ ${LABGPU_E2E_SKIP_BUILD:-0} == 1 || -n ${LABGPU_E2E_BIN:-} || $LG_SYSTEM_DOCKER == 1 ]]; then
         [[ -x $LG_BIN ]] || lg_say "warning: LABGPU_E2E_SKIP_BUILD=1 but $LG_BIN is missing"
         return 0
     fi
-    lg_find_cargo || lg_die "cargo not found (install Rust >= 1.85 with rustup)"
+    lg_check_toolchain
     lg_say "cargo build --release"
     (cd "$LG_REPO" && cargo build --release --quiet) || lg_die "cargo build --release failed"
     [[ -x $LG_BIN ]] || lg_die "$LG_BIN was not built"
@@ -379,6 +406,10 @@ lg_write_daemon_json() {
     local key=""
     if grep -qa 'deprecated-key-path' "$(command -v dockerd)"; then
         key=", \"deprecated-key-path\": \"$LG_TMP/key.json\""
+    fi
+    # Docker 25+ applies CDI devices itself when asked to (e2e.sh's docker_cdi case).
+    if grep -qa 'cdi-spec-dirs' "$(command -v dockerd)"; then
+        key+=', "features": {"cdi": true}'
     fi
     # LG_DEFAULT_RUNTIME: dockerd's default runtime (proxy.sh: builds need labgpu's).
     if [[ -n ${LG_DEFAULT_RUNTIME:-} ]]; then
@@ -727,6 +758,8 @@ teardown_all() {
     local rc=$?
     trap - EXIT INT TERM
     [[ -n $LG_TMP && -d $LG_TMP ]] || exit "$rc"
+    # e2e.sh's docker_cdi case: a CDI spec in Docker's spec directory.
+    [[ -n ${LG_CDI_FILE:-} ]] && rm -f "$LG_CDI_FILE"
     if [[ $LG_SYSTEM_DOCKER == 1 ]]; then
         lg_release_system_docker
     else

@@ -10,7 +10,7 @@ use clap::Parser;
 pub use crate::cli_args::{Cli, Command_, PolicyCommand, SetupCommand, SlurmCommand};
 use crate::decide::{self, DecideError};
 use crate::gpu::{inventory_for, Inventory, Purpose};
-use crate::policy::{policy_path, GpuRef, Policy, RunAs};
+use crate::policy::{policy_path, GpuRef, GpusSection, Policy, PolicyError, RunAs};
 use crate::runtime::find_runc;
 use crate::setup;
 use crate::verify;
@@ -281,11 +281,39 @@ fn owners_of(policy: &Policy, inventory: &dyn Inventory, minor: u32) -> Vec<Stri
         .collect()
 }
 
+/// The policy at `path`, or None when there is no file there yet: listing GPUs is the first
+/// thing an admin does, before writing a policy that names them.
+fn policy_if_present(path: &Path) -> anyhow::Result<Option<Policy>> {
+    match Policy::load(path) {
+        Ok(p) => Ok(Some(p)),
+        Err(PolicyError::Read { cause, .. }) if cause.kind() == std::io::ErrorKind::NotFound => {
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn gpus(path: &Path, json: bool) -> anyhow::Result<i32> {
-    let policy = Policy::load(path)?;
-    let refs: Vec<&GpuRef> = policy.users.values().flat_map(|u| &u.gpus).collect();
-    let inventory = inventory_for(&policy.gpus, &refs, Purpose::Admin)
-        .with_context(|| format!("reading the GPU inventory for {}", path.display()))?;
+    let loaded = policy_if_present(path)?;
+    let default_gpus = GpusSection::default();
+    let section = loaded.as_ref().map_or(&default_gpus, |p| &p.gpus);
+    let refs: Vec<&GpuRef> = loaded
+        .iter()
+        .flat_map(|p| p.users.values().flat_map(|u| &u.gpus))
+        .collect();
+    let inventory = inventory_for(section, &refs, Purpose::Admin).with_context(|| {
+        if loaded.is_some() {
+            format!("reading the GPU inventory for {}", path.display())
+        } else {
+            "reading the GPU inventory (no policy: default [gpus] settings)".to_string()
+        }
+    })?;
+    let owners = |minor: u32| {
+        loaded
+            .as_ref()
+            .map(|p| owners_of(p, &inventory, minor))
+            .unwrap_or_default()
+    };
     let dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
     if json {
         let rows: Vec<serde_json::Value> = inventory
@@ -301,11 +329,12 @@ fn gpus(path: &Path, json: bool) -> anyhow::Result<i32> {
                     "mig": g.migs.iter().map(|m| serde_json::json!({
                         "gi": m.gi, "ci": m.ci, "uuid": m.uuid, "node": m.cap.host_path,
                     })).collect::<Vec<_>>(),
-                    "owners": owners_of(&policy, &inventory, g.minor),
+                    "owners": owners(g.minor),
                 })
             })
             .collect();
         let out = serde_json::json!({
+            "policy": loaded.as_ref().map(|_| path),
             "source": inventory.source_name(),
             "gpus": rows,
             "control_nodes": inventory.control_nodes().iter().map(|n| n.host_path.clone()).collect::<Vec<_>>(),
@@ -330,7 +359,7 @@ fn gpus(path: &Path, json: bool) -> anyhow::Result<i32> {
             dash(g.uuid.clone()),
             dash(g.name.clone()),
             nodes.join(","),
-            dash(Some(owners_of(&policy, &inventory, g.minor).join(",")).filter(|o| !o.is_empty())),
+            dash(Some(owners(g.minor).join(",")).filter(|o| !o.is_empty())),
         );
         for m in &g.migs {
             println!(
@@ -358,6 +387,12 @@ fn gpus(path: &Path, json: bool) -> anyhow::Result<i32> {
             control.join(", ")
         }
     );
+    if loaded.is_none() {
+        println!(
+            "note: no policy found at {}, so no owners are shown (GPUs read with the default [gpus] settings)",
+            path.display()
+        );
+    }
     Ok(0)
 }
 

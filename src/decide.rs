@@ -21,8 +21,8 @@ pub enum DecideError {
     Unlabeled { label: String, policy: PathBuf },
     #[error("owner {owner:?} is not a user in {policy} [users]")]
     UnknownOwner { owner: String, policy: PathBuf },
-    #[error("GPU for [users.{owner}] gpus: {source}")]
-    Gpu { owner: String, source: GpuError },
+    #[error("GPU for [users.{owner}] gpus: {cause}")]
+    Gpu { owner: String, cause: GpuError },
     #[error("[users.{owner}] run_as = \"owner\" but {owner:?} has no uid/gid in the policy and no host passwd entry")]
     NoUid { owner: String },
     #[error(transparent)]
@@ -76,6 +76,9 @@ pub struct Decision {
     pub cdi: Option<cdi::Edits>,
     /// The owner's user namespace (`userns = "owner"`).
     pub userns: Option<Plan>,
+    /// Edits dockerd may have applied from CDI specs itself (`--device nvidia.com/gpu=N`
+    /// with Docker's `features.cdi`), read from its spec directories at the runtime's edge.
+    pub docker_cdi: cdi::DockerApplied,
     pub container_id: String,
     pub policy_sha256: String,
 }
@@ -236,9 +239,9 @@ pub fn decide_for_user(
         .iter()
         .map(|r| inventory.resolve(r))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| DecideError::Gpu {
+        .map_err(|cause| DecideError::Gpu {
             owner: owner.unwrap_or_default().to_string(),
-            source,
+            cause,
         })?;
     let (gpu_ids, nodes, cdi) = gpu_part(policy, inventory, grants)?;
 
@@ -303,6 +306,7 @@ pub fn decide_for_user(
         runc_root: None,
         cdi,
         userns: plan,
+        docker_cdi: cdi::DockerApplied::default(),
         container_id: container_id.to_string(),
         policy_sha256: policy.sha256.clone(),
     })
@@ -384,7 +388,7 @@ impl Decision {
                     })
                     .ok_or_else(|| DecideError::Gpu {
                         owner: self.owner.clone().unwrap_or_default(),
-                        source: GpuError::Missing {
+                        cause: GpuError::Missing {
                             id: format!("minor {m} (of the Slurm job)"),
                             source_name: inventory.source_name().to_string(),
                         },

@@ -14,10 +14,10 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DockerApiError {
-    #[error("cannot talk to docker at {socket}: {source}")]
+    #[error("cannot talk to docker at {socket}: {cause}")]
     Io {
         socket: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("docker at {socket} answered {path} with {status}: {body}")]
     Status {
@@ -52,9 +52,9 @@ pub fn request_within(
     path: &str,
     timeout: Duration,
 ) -> Result<Value, DockerApiError> {
-    let io = |source| DockerApiError::Io {
+    let io = |cause| DockerApiError::Io {
         socket: socket.to_path_buf(),
-        source,
+        cause,
     };
     let malformed = |reason: &str| DockerApiError::Malformed {
         socket: socket.to_path_buf(),

@@ -13,10 +13,10 @@ pub const POLICY_ENV: &str = "LABGPU_POLICY";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
-    #[error("cannot read policy file {path}: {source}")]
+    #[error("cannot read policy file {path}: {cause}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("policy file {path} line {line} column {column}: {message}")]
     Parse {
@@ -745,9 +745,9 @@ impl<'de> Deserialize<'de> for CapName {
 impl Policy {
     /// Reads and validates the policy at `path`.
     pub fn load(path: &Path) -> Result<Policy, PolicyError> {
-        let bytes = std::fs::read(path).map_err(|source| PolicyError::Read {
+        let bytes = std::fs::read(path).map_err(|cause| PolicyError::Read {
             path: path.to_path_buf(),
-            source,
+            cause,
         })?;
         Self::parse(path, &bytes)
     }

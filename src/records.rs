@@ -20,17 +20,17 @@ pub enum RecordError {
     BadId(String),
     #[error("proxy record directory {path} must be root's and writable by no one else (it is uid {uid}, mode {mode:o})")]
     Untrusted { path: PathBuf, uid: u32, mode: u32 },
-    #[error("cannot read proxy record {path}: {source}")]
+    #[error("cannot read proxy record {path}: {cause}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("proxy record {path} is malformed: {reason}")]
     Malformed { path: PathBuf, reason: String },
-    #[error("cannot write proxy record {path}: {source}")]
+    #[error("cannot write proxy record {path}: {cause}")]
     Write {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -69,9 +69,9 @@ pub fn record_full(state_dir: &Path, id: &str, record: &Record) -> Result<(), Re
     }
     let dir = records_dir(state_dir);
     let path = dir.join(id);
-    let write_err = |source| RecordError::Write {
+    let write_err = |cause| RecordError::Write {
         path: path.clone(),
-        source,
+        cause,
     };
     std::fs::create_dir_all(&dir).map_err(write_err)?;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(write_err)?;
@@ -110,9 +110,9 @@ pub fn recorded(state_dir: &Path, id: &str) -> Result<Option<Record>, RecordErro
     }
     let dir = records_dir(state_dir);
     let path = dir.join(id);
-    let read_err = |source| RecordError::Read {
+    let read_err = |cause| RecordError::Read {
         path: path.clone(),
-        source,
+        cause,
     };
     let mut file = match open_beneath(state_dir, &Path::new(DIR).join(id)) {
         Ok(f) => f,
@@ -140,7 +140,7 @@ fn trusted_dir(state_dir: &Path) -> Result<bool, RecordError> {
             mode: m.mode() & 0o7777,
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(source) => Err(RecordError::Read { path: dir, source }),
+        Err(cause) => Err(RecordError::Read { path: dir, cause }),
     }
 }
 
@@ -150,15 +150,15 @@ pub fn for_job(state_dir: &Path, job: u32) -> Result<Vec<String>, RecordError> {
         return Ok(Vec::new());
     }
     let dir = records_dir(state_dir);
-    let entries = std::fs::read_dir(&dir).map_err(|source| RecordError::Read {
+    let entries = std::fs::read_dir(&dir).map_err(|cause| RecordError::Read {
         path: dir.clone(),
-        source,
+        cause,
     })?;
     let mut ids = Vec::new();
     for entry in entries {
-        let entry = entry.map_err(|source| RecordError::Read {
+        let entry = entry.map_err(|cause| RecordError::Read {
             path: dir.clone(),
-            source,
+            cause,
         })?;
         let Ok(id) = entry.file_name().into_string() else {
             continue;
@@ -186,7 +186,7 @@ pub fn forget(state_dir: &Path, id: &str) -> Result<(), RecordError> {
     let path = records_dir(state_dir).join(id);
     match std::fs::remove_file(&path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(RecordError::Write { path, source: e })
+            Err(RecordError::Write { path, cause: e })
         }
         _ => Ok(()),
     }

@@ -59,10 +59,10 @@ pub enum RuntimeError {
     RuncMissing(PathBuf),
     #[error("runc {0} is labgpu itself; [runtime] runc must name the real runc")]
     RuncIsSelf(PathBuf),
-    #[error("cannot run {path}: {source}")]
+    #[error("cannot run {path}: {cause}")]
     Exec {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{0} was called without a container id")]
     NoId(String),
@@ -88,17 +88,14 @@ pub enum RuntimeError {
     },
     #[error("labgpu stopped on an internal error ({0}), so runc was not run; this is a bug in labgpu, please report it")]
     Panic(String),
-    #[error("{source} ([users.{owner}] userns)")]
-    Userns { owner: String, source: RootfsError },
+    #[error("{cause} ([users.{owner}] userns)")]
+    Userns { owner: String, cause: RootfsError },
     #[error("runc {0} of a container with userns = \"owner\" is not supported; set userns = \"off\" for its owner to checkpoint and restore")]
     UsernsSubcommand(String),
     #[error("updating device rules of a running container is not allowed (linux.resources.devices in update)")]
     UpdateDevices,
-    #[error("cannot read update resources from {what}: {source}")]
-    UpdateInput {
-        what: String,
-        source: std::io::Error,
-    },
+    #[error("cannot read update resources from {what}: {cause}")]
+    UpdateInput { what: String, cause: std::io::Error },
 }
 
 /// Handles a runc subcommand and execs runc; returns only on failure, with the exit code.
@@ -142,10 +139,10 @@ fn refuse_panics(
 }
 
 fn exec_runc(runc: &Path, argv: &[OsString]) -> RuntimeError {
-    let source = std::process::Command::new(runc).args(&argv[1..]).exec();
+    let cause = std::process::Command::new(runc).args(&argv[1..]).exec();
     RuntimeError::Exec {
         path: runc.to_path_buf(),
-        source,
+        cause,
     }
 }
 
@@ -230,6 +227,8 @@ fn prepare_create(
         }
         plan.joins = joins::resolve(&spec, Path::new("/proc"));
     }
+    decision.docker_cdi =
+        crate::cdi::docker_applied(&crate::cdi::docker_spec_dirs(Path::new(owner::DAEMON_JSON)));
     let mut report = Report::default();
     edits::apply_all(&mut spec, &decision, &mut report)?;
     spec::write_atomic(&config, &spec)?;
@@ -239,7 +238,7 @@ fn prepare_create(
         userns_rootfs::prepare(plan, &decision.docker_root, &rootfs, &sources).map_err(
             |source| RuntimeError::Userns {
                 owner: decision.owner.clone().unwrap_or_default(),
-                source,
+                cause: source,
             },
         )?;
     }
@@ -385,7 +384,7 @@ fn prepare_update(
     };
     let input_err = |what: &str| {
         let what = what.to_string();
-        move |source| RuntimeError::UpdateInput { what, source }
+        move |cause| RuntimeError::UpdateInput { what, cause }
     };
     let bytes = if source == "-" {
         let mut buf = Vec::new();

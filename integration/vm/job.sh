@@ -119,6 +119,15 @@ check "labgpu-proxy.service is active" eventually 10 systemctl is-active --quiet
 check "it listens on /run/labgpu/docker.sock" eventually 10 test -S /run/labgpu/docker.sock
 check "root through the proxy reaches Docker" \
     eventually 10 curl -sf --unix-socket /run/labgpu/docker.sock http://docker/_ping
+
+section "Docker's own CDI on (for the e2e suite's docker_cdi case)"
+# Docker 26 applies `--device nvidia.com/gpu=N` itself only with features.cdi, read at start.
+check "features.cdi set in $DAEMON_JSON, docker.service restarted" \
+    sh -c "jq '.features.cdi = true' $DAEMON_JSON >$DAEMON_JSON.new && mv $DAEMON_JSON.new $DAEMON_JSON && systemctl restart docker.service"
+check "docker info lists CDI spec directories" \
+    eventually 15 sh -c 'docker info --format "{{json .CDISpecDirs}}" | grep -q /etc/cdi'
+# The purge checks below are about the package: it must not restart dockerd from here on.
+pid_before="$(docker_pid)"
 package_install_pass=$pass package_install_fail=$fail
 
 # suite NAME SCRIPT: one suite against the system Docker; its summary line is kept.

@@ -57,9 +57,9 @@ pub enum EditError {
     },
     #[error("volume {0:?} was not inspected in the mount table before the check")]
     VolumeUnknown(String),
-    #[error("{source} (seccomp_profiles in {section})")]
+    #[error("{cause} (seccomp_profiles in {section})")]
     Seccomp {
-        source: crate::seccomp::SeccompError,
+        cause: crate::seccomp::SeccompError,
         section: String,
     },
     #[error("the spec already has a user namespace, so Docker's userns-remap is on: userns = \"owner\" in {section} needs dockerd without userns-remap")]
@@ -102,6 +102,7 @@ pub fn apply_all(spec: &mut Value, d: &Decision, report: &mut Report) -> Result<
     system_paths::apply(spec, d, report)?;
     annotations::apply(spec, d, report)?;
     devices::apply(spec, d, report)?;
+    cdi::strip_docker_applied(spec, d, report)?;
     mounts::apply(spec, d, report)?;
     nvidia::apply(spec, report);
     cdi::apply(spec, d, report)?;
@@ -166,6 +167,7 @@ pub(crate) mod testing {
             runc_root: None,
             cdi: None,
             userns: None,
+            docker_cdi: Default::default(),
             container_id: "cid".into(),
             policy_sha256: "00".repeat(32),
         }

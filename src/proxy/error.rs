@@ -152,14 +152,14 @@ pub enum ProxyError {
     #[error(transparent)]
     Archive(#[from] super::archive::ArchiveError),
     #[error("the proxy cannot use its policy: {0}")]
-    Policy(#[from] PolicyError),
-    #[error("cannot reach docker at {path}: {source}")]
+    Policy(PolicyError),
+    #[error("cannot reach docker at {path}: {cause}")]
     UpstreamConnect {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("docker connection failed: {0}")]
-    Upstream(#[from] hyper::Error),
+    Upstream(hyper::Error),
     #[error("no such container: {0}")]
     NoSuchContainer(String),
     #[error("no such exec instance: {0}")]
@@ -187,13 +187,34 @@ pub enum ProxyError {
     #[error("query parameter {0} is missing")]
     MissingParam(&'static str),
     #[error("the container was created but could not be recorded, so it was removed again: {0}")]
-    Record(#[from] crate::records::RecordError),
+    Record(crate::records::RecordError),
     #[error(transparent)]
     Slurm(#[from] crate::slurm::SlurmError),
     #[error("builds are not allowed: their steps are containers nobody owns, and {policy} [runtime] unlabeled = \"deny\" refuses them; the administrator sets unlabeled = \"no-gpu\" to allow builds")]
     BuildsNeedNoGpu { policy: PathBuf },
     #[error("builds are not allowed: dockerd's default runtime is {default:?}, so build steps would run without labgpu; the administrator runs `labgpu setup docker --default` (runtime {runtime:?})")]
     BuildsNeedDefaultRuntime { default: String, runtime: String },
+}
+
+// These three say their cause in their own sentence, so they do not also hand it out as
+// `source()`: a printer that walks the chain would say it twice. Hence `From` by hand
+// rather than `#[from]` (which implies `#[source]`).
+impl From<PolicyError> for ProxyError {
+    fn from(e: PolicyError) -> Self {
+        ProxyError::Policy(e)
+    }
+}
+
+impl From<hyper::Error> for ProxyError {
+    fn from(e: hyper::Error) -> Self {
+        ProxyError::Upstream(e)
+    }
+}
+
+impl From<crate::records::RecordError> for ProxyError {
+    fn from(e: crate::records::RecordError) -> Self {
+        ProxyError::Record(e)
+    }
 }
 
 impl ProxyError {

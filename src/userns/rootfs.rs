@@ -42,14 +42,14 @@ pub enum RootfsError {
         "this kernel has no idmapped mounts ({0}); userns = \"owner\" needs Linux 5.12 or later"
     )]
     Kernel(io::Error),
-    #[error("{path} is on a {fs} filesystem that cannot be idmapped ({source}); userns = \"owner\" needs idmapped mounts there")]
+    #[error("{path} is on a {fs} filesystem that cannot be idmapped ({cause}); userns = \"owner\" needs idmapped mounts there")]
     NoIdmap {
         path: PathBuf,
         fs: String,
-        source: io::Error,
+        cause: io::Error,
     },
-    #[error("overlayfs refused idmapped layers for {merged} ({source}); userns = \"owner\" needs Linux 5.19 or later")]
-    Overlay { merged: PathBuf, source: io::Error },
+    #[error("overlayfs refused idmapped layers for {merged} ({cause}); userns = \"owner\" needs Linux 5.19 or later")]
+    Overlay { merged: PathBuf, cause: io::Error },
     #[error("{what} {path} is mounted in the host's mount table as {fs}, not Docker's overlay; refusing to unmount it")]
     Unexpected {
         what: &'static str,
@@ -58,19 +58,19 @@ pub enum RootfsError {
     },
     #[error("labgpu's runtime process has {0} threads; the user namespace setup needs one (this is a bug: please report it)")]
     Threads(usize),
-    #[error("cannot {what} {path}: {source}")]
+    #[error("cannot {what} {path}: {cause}")]
     Io {
         what: &'static str,
         path: PathBuf,
-        source: io::Error,
+        cause: io::Error,
     },
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> RootfsError + 'a {
-    move |source| RootfsError::Io {
+    move |cause| RootfsError::Io {
         what,
         path: path.to_path_buf(),
-        source,
+        cause,
     }
 }
 
@@ -191,7 +191,7 @@ fn ensure_dir(dir: &Path) -> Result<(), RootfsError> {
         return Err(RootfsError::Io {
             what: "use",
             path: dir.to_path_buf(),
-            source: io::Error::other("not a directory owned by root"),
+            cause: io::Error::other("not a directory owned by root"),
         });
     }
     Ok(())
@@ -208,7 +208,7 @@ fn idmapped_clone(path: &Path, userns: &OwnedFd) -> Result<OwnedFd, RootfsError>
         Some(libc::EINVAL | libc::EPERM | libc::EOPNOTSUPP) => RootfsError::NoIdmap {
             path: path.to_path_buf(),
             fs: fs_name(path),
-            source: e,
+            cause: e,
         },
         _ => io_err("idmap the mount of", path)(e),
     })?;
@@ -261,7 +261,7 @@ fn mount_overlay(
         Ok(Err(e)) => {
             return Err(RootfsError::Overlay {
                 merged: layers.merged.clone(),
-                source: e.into(),
+                cause: e.into(),
             })
         }
         Ok(Ok(())) => {}

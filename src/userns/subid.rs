@@ -81,10 +81,10 @@ pub struct Known {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SubidError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {cause}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("[users.{user}] userns = \"owner\" needs a subordinate {kind} range of {SUBORDINATE_IDS} ids for host user {account} in {file}, and {have}: add one with `usermod {flag} {suggest} {account}`", file = kind.file(), flag = kind.usermod_flag())]
     Missing {
@@ -123,7 +123,7 @@ pub fn load(path: &Path) -> Result<Vec<Entry>, SubidError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(source) => Err(SubidError::Read {
             path: path.to_path_buf(),
-            source,
+            cause: source,
         }),
     }
 }

@@ -36,10 +36,10 @@ pub enum VerifyError {
     Gpu(#[from] crate::gpu::GpuError),
     #[error("cannot read the host mount table {path}: {reason}")]
     HostMounts { path: PathBuf, reason: String },
-    #[error("cannot list runc state root {path}: {source}")]
+    #[error("cannot list runc state root {path}: {cause}")]
     Root {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -242,10 +242,10 @@ fn run_with(
             Ok(e) => e,
             // A runtime that is not installed has no state root: nothing to audit there.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(source) => {
+            Err(cause) => {
                 return Err(VerifyError::Root {
                     path: root.clone(),
-                    source,
+                    cause,
                 })
             }
         };
