@@ -34,6 +34,28 @@ pub enum DockerApiError {
     },
 }
 
+/// How much of an error answer is kept: Docker's messages (a runtime's refusal included) fit.
+const MAX_ERROR_BODY: usize = 4096;
+
+impl DockerApiError {
+    /// Docker's own sentence from an error answer (`{"message": "…"}`), if there is one.
+    pub fn daemon_message(&self) -> Option<String> {
+        let DockerApiError::Status { body, .. } = self else {
+            return None;
+        };
+        let v: Value = serde_json::from_str(body).ok()?;
+        Some(v.get("message")?.as_str()?.trim().to_string())
+    }
+
+    /// Whether nothing listens on the socket (missing, or refusing connections).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, DockerApiError::Io { source, .. } if matches!(
+            source.kind(),
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+        ))
+    }
+}
+
 /// `GET path` as JSON.
 pub fn get_json(socket: &Path, path: &str) -> Result<Value, DockerApiError> {
     request(socket, "GET", path)
@@ -41,6 +63,17 @@ pub fn get_json(socket: &Path, path: &str) -> Result<Value, DockerApiError> {
 
 /// `method path` with no body; the JSON answer (`Null` for an empty one).
 pub fn request(socket: &Path, method: &str, path: &str) -> Result<Value, DockerApiError> {
+    request_within(socket, method, path, TIMEOUT)
+}
+
+/// `request`, waiting up to `timeout` for each read and write (a `stop` takes as long as the
+/// container's stop timeout).
+pub fn request_within(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    timeout: Duration,
+) -> Result<Value, DockerApiError> {
     let io = |source| DockerApiError::Io {
         socket: socket.to_path_buf(),
         source,
@@ -51,8 +84,8 @@ pub fn request(socket: &Path, method: &str, path: &str) -> Result<Value, DockerA
         reason: reason.to_string(),
     };
     let mut stream = UnixStream::connect(socket).map_err(io)?;
-    stream.set_read_timeout(Some(TIMEOUT)).map_err(io)?;
-    stream.set_write_timeout(Some(TIMEOUT)).map_err(io)?;
+    stream.set_read_timeout(Some(timeout)).map_err(io)?;
+    stream.set_write_timeout(Some(timeout)).map_err(io)?;
     write!(
         stream,
         "{method} {path} HTTP/1.0\r\nHost: docker\r\nContent-Length: 0\r\n\r\n"
@@ -79,7 +112,7 @@ pub fn request(socket: &Path, method: &str, path: &str) -> Result<Value, DockerA
             body: String::from_utf8_lossy(body)
                 .trim()
                 .chars()
-                .take(300)
+                .take(MAX_ERROR_BODY)
                 .collect(),
         });
     }
@@ -117,6 +150,10 @@ mod tests {
         let (_d, sock) = serve_once("HTTP/1.0 404 Not Found\r\n\r\n{\"message\":\"no such\"}");
         let e = get_json(&sock, "/containers/x/json").unwrap_err();
         assert!(e.to_string().contains("404"), "{e}");
-        assert!(get_json(Path::new("/nonexistent.sock"), "/info").is_err());
+        assert_eq!(e.daemon_message().as_deref(), Some("no such"));
+        assert!(!e.is_unreachable());
+        let e = get_json(Path::new("/nonexistent.sock"), "/info").unwrap_err();
+        assert!(e.is_unreachable(), "{e}");
+        assert_eq!(e.daemon_message(), None);
     }
 }

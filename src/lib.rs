@@ -2,8 +2,10 @@
 //!
 //! Flow: `argv` decides the face; the runtime face (`runtime`) loads the `policy`, finds the
 //! `owner`, scans the `gpu` inventory, `decide`s, applies the `edits` to the `spec`, and execs
-//! runc; refusals go out through `refusal`. The admin CLI lives in `cli`;
-//! `proxy` is the identity-aware Docker socket in front of it all. `seccomp` models Docker's
+//! runc; refusals go out through `refusal`. The admin CLI lives in `cli`, and `users` edits
+//! the policy's users for it (`labgpu user …`); `proxy` is the identity-aware Docker socket in
+//! front of it all, and `shell` is a user's login shell (`labgpu-shell`): it asks the proxy
+//! for the user's own container and enters it. `seccomp` models Docker's
 //! default seccomp profiles, so that a default resolved for capabilities labgpu cuts is
 //! replaced, and a custom profile allows no more than the default would.
 
@@ -25,6 +27,8 @@ pub mod refusal;
 pub mod runtime;
 pub mod seccomp;
 pub mod setup;
+pub mod shell;
 pub mod spec;
+pub mod users;
 pub mod verify;
 pub mod volumes;

@@ -39,6 +39,10 @@ pub enum RecordError {
 #[serde(deny_unknown_fields)]
 pub struct Record {
     pub owner: String,
+    /// The owner's login container (`labgpu shell`): made by the proxy from the policy's
+    /// `session` settings, never at a user's request.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub session: bool,
 }
 
 fn records_dir(state_dir: &Path) -> PathBuf {
@@ -48,6 +52,18 @@ fn records_dir(state_dir: &Path) -> PathBuf {
 /// Records that the proxy created container `id` for `owner` (atomically; the directory is
 /// created root-only).
 pub fn record(state_dir: &Path, id: &str, owner: &str) -> Result<(), RecordError> {
+    record_full(
+        state_dir,
+        id,
+        &Record {
+            owner: owner.to_string(),
+            session: false,
+        },
+    )
+}
+
+/// Records container `id` as `record` says.
+pub fn record_full(state_dir: &Path, id: &str, record: &Record) -> Result<(), RecordError> {
     if !valid_container_id(id) {
         return Err(RecordError::BadId(id.to_string()));
     }
@@ -59,10 +75,7 @@ pub fn record(state_dir: &Path, id: &str, owner: &str) -> Result<(), RecordError
     };
     std::fs::create_dir_all(&dir).map_err(write_err)?;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(write_err)?;
-    let bytes = serde_json::to_vec(&Record {
-        owner: owner.to_string(),
-    })
-    .map_err(|e| write_err(std::io::Error::other(e)))?;
+    let bytes = serde_json::to_vec(record).map_err(|e| write_err(std::io::Error::other(e)))?;
     let tmp = dir.join(format!(".{id}.tmp-{}", std::process::id()));
     let result = (|| {
         let mut f = std::fs::OpenOptions::new()
@@ -84,6 +97,11 @@ pub fn record(state_dir: &Path, id: &str, owner: &str) -> Result<(), RecordError
 /// The owner the proxy recorded for `id`; `None` when it did not create it (or there are no
 /// records yet).
 pub fn recorded_owner(state_dir: &Path, id: &str) -> Result<Option<String>, RecordError> {
+    Ok(recorded(state_dir, id)?.map(|r| r.owner))
+}
+
+/// The proxy's record of `id`; `None` when it did not create it (or there are no records).
+pub fn recorded(state_dir: &Path, id: &str) -> Result<Option<Record>, RecordError> {
     if !valid_container_id(id) {
         return Err(RecordError::BadId(id.to_string()));
     }
@@ -116,7 +134,41 @@ pub fn recorded_owner(state_dir: &Path, id: &str) -> Result<Option<String>, Reco
         path: path.clone(),
         reason: e.to_string(),
     })?;
-    Ok(Some(record.owner))
+    Ok(Some(record))
+}
+
+/// The login containers the proxy recorded for `owner`, newest record first. Normally one;
+/// more only if one was removed behind the proxy's back and its record not yet pruned.
+pub fn sessions_of(state_dir: &Path, owner: &str) -> Result<Vec<String>, RecordError> {
+    let dir = records_dir(state_dir);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(RecordError::Read { path: dir, source }),
+    };
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let Ok(id) = entry.file_name().into_string() else {
+            continue;
+        };
+        // Temporary files of a record being written start with '.'.
+        if id.starts_with('.') || !valid_container_id(&id) {
+            continue;
+        }
+        // `recorded` checks the directory and refuses symlinks; a record removed meanwhile
+        // (its container went) is simply not there, and one that cannot be read is nobody's
+        // session.
+        match recorded(state_dir, &id) {
+            Ok(Some(r)) if r.session && r.owner == owner => {
+                let mtime = entry.metadata().and_then(|m| m.modified()).ok();
+                found.push((mtime, id));
+            }
+            Err(e @ RecordError::Untrusted { .. }) => return Err(e),
+            _ => {}
+        }
+    }
+    found.sort_by(|a, b| b.cmp(a));
+    Ok(found.into_iter().map(|(_, id)| id).collect())
 }
 
 /// Forgets container `id` (removed through the proxy); a missing record is not an error.
@@ -191,6 +243,37 @@ mod tests {
                 Err(RecordError::Untrusted { .. })
             ));
         }
+    }
+
+    #[test]
+    fn session_records_are_found_by_owner() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(sessions_of(d.path(), "alice").unwrap().is_empty());
+        let rec = |owner: &str, session| Record {
+            owner: owner.into(),
+            session,
+        };
+        record_full(d.path(), "s1", &rec("alice", true)).unwrap();
+        record_full(d.path(), "c1", &rec("alice", false)).unwrap();
+        record_full(d.path(), "s2", &rec("bob", true)).unwrap();
+        assert_eq!(sessions_of(d.path(), "alice").unwrap(), ["s1"]);
+        assert_eq!(sessions_of(d.path(), "bob").unwrap(), ["s2"]);
+        assert!(sessions_of(d.path(), "carol").unwrap().is_empty());
+        // An ordinary record is written as before (older proxies read it), and old records
+        // read as not sessions.
+        let plain = std::fs::read_to_string(d.path().join(DIR).join("c1")).unwrap();
+        assert_eq!(plain, r#"{"owner":"alice"}"#);
+        assert!(!recorded(d.path(), "c1").unwrap().unwrap().session);
+        assert!(recorded(d.path(), "s1").unwrap().unwrap().session);
+        // A planted symlink named like a record is not believed.
+        std::fs::write(
+            d.path().join("planted"),
+            r#"{"owner":"bob","session":true}"#,
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(d.path().join("planted"), d.path().join(DIR).join("s3"))
+            .unwrap();
+        assert_eq!(sessions_of(d.path(), "bob").unwrap(), ["s2"]);
     }
 
     #[test]

@@ -157,6 +157,8 @@ pub enum ProxyError {
     MissingParam(&'static str),
     #[error("the container was created but could not be recorded, so it was removed again: {0}")]
     Record(#[from] crate::records::RecordError),
+    #[error(transparent)]
+    Session(#[from] super::session::SessionError),
     #[error("builds are not allowed: their steps are containers nobody owns, and {policy} [runtime] unlabeled = \"deny\" refuses them; the administrator sets unlabeled = \"no-gpu\" to allow builds")]
     BuildsNeedNoGpu { policy: PathBuf },
     #[error("builds are not allowed: dockerd's default runtime is {default:?}, so build steps would run without labgpu; the administrator runs `labgpu setup docker --default` (runtime {runtime:?})")]
@@ -183,6 +185,8 @@ impl ProxyError {
             ProxyError::UpstreamStatus { status, .. } => *status,
             ProxyError::Body(_) | ProxyError::MissingParam(_) => StatusCode::BAD_REQUEST,
             ProxyError::Record(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            // The administrator's configuration, not the request, is what is missing.
+            ProxyError::Session(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::BuildsNeedNoGpu { .. } | ProxyError::BuildsNeedDefaultRuntime { .. } => {
                 StatusCode::FORBIDDEN
             }

@@ -36,6 +36,8 @@ pub enum Route {
     Images(ImageRoute),
     Volumes(VolumeRoute),
     Networks(NetworkRoute),
+    /// `POST /labgpu/session`: labgpu's own, the caller's login container (`session`).
+    Session,
 }
 
 /// The path without its `/v1.41` version prefix.
@@ -116,6 +118,7 @@ pub fn classify(method: &Method, path: &str) -> Result<Route, RuleError> {
         }),
         ["exec", id, ..] => Ok(Route::Exec { id: id.to_string() }),
         ["commit"] if post => Ok(Route::Commit),
+        ["labgpu", "session"] if post => Ok(Route::Session),
         ["events"] if get => Ok(Route::Listing(Listing::Events)),
         ["system", "df"] if get => Ok(Route::DiskUsage),
         ["build"] if post => Ok(Route::Build),
@@ -253,6 +256,9 @@ mod tests {
             Ok(Route::Exec { id: "e1".into() })
         );
         assert_eq!(c(Method::POST, "/v1.41/commit"), Ok(Route::Commit));
+        assert_eq!(c(Method::POST, "/labgpu/session"), Ok(Route::Session));
+        assert!(c(Method::GET, "/labgpu/session").is_err());
+        assert!(c(Method::POST, "/labgpu/other").is_err());
         assert_eq!(c(Method::GET, "/v1.41/system/df"), Ok(Route::DiskUsage));
         assert_eq!(c(Method::POST, "/v1.41/build"), Ok(Route::Build));
         assert_eq!(c(Method::POST, "/v1.41/session"), Ok(Route::Forward));

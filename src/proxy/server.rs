@@ -26,7 +26,7 @@ use super::limits::{self, Connections, IdleTimeout, PolicyCache};
 use super::request::{check_content_types, user_ctx, UserCtx};
 use super::routes::{self, Route};
 use super::upstream::forward;
-use super::{containers, exec, images, networks, system, volumes, Options};
+use super::{containers, exec, images, networks, session, system, volumes, Options};
 use crate::policy::Policy;
 
 pub struct State {
@@ -343,6 +343,7 @@ async fn route(
         Route::Images(r) => images::handle(&call, r, req).await,
         Route::Volumes(r) => volumes::handle(&call, r, req).await,
         Route::Networks(r) => networks::handle(&call, r, req).await,
+        Route::Session => session::ensure(&call).await,
     }
 }
 

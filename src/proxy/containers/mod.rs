@@ -14,7 +14,7 @@ mod create;
 mod mounts;
 mod storage;
 
-pub use create::{create_container_refs, rewrite_create, ContainerRef, Resolved};
+pub use create::{create_container_refs, rewrite_create, ContainerRef, Resolved, SESSION_LABEL};
 pub(in crate::proxy) use create::{pin_links, ref_list, ENDPOINT};
 
 use super::archive;
@@ -139,7 +139,7 @@ async fn record_created(
 
 /// `rewrite_create` resolves host paths (symlink walks, perhaps on a slow network file
 /// system): on the blocking pool, within `limits::CHECK_DEADLINE`.
-async fn rewrite_off_workers(
+pub(in crate::proxy) async fn rewrite_off_workers(
     mut v: Value,
     ctx: UserCtx,
     resolved: Resolved,
@@ -154,7 +154,10 @@ async fn rewrite_off_workers(
     }
 }
 
-async fn resolve_refs(call: &Call<'_>, v: &mut Value) -> Result<Resolved, ProxyError> {
+pub(in crate::proxy) async fn resolve_refs(
+    call: &Call<'_>,
+    v: &mut Value,
+) -> Result<Resolved, ProxyError> {
     let mut resolved = Resolved::default();
     for r in create_container_refs(v)? {
         let full_id = owned_container(call.state, call.ctx, &r.name).await?;
