@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# integration/lib.sh: helpers sourced by e2e.sh, demo.sh and capture-fixtures.sh.
+# integration/lib.sh: helpers sourced by e2e.sh, proxy.sh, shell.sh, demo.sh and capture-fixtures.sh.
 #
 # Everything a run creates lives in one temp dir, $LG_TMP (/tmp/labgpu-e2e.XXXX), served by a
 # private dockerd (own data root, exec root, socket, pid file, containerd) in a network
@@ -472,6 +472,37 @@ lg_start_dockerd() {
     lg_say "dockerd did not answer within 60s; its log:"
     tail -n 50 "$LG_TMP/dockerd.log" >&2
     lg_die "private dockerd failed to start"
+}
+
+# ---------------------------------------------------------------------------------------------
+# `labgpu proxy` in front of the private dockerd (proxy.sh, shell.sh)
+
+LG_PSOCK=""      # the proxy's socket
+LG_PROXY_PID=""
+
+# Starts the proxy on $LG_TMP/proxy/docker.sock with the run's policy; its log is
+# $LG_TMP/proxy.log. The policy needs a [proxy] table (LG_POLICY_PROXY=1).
+lg_start_proxy() {
+    LG_PSOCK="$LG_TMP/proxy/docker.sock"
+    "$LG_BIN" proxy --listen "$LG_PSOCK" --upstream "$LG_SOCK" --policy "$LG_POLICY" \
+        >"$LG_TMP/proxy.log" 2>&1 &
+    LG_PROXY_PID=$!
+    local i
+    for ((i = 0; i < 50; i++)); do
+        [[ -S $LG_PSOCK ]] && return 0
+        kill -0 "$LG_PROXY_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    cat "$LG_TMP/proxy.log" >&2
+    lg_die "labgpu proxy did not start"
+}
+
+# SIGTERM, and wait for it: it removes its socket.
+lg_stop_proxy() {
+    [[ -n $LG_PROXY_PID ]] || return 0
+    kill -TERM "$LG_PROXY_PID" 2>/dev/null || true
+    wait "$LG_PROXY_PID" 2>/dev/null || true
+    LG_PROXY_PID=""
 }
 
 # ---------------------------------------------------------------------------------------------

@@ -86,20 +86,9 @@ start_proxy() {
 }
 
 start_own_proxy() {
-    PSOCK="$LG_TMP/proxy/docker.sock"
-    "$LG_BIN" proxy --listen "$PSOCK" --upstream "$LG_SOCK" --policy "$LG_POLICY" \
-        >"$LG_TMP/proxy.log" 2>&1 &
-    PROXY_PID=$!
-    local i
-    for ((i = 0; i < 50; i++)); do
-        [[ -S $PSOCK ]] && break
-        kill -0 "$PROXY_PID" 2>/dev/null || break
-        sleep 0.1
-    done
-    [[ -S $PSOCK ]] || {
-        cat "$LG_TMP/proxy.log" >&2
-        lg_die "labgpu proxy did not start"
-    }
+    lg_start_proxy
+    PSOCK="$LG_PSOCK"
+    PROXY_PID="$LG_PROXY_PID"
 }
 
 proxy_teardown() {

@@ -184,7 +184,7 @@ fn run_forwarding_signals(cmd: &mut Command, docker: &Path) -> Result<i32, Shell
 fn stop_if_idle(socket: &Path, session: &Session) {
     let id = &session.id;
     let busy = docker_api::get_json(socket, &format!("/containers/{id}/json"))
-        .map(|v| other_execs(&v))
+        .map(|v| other_logins(socket, &v))
         .unwrap_or(true);
     if busy {
         return;
@@ -204,12 +204,22 @@ fn stop_if_idle(socket: &Path, session: &Session) {
 }
 
 /// Whether an inspected container still has exec sessions (other logins) running. Docker
-/// drops an exec from `ExecIDs` when its process ends.
-fn other_execs(inspect: &Value) -> bool {
+/// lists an exec in `ExecIDs` until it has handled its end, which may be just after the
+/// client saw it: each is asked whether it still runs. When in doubt, it is busy.
+fn other_logins(socket: &Path, inspect: &Value) -> bool {
+    exec_ids(inspect).iter().any(|e| {
+        docker_api::get_json(socket, &format!("/exec/{e}/json"))
+            .map(|v| v.get("Running").and_then(Value::as_bool) != Some(false))
+            .unwrap_or_else(|e| e.daemon_message().is_none())
+    })
+}
+
+fn exec_ids(inspect: &Value) -> Vec<&str> {
     inspect
         .get("ExecIDs")
         .and_then(Value::as_array)
-        .is_some_and(|ids| !ids.is_empty())
+        .map(|ids| ids.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -309,9 +319,9 @@ mod tests {
     }
 
     #[test]
-    fn execs_left_running() {
-        assert!(!other_execs(&json!({"ExecIDs": null})));
-        assert!(!other_execs(&json!({"ExecIDs": []})));
-        assert!(other_execs(&json!({"ExecIDs": ["e1"]})));
+    fn exec_ids_of_a_container() {
+        assert!(exec_ids(&json!({"ExecIDs": null})).is_empty());
+        assert!(exec_ids(&json!({"ExecIDs": []})).is_empty());
+        assert_eq!(exec_ids(&json!({"ExecIDs": ["e1", "e2"]})), ["e1", "e2"]);
     }
 }
