@@ -488,6 +488,13 @@ case_list_rm() {
     if expect_ok user-rm-alice lgu rm alice; then
         [[ $(session_of alice) == *" exited session-alice alice" ]] && pass user-rm-stops || fail user-rm-stops "$(session_of alice)"
     fi
+    # A new alice would own the old one's stopped containers: add says so.
+    if expect_ok user-readd lgu add alice --uid "$(lg_uid alice)" --gid "$(lg_gid alice)"; then
+        [[ $OUT == *"containers of an earlier alice"*"session-alice"* ]] && pass user-readd-notes-leftovers ||
+            fail user-readd-notes-leftovers "$OUT"
+        lgu rm alice --containers remove >/dev/null
+        expect_eq user-rm-remove-alice "" "$(session_of alice)"
+    fi
     expect_eq user-rm-all-round-trip "" "$(diff "$LG_TMP/policy.base" "$LG_POLICY")"
 }
 

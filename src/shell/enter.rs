@@ -14,8 +14,14 @@ use serde_json::Value;
 use super::{Mode, Session, ShellError};
 use crate::docker_api;
 
-/// Where the Docker CLI is looked for before `PATH`.
+/// Where the Docker CLI is looked for: root's directories only, never the login's `PATH`
+/// (a program of the user's there would be a shell on the host).
 const DOCKER_CLI: [&str; 2] = ["/usr/bin/docker", "/usr/local/bin/docker"];
+
+/// The CLI's configuration directory: one that cannot exist. The user's own `~/.docker`
+/// (their file, on the host) may name CLI plugins and hooks, programs the CLI would run on
+/// the host; contexts there could send it elsewhere.
+const DOCKER_CONFIG: &str = "/proc/self/labgpu-no-docker-config";
 
 /// dockerd ends an exec session on this key sequence (default Ctrl-P Ctrl-Q, which would
 /// hold back every Ctrl-P, bash's "previous command"). A detached login would only leave a
@@ -39,14 +45,12 @@ pub fn enter(socket: &Path, session: &Session, mode: &Mode) -> Result<i32, Shell
     let tty = nix::unistd::isatty(0).unwrap_or(false);
     let mut cmd = Command::new(&docker);
     cmd.args(docker_args(socket, session, mode, tty, &passed_env()));
-    // The user's own Docker settings must not send the exec anywhere but the proxy, nor
-    // speak an API version it refuses.
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("DOCKER_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.env("DOCKER_CLI_HINTS", "false");
+    // The CLI runs on the host: nothing of the login's environment reaches it (DOCKER_HOST,
+    // DOCKER_API_VERSION, LD_PRELOAD, …); what the container should see went in as --env.
+    cmd.env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("DOCKER_CONFIG", DOCKER_CONFIG)
+        .env("DOCKER_CLI_HINTS", "false");
     if !session.stop_on_exit {
         // Nothing to do afterwards: the CLI takes this process's place (signals, job control
         // and the exit status are then simply the CLI's).
@@ -117,20 +121,12 @@ fn passed_env() -> Vec<(String, String)> {
 }
 
 fn find_docker() -> Result<PathBuf, ShellError> {
-    let path_dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
-    let candidates: Vec<PathBuf> = DOCKER_CLI
+    DOCKER_CLI
         .iter()
         .map(PathBuf::from)
-        .chain(path_dirs.iter().map(|d| d.join("docker")))
-        .collect();
-    candidates
-        .iter()
         .find(|p| is_executable(p))
-        .cloned()
         .ok_or_else(|| ShellError::NoDockerCli {
-            looked: DOCKER_CLI.join(", ") + " and PATH",
+            looked: DOCKER_CLI.join(" and "),
         })
 }
 

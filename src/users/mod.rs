@@ -367,7 +367,23 @@ fn add(name: &str, c: &UserChanges, target: &UserTarget) -> Result<(), UserError
         locked.path.display()
     );
     notes.iter().for_each(|n| println!("{n}"));
+    note_leftovers(&target.docker, &after, name);
     Ok(())
+}
+
+/// Containers of a former user of the same name (removed with `--containers stop`) are the
+/// new user's now, their login container included: says so, when Docker answers.
+fn note_leftovers(docker: &Path, policy: &Policy, name: &str) {
+    let Ok(found) = containers::owned(docker, policy, Some(name)) else {
+        return;
+    };
+    if !found.is_empty() {
+        let names: Vec<String> = found.into_iter().map(|c| c.name).collect();
+        println!(
+            "note: Docker still has containers of an earlier {name}, which are this {name}'s now: {} (docker rm them if that is someone else)",
+            names.join(", ")
+        );
+    }
 }
 
 fn gpus_text(g: &Option<GpuSpec>) -> String {
