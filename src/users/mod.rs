@@ -7,7 +7,6 @@
 //! shell), and only then replaces the file. Input that would not load changes nothing.
 //! `containers` finds a user's containers through Docker's API; `list` reports.
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use crate::cli_args::{ContainersAction, UserChanges, UserCommand, UserTarget};
@@ -296,10 +295,11 @@ fn plan_login(c: &UserChanges, name: &str, uid: Option<u32>) -> Result<Option<Lo
     Ok(Some(Login { account, shell }))
 }
 
-/// Creates the new mounts' missing sources, then writes, then sets the login shell.
+/// Creates the new mounts' missing sources, then writes `text` (when the file changes),
+/// then sets the login shell.
 fn apply(
     locked: &file::Locked,
-    text: &str,
+    text: Option<&str>,
     make: Option<(&[MountSpec], u32, u32)>,
     login: Option<&Login>,
     name: &str,
@@ -309,7 +309,9 @@ fn apply(
             host::make_dir(&m.source, uid, gid)?;
         }
     }
-    locked.replace(text)?;
+    if let Some(text) = text {
+        locked.replace(text)?;
+    }
     if let Some(l) = login {
         host::set_login_shell(&l.account, &l.shell).map_err(|source| {
             UserError::LoginAfterWrite {
@@ -322,6 +324,9 @@ fn apply(
             l.account.name,
             l.shell.display()
         );
+        if let Some(why) = login_gap(locked, name) {
+            println!("note: {name}'s logins will be refused until {why}");
+        }
         if !host::in_etc_shells(&l.shell) {
             println!(
                 "note: {} is not in /etc/shells (the package adds it; chsh and some PAM setups refuse shells not listed there)",
@@ -330,6 +335,20 @@ fn apply(
         }
     }
     Ok(())
+}
+
+/// What the policy as written lacks for `name`'s logins to open.
+fn login_gap(locked: &file::Locked, name: &str) -> Option<&'static str> {
+    let policy = Policy::load(&locked.path).ok()?;
+    if policy.proxy.is_none() {
+        return Some(
+            "the policy has a [proxy] table and labgpu proxy runs (labgpu-shell goes through it)",
+        );
+    }
+    if policy.session_for(name).image.is_none() {
+        return Some("a login image is set: [defaults] session = { image = \"…\" }");
+    }
+    None
 }
 
 fn add(name: &str, c: &UserChanges, target: &UserTarget) -> Result<(), UserError> {
@@ -360,7 +379,7 @@ fn add(name: &str, c: &UserChanges, target: &UserTarget) -> Result<(), UserError
     check_sources(&parsed.mounts, c.make_dirs)?;
     let login = plan_login(c, name, Some(uid))?;
     let make = c.make_dirs.then_some((parsed.mounts.as_slice(), uid, gid));
-    apply(&locked, &new_text, make, login.as_ref(), name)?;
+    apply(&locked, Some(&new_text), make, login.as_ref(), name)?;
     println!(
         "added [users.{name}] (uid {uid}, gid {gid}, GPUs {}) to {}",
         gpus_text(&parsed.gpus),
@@ -401,14 +420,7 @@ fn gpus_text(g: &Option<GpuSpec>) -> String {
 
 fn set(name: &str, c: &UserChanges, more: &SetOnly, target: &UserTarget) -> Result<(), UserError> {
     let parsed = parse_changes(c)?;
-    let edits: Vec<(String, String)> = more
-        .set
-        .iter()
-        .map(|kv| match kv.split_once('=') {
-            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
-            _ => Err(UserError::BadSet(kv.clone())),
-        })
-        .collect::<Result<_, _>>()?;
+    let sets = parse_sets(&more.set)?;
     let locked = file::lock(&target_policy(target))?;
     let text = locked.read()?;
     let before = load(&locked.path, &text)?;
@@ -426,25 +438,14 @@ fn set(name: &str, c: &UserChanges, more: &SetOnly, target: &UserTarget) -> Resu
     if let Some(g) = &new_gpus {
         edit::set_value(user, "gpus", edit::gpus_value(g));
     }
-    for d in &more.unmount {
-        edit::remove_mount(user, name, d)?;
-    }
-    for m in &parsed.mounts {
-        edit::add_mount(user, name, m)?;
-    }
-    for (k, v) in &edits {
-        edit::set_path(user, k, v)?;
-    }
-    for k in &more.unset {
-        edit::unset_path(user, name, k)?;
-    }
+    edit_keys(user, name, &parsed.mounts, more, &sets)?;
     let new_text = doc.to_string();
     let after = validate(&locked.path, &new_text)?;
     let edited = after.user(name).expect("set keeps the user");
     if let Some(uid) = edited.uid.filter(|u| Some(*u) != current.uid) {
         check_uid_free(&after, name, uid)?;
     }
-    let gpus_touched = new_gpus.is_some() || edits.iter().any(|(k, _)| k == "gpus");
+    let gpus_touched = new_gpus.is_some() || sets.iter().any(|(k, _)| k == "gpus");
     let notes = if gpus_touched {
         check_gpus(&after, name)?
     } else {
@@ -452,7 +453,8 @@ fn set(name: &str, c: &UserChanges, more: &SetOnly, target: &UserTarget) -> Resu
     };
     check_sources(&parsed.mounts, c.make_dirs)?;
     let login = plan_login(c, name, edited.uid)?;
-    if new_text == text && login.is_none() {
+    let changed = new_text != text;
+    if !changed && login.is_none() {
         println!("[users.{name}] already says that: nothing changed");
         return Ok(());
     }
@@ -462,21 +464,53 @@ fn set(name: &str, c: &UserChanges, more: &SetOnly, target: &UserTarget) -> Resu
         None
     };
     let make = ids.map(|(uid, gid)| (parsed.mounts.as_slice(), uid, gid));
-    if new_text != text {
-        apply(&locked, &new_text, make, login.as_ref(), name)?;
+    apply(
+        &locked,
+        changed.then_some(new_text.as_str()),
+        make,
+        login.as_ref(),
+        name,
+    )?;
+    if changed {
         println!("changed [users.{name}] in {}", locked.path.display());
-    } else {
-        apply(&locked, &text, None, login.as_ref(), name)?;
     }
     notes.iter().for_each(|n| println!("{n}"));
-    let lost: BTreeSet<GpuRef> = current
-        .gpus
-        .iter()
-        .filter(|g| !edited.gpus.contains(g))
-        .cloned()
-        .collect();
-    if !lost.is_empty() || !more.unmount.is_empty() {
+    let lost_gpu = current.gpus.iter().any(|g| !edited.gpus.contains(g));
+    if lost_gpu || !more.unmount.is_empty() {
         note_running(&target.docker, &after, name);
+    }
+    Ok(())
+}
+
+/// `--set KEY=VALUE` pairs.
+fn parse_sets(sets: &[String]) -> Result<Vec<(String, String)>, UserError> {
+    sets.iter()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+            _ => Err(UserError::BadSet(kv.clone())),
+        })
+        .collect()
+}
+
+/// Mounts out and in, then `--set` and `--unset`, in the user's table.
+fn edit_keys(
+    user: &mut dyn toml_edit::TableLike,
+    name: &str,
+    mounts: &[MountSpec],
+    more: &SetOnly,
+    sets: &[(String, String)],
+) -> Result<(), UserError> {
+    for d in &more.unmount {
+        edit::remove_mount(user, name, d)?;
+    }
+    for m in mounts {
+        edit::add_mount(user, name, m)?;
+    }
+    for (k, v) in sets {
+        edit::set_path(user, k, v)?;
+    }
+    for k in &more.unset {
+        edit::unset_path(user, name, k)?;
     }
     Ok(())
 }
