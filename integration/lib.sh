@@ -475,37 +475,6 @@ lg_start_dockerd() {
 }
 
 # ---------------------------------------------------------------------------------------------
-# `labgpu proxy` in front of the private dockerd (proxy.sh, shell.sh)
-
-LG_PSOCK=""      # the proxy's socket
-LG_PROXY_PID=""
-
-# Starts the proxy on $LG_TMP/proxy/docker.sock with the run's policy; its log is
-# $LG_TMP/proxy.log. The policy needs a [proxy] table (LG_POLICY_PROXY=1).
-lg_start_proxy() {
-    LG_PSOCK="$LG_TMP/proxy/docker.sock"
-    "$LG_BIN" proxy --listen "$LG_PSOCK" --upstream "$LG_SOCK" --policy "$LG_POLICY" \
-        >"$LG_TMP/proxy.log" 2>&1 &
-    LG_PROXY_PID=$!
-    local i
-    for ((i = 0; i < 50; i++)); do
-        [[ -S $LG_PSOCK ]] && return 0
-        kill -0 "$LG_PROXY_PID" 2>/dev/null || break
-        sleep 0.1
-    done
-    cat "$LG_TMP/proxy.log" >&2
-    lg_die "labgpu proxy did not start"
-}
-
-# SIGTERM, and wait for it: it removes its socket.
-lg_stop_proxy() {
-    [[ -n $LG_PROXY_PID ]] || return 0
-    kill -TERM "$LG_PROXY_PID" 2>/dev/null || true
-    wait "$LG_PROXY_PID" 2>/dev/null || true
-    LG_PROXY_PID=""
-}
-
-# ---------------------------------------------------------------------------------------------
 # The machine's own dockerd (LABGPU_E2E_SYSTEM_DOCKER=1)
 
 # What exists before the run, so that teardown removes only what the run made.
@@ -620,6 +589,51 @@ lg_unmount_all() {
     local mp
     awk -v t="$LG_TMP" 'index($2, t) == 1 { print $2 }' /proc/mounts | sort -r | while read -r mp; do
         umount -l "$mp" 2>/dev/null || true
+    done
+}
+
+# ---------------------------------------------------------------------------------------------
+# labgpu proxy in front of the private dockerd (proxy.sh, slurm.sh, shell.sh)
+
+LG_PSOCK=""
+LG_PROXY_PID=""
+
+# Starts `labgpu proxy` on $LG_TMP/proxy/docker.sock (LG_PSOCK), logging to $LG_TMP/proxy.log;
+# arguments, if any, are a command prefix to start it under (slurm.sh: nsenter).
+lg_start_own_proxy() {
+    LG_PSOCK="$LG_TMP/proxy/docker.sock"
+    "$@" "$LG_BIN" proxy --listen "$LG_PSOCK" --upstream "$LG_SOCK" --policy "$LG_POLICY" \
+        >"$LG_TMP/proxy.log" 2>&1 &
+    LG_PROXY_PID=$!
+    local i
+    for ((i = 0; i < 50; i++)); do
+        [[ -S $LG_PSOCK ]] && break
+        kill -0 "$LG_PROXY_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    [[ -S $LG_PSOCK ]] || {
+        cat "$LG_TMP/proxy.log" >&2
+        lg_die "labgpu proxy did not start"
+    }
+}
+
+# Stops the proxy lg_start_own_proxy started; it must take its socket with it.
+lg_stop_own_proxy() {
+    [[ -n $LG_PROXY_PID ]] || return 0
+    kill -TERM "$LG_PROXY_PID" 2>/dev/null || true
+    wait "$LG_PROXY_PID" 2>/dev/null || true
+    if [[ -e $LG_PSOCK ]]; then
+        lg_say "warning: the proxy left its socket $LG_PSOCK behind"
+    fi
+    LG_PROXY_PID=""
+}
+
+# A per-user DOCKER_CONFIG under $LG_TMP for each test user (the CLI writes there).
+lg_make_cli_dirs() {
+    local u
+    for u in $LG_TEST_USERS; do
+        mkdir -p "$LG_TMP/cli-$u"
+        chown "$(lg_user "$u")" "$LG_TMP/cli-$u"
     done
 }
 

@@ -78,29 +78,19 @@ start_proxy() {
         start_own_proxy
     fi
     PROXY_FDS0="$(ls "/proc/$PROXY_PID/fd" | wc -l)"
-    local u
-    for u in alice bob carol; do
-        mkdir -p "$LG_TMP/cli-$u"
-        chown "$(lg_user "$u")" "$LG_TMP/cli-$u"
-    done
+    lg_make_cli_dirs
 }
 
 start_own_proxy() {
-    lg_start_proxy
+    lg_start_own_proxy
     PSOCK="$LG_PSOCK"
     PROXY_PID="$LG_PROXY_PID"
 }
 
 proxy_teardown() {
     local rc=$?
-    if [[ -n $PROXY_PID && $LG_SYSTEM_DOCKER != 1 ]]; then
-        kill -TERM "$PROXY_PID" 2>/dev/null || true
-        wait "$PROXY_PID" 2>/dev/null || true
-        if [[ -e $PSOCK ]]; then
-            echo "[e2e] warning: the proxy left its socket $PSOCK behind" >&2
-        fi
-        PROXY_PID=""
-    fi
+    [[ $LG_SYSTEM_DOCKER == 1 ]] || lg_stop_own_proxy
+    PROXY_PID=""
     (exit "$rc")
     teardown_all
 }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The test command: formatting, clippy, the Rust tests, the real-Docker e2e, proxy, shell
-# (sshd logins, labgpu user) and seccomp suites, then the VM lane (integration/vm/lane.sh: the .deb installed on systemd +
+# The test command: formatting, clippy, the Rust tests, the real-Docker e2e, proxy, Slurm,
+# shell (sshd logins, labgpu user) and seccomp suites, the fuzz targets (integration/fuzz.sh,
+# 60 s each), then the VM lane (integration/vm/lane.sh: the .deb installed on systemd +
 # cgroup v2 + Docker 26). Every step runs even if an earlier one failed; exits non-zero if
 # any failed. Ends with one line per step: minutes, and its "N passed, N failed" where it
 # has one.
@@ -66,8 +67,12 @@ fi
 step cargo-test cargo test --release
 step e2e timeout 600 bash "$LG_REPO/integration/e2e.sh"
 step proxy timeout 600 bash "$LG_REPO/integration/proxy.sh"
+# Host lane only: a one-node Slurm (Debian's packages) in front of the private dockerd.
+step slurm timeout 600 bash "$LG_REPO/integration/slurm.sh"
 step shell timeout 600 bash "$LG_REPO/integration/shell.sh"
 step seccomp-docker timeout 600 bash "$LG_REPO/integration/seccomp-docker.sh"
+# Builds cargo-fuzz and the targets first (several minutes on 2 cores), then 6 x 60 s.
+step fuzz timeout 1800 bash "$LG_REPO/integration/fuzz.sh"
 if [[ ${LABGPU_SKIP_VM:-0} == 1 ]]; then
     skip vm "LABGPU_SKIP_VM=1"
 else

@@ -232,6 +232,11 @@ AllowUsers $(lg_user alice) $(lg_user bob) $(lg_user carol)
 SetEnv LABGPU_PROXY_SOCKET=$LG_PSOCK
 Subsystem sftp /usr/lib/openssh/sftp-server
 LogLevel VERBOSE
+# What docs/users.md tells the admin to set for labgpu-shell users (PermitUserRC is left at
+# its default: the case sshd shows that ~/.ssh/rc does not run on the host either way).
+Match User $(lg_user alice),$(lg_user bob),$(lg_user carol)
+    DisableForwarding yes
+    PermitTunnel no
 EOF
     # sshd's privilege separation directory (Debian's init script makes it).
     mkdir -p /run/sshd
@@ -255,7 +260,7 @@ shell_teardown() {
         kill -TERM "$SSHD_PID" 2>/dev/null
         wait "$SSHD_PID" 2>/dev/null
     fi
-    lg_stop_proxy
+    lg_stop_own_proxy
     (exit "$rc")
     teardown_all
 }
@@ -405,9 +410,54 @@ case_logins() {
         "$LG_DOCKER_CLI" create --label labgpu.session=alice "$I" true 2>&1)"
     [[ $out == *"labgpu.session"*"only the proxy sets it"* ]] && pass session-label-refused ||
         fail session-label-refused "$out"
+    case_sshd
     case_refusals
     case_stop_on_exit
     case_list_rm
+}
+
+# What sshd does besides running the shell: sftp goes through the shell into the container,
+# forwarding is refused, ~/.ssh/rc and the login's environment do not run anything on the host.
+case_sshd() {
+    local out rc cmd a
+    a="$(lg_user alice)"
+    mapfile -t cmd < <(ssh_cmd alice)
+    # An sftp-server of alice's own in her container: the subsystem is run there.
+    ssh_as alice 'mkdir -p /usr/lib/openssh && printf "#!/bin/sh\necho sftp-in-\$(hostname) >&2\nexit 9\n" >/usr/lib/openssh/sftp-server && chmod 755 /usr/lib/openssh/sftp-server' >/dev/null 2>&1
+    rc=0
+    out="$(timeout "$LG_TIMEOUT" sftp -b - -F /dev/null -i "$SSH_DIR/id_alice" -P "$SSH_PORT" \
+        -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes \
+        -o LogLevel=ERROR "$a@127.0.0.1" <<<'ls /' 2>&1)" || rc=$?
+    [[ $rc != 0 && $out == *"sftp-in-alice-"* ]] && pass sftp-runs-in-container ||
+        fail sftp-runs-in-container "exit $rc: $out"
+    ssh_as alice 'rm -rf /usr/lib/openssh' >/dev/null 2>&1
+    # -W (stdio forwarding) to sshd's own port: the banner would come back if it were allowed.
+    rc=0
+    out="$(timeout 20 "${cmd[@]:0:${#cmd[@]}-1}" -W "127.0.0.1:$SSH_PORT" "${cmd[-1]}" </dev/null 2>&1)" || rc=$?
+    [[ $rc != 0 && $out != *SSH-2.0* ]] && pass forwarding-refused || fail forwarding-refused "exit $rc: $out"
+    # ~/.ssh/rc in the host home: sshd runs it through the login shell, so not on the host.
+    local home marker="$LG_TMP/rc-ran-on-host"
+    home="$(lg_home alice)"
+    mkdir -p "$home/.ssh"
+    printf 'touch %q\n' "$marker" >"$home/.ssh/rc"
+    chmod 755 "$home/.ssh"
+    chmod 644 "$home/.ssh/rc"
+    out="$(ssh_as alice 'echo after-rc' 2>&1)"
+    rm -rf "$home/.ssh"
+    [[ ! -e $marker && $out == *after-rc* ]] && pass user-rc-not-on-host || fail user-rc-not-on-host "$out"
+    # The login's own environment and PATH cannot make labgpu-shell run something of the
+    # user's on the host (a docker in PATH, DOCKER_HOST, DOCKER_CONFIG).
+    local evil="$LG_TMP/evil"
+    mkdir -p "$evil/cfg"
+    printf '#!/bin/sh\ntouch %q\nexec /bin/sh\n' "$evil/ran" >"$evil/docker"
+    printf '{"cliPluginsExtraDirs": ["%s"]}\n' "$evil" >"$evil/cfg/config.json"
+    chmod -R a+rX "$evil"
+    chmod 755 "$evil/docker"
+    out="$(runuser -u "$a" -- env -i PATH="$evil:$LG_SYS_PATH" HOME="$(lg_home alice)" \
+        DOCKER_HOST=unix:///nonexistent.sock DOCKER_CONFIG="$evil/cfg" DOCKER_CONTEXT=evil \
+        LABGPU_PROXY_SOCKET="$LG_PSOCK" "$SHELL_BIN" -c hostname 2>&1)"
+    [[ ! -e $evil/ran && $out == alice-* ]] && pass login-env-not-followed ||
+        fail login-env-not-followed "$out $(ls "$evil")"
 }
 
 case_refusals() {
@@ -507,9 +557,9 @@ install_tools
 trap shell_teardown EXIT
 write_base_policy
 install_shell
-lg_start_proxy
+lg_start_own_proxy
 start_sshd
-mkdir -p "$LG_TMP/cli-bob" && chown "$(lg_user bob)" "$LG_TMP/cli-bob"
+lg_make_cli_dirs
 lg_say "suite starts ($((SECONDS - START))s setup); proxy on $LG_PSOCK, sshd on 127.0.0.1:$SSH_PORT"
 for c in ${LABGPU_E2E_ONLY:-$ALL_CASES}; do
     printf -- '--- %s\n' "$c"

@@ -7,7 +7,7 @@ use std::process::Command;
 use anyhow::Context;
 use clap::Parser;
 
-pub use crate::cli_args::{Cli, Command_, PolicyCommand, SetupCommand};
+pub use crate::cli_args::{Cli, Command_, PolicyCommand, SetupCommand, SlurmCommand};
 use crate::decide::{self, DecideError};
 use crate::gpu::{inventory_for, Inventory, Purpose};
 use crate::policy::{policy_path, GpuRef, Policy, RunAs};
@@ -76,6 +76,21 @@ pub fn main(argv: Vec<OsString>) -> i32 {
                 socket.unwrap_or_else(crate::shell::socket_from_env),
             ))
         }
+        Command_::Slurm {
+            command:
+                SlurmCommand::Epilog {
+                    policy,
+                    docker,
+                    job,
+                },
+        } => Ok(crate::slurm::epilog::run(&crate::slurm::epilog::Options {
+            policy: policy.unwrap_or_else(policy_path),
+            docker,
+            job,
+        })),
+        Command_::Slurm {
+            command: SlurmCommand::Job { job, policy },
+        } => slurm_job(&policy.unwrap_or_else(policy_path), job),
     };
     match result {
         Ok(code) => code,
@@ -123,6 +138,51 @@ fn verify(opts: verify::Options, json: bool) -> anyhow::Result<i32> {
         print!("{}", verify::render_table(&audit));
     }
     Ok(audit.exit_code())
+}
+
+/// `labgpu slurm job N`: the job as labgpu sees it from this node. 1 when something in the
+/// chain (scontrol, the allocation, gres.conf, the device files) fails.
+fn slurm_job(path: &Path, id: u32) -> anyhow::Result<i32> {
+    use crate::slurm::grant::{gres_conf, job_minors, node_name, Scontrol};
+    use crate::slurm::Jobs;
+    let policy = Policy::load(path)?;
+    let slurm = policy.slurm_or_default();
+    let node = node_name(&slurm)?;
+    let Some(job) = Scontrol::new(&slurm).show(id)? else {
+        println!("job {id}: Slurm does not know it");
+        return Ok(1);
+    };
+    let owner = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(job.uid))
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .and_then(|n| policy.user_for_uid(job.uid, Some(&n)).map(str::to_string));
+    println!(
+        "job {id}: {}, uid {} ({}), node {node}",
+        job.state,
+        job.uid,
+        owner.map_or("not a policy user".to_string(), |o| format!(
+            "policy user {o}"
+        ))
+    );
+    let gres = gres_conf(&slurm);
+    match job_minors(&job, &node, &gres) {
+        Ok(minors) if minors.is_empty() => println!("no GPU on {node}"),
+        Ok(minors) => {
+            let names: Vec<String> = minors.iter().map(|m| format!("nvidia{m}")).collect();
+            println!(
+                "GPUs on {node} (Slurm's {:?}, through {}): {}",
+                job.gpus_on(&node).unwrap_or_default(),
+                gres.display(),
+                names.join(", ")
+            );
+        }
+        Err(e) => {
+            println!("error: {e}");
+            return Ok(1);
+        }
+    }
+    Ok(0)
 }
 
 /// The runtime reads owner labels and volumes under the data root the policy pins (or
@@ -297,6 +357,15 @@ fn policy_check(path: &Path, docker: &Path) -> anyhow::Result<i32> {
         }
     }
     errors += check_docker_root(&policy, docker);
+    let (slurm_errors, slurm_warnings) = crate::slurm::grant::check_node(&policy, &inventory);
+    for e in &slurm_errors {
+        println!("error: {e}");
+    }
+    for w in &slurm_warnings {
+        println!("warning: {w}");
+    }
+    errors += slurm_errors.len();
+    warnings += slurm_warnings.len();
     for gpu in inventory.gpus() {
         let owners = owners_of(&policy, &inventory, gpu.minor);
         if owners.len() > 1 {

@@ -124,6 +124,42 @@ pub enum Command_ {
         #[arg(long, value_name = "SOCKET")]
         socket: Option<PathBuf>,
     },
+    /// Containers tied to Slurm jobs: the epilog that removes them, and a job's GPUs here.
+    Slurm {
+        #[command(subcommand)]
+        command: SlurmCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SlurmCommand {
+    /// Stop and remove the containers made from inside a Slurm job, for slurm.conf's Epilog.
+    ///
+    /// Reads the job from SLURM_JOB_ID (slurmd sets it). Stops each of the job's containers
+    /// ([slurm] stop_timeout seconds, then killed) and removes it, all in parallel, within
+    /// 30 s, one log line per container. Exit 0 when none of them remain, 1 when one
+    /// survives or the records cannot be read: slurmd then drains the node. Running it again
+    /// is harmless. slurm.conf: Epilog=/usr/lib/labgpu/slurm-epilog
+    Epilog {
+        /// Policy file (default: $LABGPU_POLICY or /etc/labgpu/policy.toml).
+        #[arg(long, value_name = "FILE")]
+        policy: Option<PathBuf>,
+        /// Docker's own socket.
+        #[arg(long, value_name = "SOCKET", default_value = DEFAULT_DOCKER_SOCKET)]
+        docker: PathBuf,
+        /// The job (default: $SLURM_JOB_ID).
+        #[arg(long, value_name = "ID")]
+        job: Option<u32>,
+    },
+    /// Show what labgpu makes of a Slurm job on this node: its state, its owner and which
+    /// GPU devices its GPUs are (gres.conf File= order).
+    Job {
+        /// The job id.
+        job: u32,
+        /// Policy file (default: $LABGPU_POLICY or /etc/labgpu/policy.toml).
+        #[arg(long, value_name = "FILE")]
+        policy: Option<PathBuf>,
+    },
 }
 
 /// Where `labgpu user` reads and writes, and which Docker it asks about containers.

@@ -6,7 +6,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use crate::cdi::{self, CdiError};
-use crate::gpu::{DevNode, GpuError, Inventory};
+use crate::gpu::{DevNode, GpuError, Grant, Inventory};
 use crate::paths::normalize;
 use crate::policy::{Policy, RunAs, Unlabeled, UserMount, UserPolicy};
 use crate::seccomp::{KernelVersion, NativeArch};
@@ -201,31 +201,17 @@ pub fn decide_for_user(
     let flag =
         |f: fn(&UserPolicy) -> Option<bool>, default: bool| user.and_then(f).unwrap_or(default);
 
-    let mut gpu_ids = Vec::new();
-    let mut nodes: Vec<DevNode> = Vec::new();
-    for r in user.map(|u| u.gpus.as_slice()).unwrap_or_default() {
-        let grant = inventory.resolve(r).map_err(|source| DecideError::Gpu {
+    let grants = user
+        .map(|u| u.gpus.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|r| inventory.resolve(r))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| DecideError::Gpu {
             owner: owner.unwrap_or_default().to_string(),
             source,
         })?;
-        gpu_ids.push(grant.minor);
-        for n in grant.nodes {
-            if !nodes.contains(&n) {
-                nodes.push(n);
-            }
-        }
-    }
-    gpu_ids.sort_unstable();
-    gpu_ids.dedup();
-    if !nodes.is_empty() {
-        nodes.extend(inventory.control_nodes().iter().cloned());
-    }
-    let owned: Vec<_> = inventory
-        .gpus()
-        .iter()
-        .filter(|g| gpu_ids.contains(&g.minor))
-        .collect();
-    let cdi = cdi::edits_for(&policy.gpus.cdi_spec, &owned)?;
+    let (gpu_ids, nodes, cdi) = gpu_part(policy, inventory, grants)?;
 
     let device_paths = d
         .devices
@@ -284,6 +270,72 @@ pub fn decide_for_user(
         container_id: container_id.to_string(),
         policy_sha256: policy.sha256.clone(),
     })
+}
+
+type GpuPart = (Vec<u32>, Vec<DevNode>, Option<cdi::Edits>);
+
+/// The granted GPUs' minors, their nodes plus the control nodes, and their CDI edits.
+fn gpu_part(
+    policy: &Policy,
+    inventory: &dyn Inventory,
+    grants: Vec<Grant>,
+) -> Result<GpuPart, DecideError> {
+    let mut gpu_ids = Vec::new();
+    let mut nodes: Vec<DevNode> = Vec::new();
+    for grant in grants {
+        gpu_ids.push(grant.minor);
+        for n in grant.nodes {
+            if !nodes.contains(&n) {
+                nodes.push(n);
+            }
+        }
+    }
+    gpu_ids.sort_unstable();
+    gpu_ids.dedup();
+    if !nodes.is_empty() {
+        nodes.extend(inventory.control_nodes().iter().cloned());
+    }
+    let owned: Vec<_> = inventory
+        .gpus()
+        .iter()
+        .filter(|g| gpu_ids.contains(&g.minor))
+        .collect();
+    let cdi = cdi::edits_for(&policy.gpus.cdi_spec, &owned)?;
+    Ok((gpu_ids, nodes, cdi))
+}
+
+impl Decision {
+    /// Grants exactly the whole GPUs with these minors (a Slurm job's on this node, from
+    /// `slurm::grant`) in place of the policy's list.
+    pub fn grant_minors(
+        &mut self,
+        policy: &Policy,
+        inventory: &dyn Inventory,
+        minors: &[u32],
+    ) -> Result<(), DecideError> {
+        let grants = minors
+            .iter()
+            .map(|m| {
+                inventory
+                    .gpus()
+                    .iter()
+                    .find(|g| g.minor == *m)
+                    .map(|g| Grant {
+                        minor: g.minor,
+                        nodes: g.nodes.clone(),
+                    })
+                    .ok_or_else(|| DecideError::Gpu {
+                        owner: self.owner.clone().unwrap_or_default(),
+                        source: GpuError::Missing {
+                            id: format!("minor {m} (of the Slurm job)"),
+                            source_name: inventory.source_name().to_string(),
+                        },
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        (self.gpu_ids, self.nodes, self.cdi) = gpu_part(policy, inventory, grants)?;
+        Ok(())
+    }
 }
 
 /// A host path with `..`/`//` folded and symlinks resolved where it exists, so prefixes and

@@ -86,11 +86,9 @@ pub fn request_within(
     let mut stream = UnixStream::connect(socket).map_err(io)?;
     stream.set_read_timeout(Some(timeout)).map_err(io)?;
     stream.set_write_timeout(Some(timeout)).map_err(io)?;
-    write!(
-        stream,
-        "{method} {path} HTTP/1.0\r\nHost: docker\r\nContent-Length: 0\r\n\r\n"
-    )
-    .map_err(io)?;
+    // One write: `write!` on the socket would send each piece of the format on its own.
+    let head = format!("{method} {path} HTTP/1.0\r\nHost: docker\r\nContent-Length: 0\r\n\r\n");
+    stream.write_all(head.as_bytes()).map_err(io)?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).map_err(io)?;
     let split = raw
@@ -133,8 +131,15 @@ mod tests {
         let listener = UnixListener::bind(&sock).unwrap();
         std::thread::spawn(move || {
             let (mut s, _) = listener.accept().unwrap();
+            // The whole request, or the client's write races our close (EPIPE).
+            let mut req = Vec::new();
             let mut buf = [0u8; 1024];
-            let _ = s.read(&mut buf);
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                }
+            }
             s.write_all(answer.as_bytes()).unwrap();
         });
         (dir, sock)

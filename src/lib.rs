@@ -5,7 +5,10 @@
 //! runc; refusals go out through `refusal`. The admin CLI lives in `cli`, and `users` edits
 //! the policy's users for it (`labgpu user …`); `proxy` is the identity-aware Docker socket in
 //! front of it all, and `shell` is a user's login shell (`labgpu-shell`): it asks the proxy
-//! for the user's own container and enters it. `seccomp` models Docker's
+//! for the user's own container and enters it. `slurm` ties a
+//! container to the Slurm job its creator runs in: the proxy records the job, the runtime
+//! grants that job's GPUs on this node, and `labgpu slurm epilog` removes the containers
+//! when the job ends. `seccomp` models Docker's
 //! default seccomp profiles, so that a default resolved for capabilities labgpu cuts is
 //! replaced, and a custom profile allows no more than the default would.
 
@@ -28,6 +31,7 @@ pub mod runtime;
 pub mod seccomp;
 pub mod setup;
 pub mod shell;
+pub mod slurm;
 pub mod spec;
 pub mod users;
 pub mod verify;

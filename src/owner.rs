@@ -54,6 +54,8 @@ pub struct Ownership {
     pub owner: Option<String>,
     /// A label or annotation that was not believed (the proxy did not create the container).
     pub ignored_label: Option<String>,
+    /// The Slurm job the proxy recorded the container as created from.
+    pub slurm_job: Option<u32>,
 }
 
 /// Docker's data root: `[runtime] docker_root`, else `data-root` in /etc/docker/daemon.json,
@@ -101,24 +103,27 @@ pub fn resolve(
         return Ok(Ownership {
             owner: claimed,
             ignored_label: None,
+            slurm_job: None,
         });
     };
-    match records::recorded_owner(proxy.state_dir.as_path(), id)? {
-        Some(recorded) => match claimed {
-            Some(label) if label != recorded => Err(OwnerError::RecordConflict {
+    match records::recorded(proxy.state_dir.as_path(), id)? {
+        Some(record) => match claimed {
+            Some(label) if label != record.owner => Err(OwnerError::RecordConflict {
                 id: id.to_string(),
                 key: key.clone(),
-                recorded,
+                recorded: record.owner,
                 label,
             }),
             _ => Ok(Ownership {
-                owner: Some(recorded),
+                owner: Some(record.owner),
                 ignored_label: None,
+                slurm_job: record.slurm_job,
             }),
         },
         None => Ok(Ownership {
             owner: None,
             ignored_label: claimed,
+            slurm_job: None,
         }),
     }
 }

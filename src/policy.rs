@@ -50,6 +50,8 @@ pub struct Policy {
     /// Present when users go through `labgpu proxy`: the runtime then trusts an owner only on
     /// containers the proxy recorded creating (see `records`).
     pub proxy: Option<ProxySection>,
+    /// How `gpus = "slurm"` users' containers get their Slurm job's GPUs (`slurm`).
+    pub slurm: Option<SlurmSection>,
     #[serde(default)]
     pub users: BTreeMap<String, UserPolicy>,
     /// sha256 of the file's bytes, stamped on every container so drift can be detected.
@@ -342,6 +344,151 @@ impl<'de> Deserialize<'de> for GpuRef {
     }
 }
 
+/// A user's `gpus`: a list of GPU references, or `"slurm"` (the GPUs of the Slurm job the
+/// container's creator runs in, on this node).
+///
+/// It derefs to the static list, which is empty under `"slurm"`: code that knows only static
+/// lists grants a Slurm user nothing, and only `Policy::gpu_source` says "slurm".
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GpuList {
+    refs: Vec<GpuRef>,
+    slurm: bool,
+    /// The key was written (so `gpus = []` overrides `[defaults] gpus = "slurm"`).
+    set: bool,
+}
+
+impl GpuList {
+    pub fn slurm() -> Self {
+        GpuList {
+            refs: Vec::new(),
+            slurm: true,
+            set: true,
+        }
+    }
+
+    pub fn is_slurm(&self) -> bool {
+        self.slurm
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.set
+    }
+}
+
+impl From<Vec<GpuRef>> for GpuList {
+    fn from(refs: Vec<GpuRef>) -> Self {
+        GpuList {
+            refs,
+            slurm: false,
+            set: true,
+        }
+    }
+}
+
+impl std::ops::Deref for GpuList {
+    type Target = Vec<GpuRef>;
+    fn deref(&self) -> &Vec<GpuRef> {
+        &self.refs
+    }
+}
+
+impl<'a> IntoIterator for &'a GpuList {
+    type Item = &'a GpuRef;
+    type IntoIter = std::slice::Iter<'a, GpuRef>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.refs.iter()
+    }
+}
+
+impl<'de> Deserialize<'de> for GpuList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Word(String),
+            List(Vec<toml::Value>),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Word(w) if w == "slurm" => Ok(GpuList::slurm()),
+            Raw::Word(w) => Err(serde::de::Error::custom(format!(
+                "gpus = {w:?} must be a list of GPUs or \"slurm\""
+            ))),
+            Raw::List(items) => items
+                .into_iter()
+                .map(|v| GpuRef::deserialize(v).map_err(serde::de::Error::custom))
+                .collect::<Result<Vec<_>, _>>()
+                .map(GpuList::from),
+        }
+    }
+}
+
+/// Where a user's GPUs come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GpuSource<'a> {
+    /// The policy's own list (possibly empty).
+    List(&'a [GpuRef]),
+    /// The GPUs Slurm allocated, on this node, to the job the container was created from.
+    Slurm,
+}
+
+/// `[slurm]`: how labgpu asks Slurm about a job, and what happens outside one.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlurmSection {
+    /// The scontrol binary labgpu asks about jobs.
+    #[serde(default = "default_scontrol")]
+    pub scontrol: AbsPath,
+    /// Slurm's configuration (scontrol runs with SLURM_CONF set to it); gres.conf is read
+    /// from the same directory, as Slurm reads it.
+    #[serde(default = "default_slurm_conf")]
+    pub slurm_conf: AbsPath,
+    /// This node's name in Slurm; default: the host name up to its first dot, as slurmd's.
+    pub node_name: Option<String>,
+    /// A `gpus = "slurm"` user's container made outside any job.
+    #[serde(default)]
+    pub outside_job: OutsideJob,
+    /// Seconds `labgpu slurm epilog` gives a job's container to stop before it is killed.
+    #[serde(default = "default_stop_timeout")]
+    pub stop_timeout: u64,
+}
+
+impl Default for SlurmSection {
+    fn default() -> Self {
+        SlurmSection {
+            scontrol: default_scontrol(),
+            slurm_conf: default_slurm_conf(),
+            node_name: None,
+            outside_job: OutsideJob::default(),
+            stop_timeout: default_stop_timeout(),
+        }
+    }
+}
+
+/// The longest `stop_timeout`: the epilog must finish within 30 s (stop, remove, re-check).
+pub const MAX_STOP_TIMEOUT: u64 = 20;
+
+fn default_scontrol() -> AbsPath {
+    AbsPath(PathBuf::from("/usr/bin/scontrol"))
+}
+
+fn default_slurm_conf() -> AbsPath {
+    AbsPath(PathBuf::from("/etc/slurm/slurm.conf"))
+}
+
+fn default_stop_timeout() -> u64 {
+    10
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OutsideJob {
+    /// The container runs, with no GPU.
+    #[default]
+    NoGpu,
+    /// The container is refused.
+    Deny,
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RunAs {
@@ -353,6 +500,10 @@ pub enum RunAs {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Defaults {
+    /// Only `"slurm"` (or unset): the GPUs of the caller's Slurm job for every user without
+    /// a `gpus` of their own. A static list is per user.
+    #[serde(default)]
+    pub gpus: GpuList,
     #[serde(default = "default_capabilities")]
     pub capabilities: Vec<CapName>,
     #[serde(default = "yes")]
@@ -389,6 +540,7 @@ pub struct Defaults {
 impl Default for Defaults {
     fn default() -> Self {
         Defaults {
+            gpus: GpuList::default(),
             capabilities: default_capabilities(),
             no_new_privileges: true,
             allow_privileged: false,
@@ -438,7 +590,7 @@ pub struct UserPolicy {
     pub uid: Option<u32>,
     pub gid: Option<u32>,
     #[serde(default)]
-    pub gpus: Vec<GpuRef>,
+    pub gpus: GpuList,
     #[serde(default)]
     pub capabilities: Vec<CapName>,
     pub no_new_privileges: Option<bool>,
@@ -661,6 +813,7 @@ impl Policy {
                 )));
             }
         }
+        policy.check_slurm().map_err(invalid)?;
         for (name, user) in &policy.users {
             if !valid_user_name(name) {
                 return Err(invalid(format!("[users.{name}] is not a valid user name")));
@@ -712,6 +865,61 @@ impl Policy {
                 .and_then(|u| u.shell.as_ref())
                 .or(d.shell.as_ref())
                 .map(|p| p.0.clone()),
+        }
+    }
+
+    /// `[slurm]`, or its defaults when the table is absent.
+    pub fn slurm_or_default(&self) -> SlurmSection {
+        self.slurm.clone().unwrap_or_default()
+    }
+
+    /// Where `user`'s GPUs come from: their own `gpus`, else `[defaults] gpus`.
+    pub fn gpu_source<'a>(&'a self, user: &'a UserPolicy) -> GpuSource<'a> {
+        let list = if user.gpus.is_set() {
+            &user.gpus
+        } else {
+            &self.defaults.gpus
+        };
+        if list.is_slurm() {
+            GpuSource::Slurm
+        } else {
+            GpuSource::List(list)
+        }
+    }
+
+    /// `gpus = "slurm"` needs the proxy (the job is learned from whoever calls its socket);
+    /// `[defaults] gpus` may only say "slurm"; the epilog's stop must fit its 30 s.
+    fn check_slurm(&self) -> Result<(), String> {
+        let d = &self.defaults.gpus;
+        if d.is_set() && !d.is_slurm() {
+            return Err(
+                "[defaults] gpus may only be \"slurm\"; GPU lists belong to [users.<name>] gpus"
+                    .into(),
+            );
+        }
+        let slurm_user = self
+            .users
+            .iter()
+            .find(|(_, u)| self.gpu_source(u) == GpuSource::Slurm);
+        if let (Some((name, _)), None) = (slurm_user, &self.proxy) {
+            return Err(format!(
+                "[users.{name}] gpus = \"slurm\" needs a [proxy] table: labgpu learns the Slurm job from the process that calls the proxy's socket"
+            ));
+        }
+        let Some(slurm) = &self.slurm else {
+            return Ok(());
+        };
+        if slurm.stop_timeout > MAX_STOP_TIMEOUT {
+            return Err(format!(
+                "[slurm] stop_timeout = {} is too long: the epilog must end within 30 s, so at most {MAX_STOP_TIMEOUT}",
+                slurm.stop_timeout
+            ));
+        }
+        match &slurm.node_name {
+            Some(n) if !valid_user_name(n) => Err(format!(
+                "[slurm] node_name = {n:?} is not a valid Slurm node name"
+            )),
+            _ => Ok(()),
         }
     }
 
@@ -805,7 +1013,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            p.users["a"].gpus,
+            p.users["a"].gpus.as_slice(),
             [
                 GpuRef::Number(0),
                 GpuRef::Uuid("GPU-8f6e2b1c-aaaa".into()),
@@ -906,6 +1114,63 @@ mod tests {
             let err = parse(&format!("version = 1\n[defaults]\n{bad}\n")).unwrap_err();
             assert!(err.to_string().contains("line 3"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn gpus_from_slurm_per_user_or_by_default() {
+        let p = parse(
+            "version = 1\n[proxy]\n[slurm]\noutside_job = \"deny\"\n[defaults]\ngpus = \"slurm\"\n\
+             [users.a]\n[users.b]\ngpus = [1]\n[users.c]\ngpus = []\n[users.d]\ngpus = \"slurm\"\n",
+        )
+        .unwrap();
+        let source = |u: &str| p.gpu_source(&p.users[u]);
+        assert_eq!(source("a"), GpuSource::Slurm);
+        assert_eq!(source("b"), GpuSource::List(&[GpuRef::Number(1)]));
+        assert_eq!(source("c"), GpuSource::List(&[]));
+        assert_eq!(source("d"), GpuSource::Slurm);
+        // Code that reads the list alone grants a Slurm user nothing.
+        assert!(p.users["d"].gpus.is_empty());
+        let s = p.slurm_or_default();
+        assert_eq!(s.outside_job, OutsideJob::Deny);
+        assert_eq!(s.stop_timeout, 10);
+        assert_eq!(s.scontrol.as_path(), Path::new("/usr/bin/scontrol"));
+        assert_eq!(s.slurm_conf.as_path(), Path::new("/etc/slurm/slurm.conf"));
+        let p = parse("version = 1\n[users.a]\ngpus = [0]\n").unwrap();
+        assert_eq!(p.slurm_or_default().outside_job, OutsideJob::NoGpu);
+    }
+
+    #[test]
+    fn slurm_settings_that_cannot_work_are_errors() {
+        for (text, want) in [
+            ("[users.a]\ngpus = \"slurm\"\n", "needs a [proxy] table"),
+            (
+                "[defaults]\ngpus = \"slurm\"\n[users.a]\n",
+                "needs a [proxy] table",
+            ),
+            (
+                "[proxy]\n[defaults]\ngpus = [0]\n",
+                "[defaults] gpus may only be",
+            ),
+            (
+                "[proxy]\n[users.a]\ngpus = \"all\"\n",
+                "must be a list of GPUs or \"slurm\"",
+            ),
+            ("[slurm]\nstop_timeout = 25\n", "at most 20"),
+            ("[slurm]\noutside_job = \"allow\"\n", "line 3"),
+            (
+                "[slurm]\nnode_name = \"a b\"\n",
+                "not a valid Slurm node name",
+            ),
+            ("[slurm]\nscontrol = \"scontrol\"\n", "must be absolute"),
+            ("[slurm]\npartition = \"x\"\n", "partition"),
+        ] {
+            let err = parse(&format!("version = 1\n{text}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(want), "{text}: {err}");
+        }
+        // A user with a list of their own needs no proxy, whatever [defaults] would say.
+        parse("version = 1\n[users.a]\ngpus = [0]\n[slurm]\n").unwrap();
     }
 
     #[test]

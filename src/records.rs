@@ -43,6 +43,10 @@ pub struct Record {
     /// `session` settings, never at a user's request.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub session: bool,
+    /// The Slurm job the caller ran in (`slurm::cgroup`); absent in records from before
+    /// Slurm support, and for containers made outside a job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slurm_job: Option<u32>,
 }
 
 fn records_dir(state_dir: &Path) -> PathBuf {
@@ -58,6 +62,7 @@ pub fn record(state_dir: &Path, id: &str, owner: &str) -> Result<(), RecordError
         &Record {
             owner: owner.to_string(),
             session: false,
+            slurm_job: None,
         },
     )
 }
@@ -105,19 +110,10 @@ pub fn recorded(state_dir: &Path, id: &str) -> Result<Option<Record>, RecordErro
     if !valid_container_id(id) {
         return Err(RecordError::BadId(id.to_string()));
     }
-    let dir = records_dir(state_dir);
-    match std::fs::symlink_metadata(&dir) {
-        Ok(m) if m.is_dir() && m.uid() == 0 && m.mode() & 0o022 == 0 => {}
-        Ok(m) => {
-            return Err(RecordError::Untrusted {
-                path: dir,
-                uid: m.uid(),
-                mode: m.mode() & 0o7777,
-            })
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => return Err(RecordError::Read { path: dir, source }),
+    if !trusted_dir(state_dir)? {
+        return Ok(None);
     }
+    let dir = records_dir(state_dir);
     let path = dir.join(id);
     let read_err = |source| RecordError::Read {
         path: path.clone(),
@@ -137,17 +133,39 @@ pub fn recorded(state_dir: &Path, id: &str) -> Result<Option<Record>, RecordErro
     Ok(Some(record))
 }
 
-/// The login containers the proxy recorded for `owner`, newest record first. Normally one;
-/// more only if one was removed behind the proxy's back and its record not yet pruned.
-pub fn sessions_of(state_dir: &Path, owner: &str) -> Result<Vec<String>, RecordError> {
+/// Whether the records directory is there and only root can change it; `false` when it does
+/// not exist yet, an error when it is not to be believed.
+fn trusted_dir(state_dir: &Path) -> Result<bool, RecordError> {
     let dir = records_dir(state_dir);
-    let entries = match std::fs::read_dir(&dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => return Err(RecordError::Read { path: dir, source }),
-    };
-    let mut found = Vec::new();
-    for entry in entries.flatten() {
+    match std::fs::symlink_metadata(&dir) {
+        Ok(m) if m.is_dir() && m.uid() == 0 && m.mode() & 0o022 == 0 => Ok(true),
+        Ok(m) => Err(RecordError::Untrusted {
+            path: dir,
+            uid: m.uid(),
+            mode: m.mode() & 0o7777,
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(source) => Err(RecordError::Read { path: dir, source }),
+    }
+}
+
+/// The ids of the records in the directory, with their entries; none when it does not exist
+/// yet. Temporary files and names that are not container ids are left out.
+fn record_ids(state_dir: &Path) -> Result<Vec<(String, std::fs::DirEntry)>, RecordError> {
+    if !trusted_dir(state_dir)? {
+        return Ok(Vec::new());
+    }
+    let dir = records_dir(state_dir);
+    let entries = std::fs::read_dir(&dir).map_err(|source| RecordError::Read {
+        path: dir.clone(),
+        source,
+    })?;
+    let mut ids = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|source| RecordError::Read {
+            path: dir.clone(),
+            source,
+        })?;
         let Ok(id) = entry.file_name().into_string() else {
             continue;
         };
@@ -155,9 +173,33 @@ pub fn sessions_of(state_dir: &Path, owner: &str) -> Result<Vec<String>, RecordE
         if id.starts_with('.') || !valid_container_id(&id) {
             continue;
         }
-        // `recorded` checks the directory and refuses symlinks; a record removed meanwhile
-        // (its container went) is simply not there, and one that cannot be read is nobody's
-        // session.
+        ids.push((id, entry));
+    }
+    Ok(ids)
+}
+
+/// The containers the proxy recorded as created from inside Slurm job `job`, sorted.
+pub fn for_job(state_dir: &Path, job: u32) -> Result<Vec<String>, RecordError> {
+    let mut ids = Vec::new();
+    for (id, _) in record_ids(state_dir)? {
+        // A record removed meanwhile (the container went) is simply not there.
+        if let Some(r) = recorded(state_dir, &id)? {
+            if r.slurm_job == Some(job) {
+                ids.push(id);
+            }
+        }
+    }
+    ids.sort();
+    Ok(ids)
+}
+
+/// The login containers the proxy recorded for `owner`, newest record first. Normally one;
+/// more only if one was removed behind the proxy's back and its record not yet pruned.
+pub fn sessions_of(state_dir: &Path, owner: &str) -> Result<Vec<String>, RecordError> {
+    let mut found = Vec::new();
+    for (id, entry) in record_ids(state_dir)? {
+        // `recorded` refuses symlinks; a record removed meanwhile (its container went) is
+        // simply not there, and one that cannot be read is nobody's session.
         match recorded(state_dir, &id) {
             Ok(Some(r)) if r.session && r.owner == owner => {
                 let mtime = entry.metadata().and_then(|m| m.modified()).ok();
@@ -252,6 +294,7 @@ mod tests {
         let rec = |owner: &str, session| Record {
             owner: owner.into(),
             session,
+            slurm_job: None,
         };
         record_full(d.path(), "s1", &rec("alice", true)).unwrap();
         record_full(d.path(), "c1", &rec("alice", false)).unwrap();
@@ -274,6 +317,31 @@ mod tests {
         std::os::unix::fs::symlink(d.path().join("planted"), d.path().join(DIR).join("s3"))
             .unwrap();
         assert_eq!(sessions_of(d.path(), "bob").unwrap(), ["s2"]);
+    }
+
+    #[test]
+    fn job_records_and_old_records() {
+        let d = tempfile::tempdir().unwrap();
+        let job = |owner: &str, j| Record {
+            owner: owner.into(),
+            session: false,
+            slurm_job: j,
+        };
+        record_full(d.path(), "c1", &job("alice", Some(17))).unwrap();
+        record_full(d.path(), "c2", &job("alice", Some(18))).unwrap();
+        record_full(d.path(), "c3", &job("bob", Some(17))).unwrap();
+        record(d.path(), "c4", "alice").unwrap();
+        assert_eq!(for_job(d.path(), 17).unwrap(), ["c1", "c3"]);
+        assert!(for_job(d.path(), 99).unwrap().is_empty());
+        assert_eq!(
+            recorded(d.path(), "c2").unwrap(),
+            Some(job("alice", Some(18)))
+        );
+        // A record without a job reads as one, and is written without the key.
+        let c4 = std::fs::read_to_string(d.path().join(DIR).join("c4")).unwrap();
+        assert_eq!(c4, r#"{"owner":"alice"}"#);
+        assert_eq!(recorded(d.path(), "c4").unwrap(), Some(job("alice", None)));
+        assert!(for_job(&d.path().join("none"), 17).unwrap().is_empty());
     }
 
     #[test]

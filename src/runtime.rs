@@ -49,6 +49,8 @@ pub enum RuntimeError {
     Edit(#[from] EditError),
     #[error(transparent)]
     Volume(#[from] VolumeError),
+    #[error(transparent)]
+    Slurm(#[from] crate::slurm::SlurmError),
     #[error("runc not found: set [runtime] runc in the policy or install runc at one of {}", RUNC_CANDIDATES.join(", "))]
     NoRunc,
     #[error("runc {0} from [runtime] runc does not exist")]
@@ -82,7 +84,7 @@ pub enum RuntimeError {
         label: String,
         policy: PathBuf,
     },
-    #[error("labgpu failed while checking the container ({0}); it was not started. This is a bug: please report it")]
+    #[error("labgpu stopped on an internal error ({0}), so runc was not run; this is a bug in labgpu, please report it")]
     Panic(String),
     #[error("updating device rules of a running container is not allowed (linux.resources.devices in update)")]
     UpdateDevices,
@@ -95,25 +97,14 @@ pub enum RuntimeError {
 
 /// Handles a runc subcommand and execs runc; returns only on failure, with the exit code.
 pub fn handle(argv: &[OsString], inv: &Invocation) -> i32 {
-    // A panic is a bug, and still a refusal: runc never runs a spec labgpu did not finish.
-    let prepared = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| prepare(argv, inv)));
     // exec_runc returns only if execve failed, which is a refusal like any other.
-    let err = match prepared {
-        Ok(Ok(runc)) => exec_runc(&runc, argv),
-        Ok(Err(e)) => e,
-        Err(panic) => RuntimeError::Panic(panic_message(&panic)),
+    let err = match refuse_panics(|| prepare(argv, inv)) {
+        Ok(runc) => exec_runc(&runc, argv),
+        Err(e) => e,
     };
     tracing::error!(subcommand = %inv.subcommand, error = %err, "refused");
     refusal::report(inv, &err.to_string());
     1
-}
-
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".into())
 }
 
 /// Everything `handle` does before it execs runc (policy, owner, inventory, spec rewrite and
@@ -127,6 +118,21 @@ pub fn prepare(argv: &[OsString], inv: &Invocation) -> Result<PathBuf, RuntimeEr
         "update" => prepare_update(argv, inv, &path),
         _ => find_runc(Policy::runc_hint(&path).as_deref()),
     }
+}
+
+/// `prepare`, with a panic (a bug) turned into a refusal: the user gets a sentence in runc's
+/// log like any other refusal, and runc never runs a spec the edits did not finish.
+fn refuse_panics(
+    prepare: impl FnOnce() -> Result<PathBuf, RuntimeError> + std::panic::UnwindSafe,
+) -> Result<PathBuf, RuntimeError> {
+    std::panic::catch_unwind(prepare).unwrap_or_else(|payload| {
+        let what = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".into());
+        Err(RuntimeError::Panic(what))
+    })
 }
 
 fn exec_runc(runc: &Path, argv: &[OsString]) -> RuntimeError {
@@ -192,6 +198,8 @@ fn prepare_create(
         }
     }
     let owner = ownership.owner;
+    let slurm_gpus =
+        crate::slurm::grant::for_owner(&policy, owner.as_deref(), ownership.slurm_job)?;
     let refs: Vec<_> = owner
         .as_deref()
         .and_then(|o| policy.user(o))
@@ -200,6 +208,9 @@ fn prepare_create(
     let inventory = inventory_for(&policy.gpus, &refs, Purpose::Runtime)?;
     let backings = volumes::spec_backings(&spec, &root, Path::new(MOUNT_TABLE))?;
     let mut decision = decide(&policy, owner.as_deref(), &inventory, root, &id)?;
+    if let Some(minors) = &slurm_gpus {
+        decision.grant_minors(&policy, &inventory, minors)?;
+    }
     decision.runc_root = Some(runc_root(inv));
     decision.volume_backings = backings;
     let mut report = Report::default();
@@ -210,6 +221,7 @@ fn prepare_create(
         owner = decision.owner.as_deref().unwrap_or("-"),
         ignored_label = ownership.ignored_label.as_deref().unwrap_or("-"),
         gpus = ?decision.gpu_ids,
+        slurm_job = ?ownership.slurm_job,
         removed = ?report.removed,
         added = ?report.added,
         "{} allowed",
@@ -361,6 +373,18 @@ mod tests {
             br#"{"memory":{"limit":1000},"devices":null}"#
         ));
         assert!(!touches_devices(b"not json"));
+    }
+
+    #[test]
+    fn a_panic_in_prepare_is_a_refusal() {
+        let e = refuse_panics(|| panic!("index {} out of range", 3)).unwrap_err();
+        assert!(
+            matches!(&e, RuntimeError::Panic(m) if m == "index 3 out of range"),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("runc was not run"), "{e}");
+        let ok = refuse_panics(|| Ok(PathBuf::from("/usr/bin/runc")));
+        assert_eq!(ok.unwrap(), PathBuf::from("/usr/bin/runc"));
     }
 
     #[test]

@@ -89,6 +89,8 @@ SHARE="$(mktemp -d /tmp/labgpu-vm-share.XXXX)"
 cp "$deb" "$SHARE/"
 cp -r "$REPO/integration" "$SHARE/integration"
 cp "$VM_DIR/job.sh" "$SHARE/job.sh"
+# mktemp made the share 0700; the proxy suite runs its flood client as alice and nobody.
+chmod -R a+rX "$SHARE"
 
 t=$SECONDS
 : >"$OUT"

@@ -159,6 +159,8 @@ pub enum ProxyError {
     Record(#[from] crate::records::RecordError),
     #[error(transparent)]
     Session(#[from] super::session::SessionError),
+    #[error(transparent)]
+    Slurm(#[from] crate::slurm::SlurmError),
     #[error("builds are not allowed: their steps are containers nobody owns, and {policy} [runtime] unlabeled = \"deny\" refuses them; the administrator sets unlabeled = \"no-gpu\" to allow builds")]
     BuildsNeedNoGpu { policy: PathBuf },
     #[error("builds are not allowed: dockerd's default runtime is {default:?}, so build steps would run without labgpu; the administrator runs `labgpu setup docker --default` (runtime {runtime:?})")]
@@ -187,6 +189,10 @@ impl ProxyError {
             ProxyError::Record(_) => StatusCode::INTERNAL_SERVER_ERROR,
             // The administrator's configuration, not the request, is what is missing.
             ProxyError::Session(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Slurm(crate::slurm::SlurmError::Run { .. }) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ProxyError::Slurm(_) => StatusCode::FORBIDDEN,
             ProxyError::BuildsNeedNoGpu { .. } | ProxyError::BuildsNeedDefaultRuntime { .. } => {
                 StatusCode::FORBIDDEN
             }

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::policy::Policy;
+use crate::slurm::CgroupJob;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
@@ -25,6 +26,8 @@ pub enum Caller {
         uid: u32,
         /// The uid's host passwd name, looked up once.
         passwd: Option<String>,
+        /// The Slurm job the connecting process runs in, from its cgroups at accept.
+        job: CgroupJob,
     },
 }
 
@@ -35,8 +38,11 @@ impl Caller {
             Caller::Uid {
                 uid,
                 passwd: Some(n),
+                ..
             } => format!("uid {uid} ({n})"),
-            Caller::Uid { uid, passwd: None } => format!("uid {uid}"),
+            Caller::Uid {
+                uid, passwd: None, ..
+            } => format!("uid {uid}"),
         }
     }
 }
@@ -51,6 +57,7 @@ pub fn identify(uid: u32, pid: Option<i32>, proc_root: &Path) -> Caller {
     Caller::Uid {
         uid,
         passwd: passwd_name(uid),
+        job: crate::slurm::cgroup::job_of(proc_root, pid, uid),
     }
 }
 
@@ -97,7 +104,7 @@ pub fn is_host_root(uid: u32, peer_ns: Option<&str>, own_ns: Option<&str>) -> bo
 
 /// The policy user a non-admin caller is, or why they are refused.
 pub fn policy_user<'p>(policy: &'p Policy, caller: &Caller) -> Result<&'p str, IdentityError> {
-    let Caller::Uid { uid, passwd } = caller else {
+    let Caller::Uid { uid, passwd, .. } = caller else {
         unreachable!("admins are not mapped to policy users")
     };
     policy
@@ -162,6 +169,7 @@ mod tests {
         let caller = Caller::Uid {
             uid: 1234,
             passwd: Some("mallory".into()),
+            job: CgroupJob::Outside,
         };
         let e = policy_user(&p, &caller).unwrap_err();
         assert_eq!(
@@ -171,6 +179,7 @@ mod tests {
         let caller = Caller::Uid {
             uid: 1001,
             passwd: Some("alice".into()),
+            job: CgroupJob::Outside,
         };
         assert_eq!(policy_user(&p, &caller).unwrap(), "alice");
     }

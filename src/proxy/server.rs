@@ -166,7 +166,9 @@ async fn connection(state: Arc<State>, stream: UnixStream) {
     let (caller, _slot) = if identity::is_admin(uid, cred.pid(), &state.proc_root) {
         (Caller::Admin, None)
     } else {
-        match admit(&state, uid).await {
+        // Now, before the peer's pid could be reused: its Slurm job (one small /proc read).
+        let job = crate::slurm::cgroup::job_of(&state.proc_root, cred.pid(), uid);
+        match admit(&state, uid, job).await {
             Ok(admitted) => admitted,
             Err(message) => {
                 // Cheap: one non-blocking write, then the descriptor is gone.
@@ -198,7 +200,11 @@ async fn connection(state: Arc<State>, stream: UnixStream) {
 /// Counts a non-administrator's connection against their limit: first the policy users'
 /// limit, before anything costs (a flood of connections is refused here, at accept), then,
 /// once the uid is known not to be a policy user, the small one for strangers.
-async fn admit(state: &State, uid: u32) -> Result<(Caller, Option<limits::Slot>), String> {
+async fn admit(
+    state: &State,
+    uid: u32,
+    job: crate::slurm::CgroupJob,
+) -> Result<(Caller, Option<limits::Slot>), String> {
     let policy = state.policies.load(&state.policy).ok();
     let proxy = policy
         .as_ref()
@@ -226,7 +232,7 @@ async fn admit(state: &State, uid: u32) -> Result<(Caller, Option<limits::Slot>)
             state.conns.count(uid) - 1
         ));
     }
-    Ok((Caller::Uid { uid, passwd }, Some(slot)))
+    Ok((Caller::Uid { uid, passwd, job }, Some(slot)))
 }
 
 async fn handle(state: Arc<State>, caller: Arc<Caller>, req: Request<Incoming>) -> Response<Body> {
@@ -268,6 +274,8 @@ pub struct Call<'a> {
     pub ctx: &'a UserCtx,
     /// The caller's host uid (SO_PEERCRED).
     pub uid: u32,
+    /// The Slurm job the caller's process runs in (its cgroups, at accept).
+    pub job: crate::slurm::CgroupJob,
     /// The request path as sent, version prefix included (`/v1.41/containers/json`).
     pub path: String,
     /// The version prefix alone (`/v1.41`, or empty).
@@ -301,9 +309,10 @@ async fn route(
     // (parsed only when it changed); the user's paths resolved off the async workers.
     let policy = state.policies.load(&state.policy)?;
     let name = identity::policy_user(&policy, caller)?.to_string();
-    let Caller::Uid { uid, .. } = *caller else {
+    let Caller::Uid { uid, job, .. } = caller else {
         unreachable!("the administrator was forwarded above");
     };
+    let (uid, job) = (*uid, job.clone());
     let ctx = {
         let (policy, name) = (policy.clone(), name.clone());
         tokio::task::spawn_blocking(move || user_ctx(&policy, &name))
@@ -327,6 +336,7 @@ async fn route(
         policy: &policy,
         ctx: &ctx,
         uid,
+        job,
         prefix: path[..path.len() - routes::strip_version(&path).len()].to_string(),
         query: req.uri().query().map(str::to_string),
         path,

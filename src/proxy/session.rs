@@ -150,6 +150,9 @@ async fn create(call: &Call<'_>, image: Option<&str>) -> Result<String, ProxyErr
     let record = Record {
         owner: user.clone(),
         session: true,
+        // A login is no Slurm job step: a `gpus = "slurm"` user's login container gets what
+        // [slurm] outside_job says.
+        slurm_job: None,
     };
     let written = tokio::task::spawn_blocking(move || records::record_full(&dir, &rid, &record))
         .await

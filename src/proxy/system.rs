@@ -279,7 +279,7 @@ async fn prune(call: &Call<'_>) -> Result<Response<Body>, ProxyError> {
 
 /// The `until` prune filter as a unix time: a Go duration before now (`24h`, `90m`, `1h30m`)
 /// or unix seconds.
-fn until_of(v: &Value) -> Result<i64, RuleError> {
+pub fn until_of(v: &Value) -> Result<i64, RuleError> {
     let values: Vec<String> = match v {
         Value::Object(m) => m.keys().cloned().collect(),
         Value::Array(a) => a
@@ -298,7 +298,7 @@ fn until_of(v: &Value) -> Result<i64, RuleError> {
         return Ok(secs);
     }
     parse_go_duration(value)
-        .map(|d| now - d.as_secs() as i64)
+        .and_then(|d| now.checked_sub(i64::try_from(d.as_secs()).ok()?))
         .ok_or_else(|| {
             RuleError::BadFilters(format!(
                 "until {value:?}: give a duration (24h, 90m) or unix seconds"
@@ -317,12 +317,14 @@ fn parse_go_duration(s: &str) -> Option<Duration> {
         }
         let n: u64 = num.parse().ok()?;
         num.clear();
-        total += n * match c {
+        let unit = match c {
             'h' => 3600,
             'm' => 60,
             's' => 1,
             _ => return None,
         };
+        // Go's ParseDuration refuses what overflows, too.
+        total = total.checked_add(n.checked_mul(unit)?)?;
     }
     num.is_empty()
         .then_some(Duration::from_secs(total))
@@ -369,5 +371,13 @@ mod tests {
         assert_eq!(until_of(&json!(["1700000000"])).unwrap(), 1_700_000_000);
         assert!(until_of(&json!({"24h": true})).unwrap() > 1_700_000_000);
         assert!(until_of(&json!(["2024-01-01T00:00:00Z"])).is_err());
+        // Overflowed u64 (the product, the sum), then i64 (fuzz/fuzz_targets/proxy_query.rs).
+        assert_eq!(parse_go_duration("9999999999999999h"), None);
+        assert_eq!(
+            parse_go_duration("5124095576030431h5124095576030431h"),
+            None
+        );
+        assert!(until_of(&json!(["9999999999999999h"])).is_err());
+        assert!(until_of(&json!({"4000000000000000h": true})).is_err());
     }
 }

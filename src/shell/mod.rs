@@ -283,12 +283,36 @@ mod tests {
         std::thread::spawn(move || {
             for answer in answers {
                 let (mut s, _) = listener.accept().unwrap();
-                let mut buf = [0u8; 4096];
-                let _ = s.read(&mut buf);
+                read_request(&mut s);
                 s.write_all(answer.as_bytes()).unwrap();
             }
         });
         (dir, sock)
+    }
+
+    /// Reads a whole request (headers and a Content-Length body) before the answer goes out:
+    /// closing on a half-read request would break the client's pipe.
+    fn read_request(s: &mut std::os::unix::net::UnixStream) {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let head_end = got.windows(4).position(|w| w == b"\r\n\r\n");
+            if let Some(end) = head_end {
+                let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+                let body: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                if got.len() >= end + 4 + body {
+                    return;
+                }
+            }
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! One container's audit: read what the kernel and runc say about it once (`Subject`), then
 //! run the checks, one module per edit they mirror (`devices`, `namespaces`, `process`,
-//! `system_paths`, `mounts`, `owner`).
+//! `system_paths`, `mounts`, `owner`), and for a Slurm user's container its job (`slurm`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -8,12 +8,13 @@ use std::path::{Path, PathBuf};
 use procfs::process::{MountInfo, Process, Status as ProcStatus};
 use serde_json::Value;
 
-use super::{devices, finding, mounts, namespaces, owner, process, settle, system_paths};
+use super::{devices, finding, mounts, namespaces, owner, process, settle, slurm, system_paths};
 use super::{ContainerAudit, Finding, Kind, Status};
 use crate::decide::{decide_for_user, Decision};
 use crate::edits::stamp;
 use crate::gpu::{Inventory, Snapshot};
-use crate::policy::{Policy, UserPolicy};
+use crate::policy::{GpuSource, Policy, UserPolicy};
+use crate::slurm::Jobs;
 
 /// What every container's audit shares: the policy, the inventory, the host's view.
 pub struct Ctx<'a> {
@@ -24,6 +25,8 @@ pub struct Ctx<'a> {
     pub docker_root: &'a Path,
     /// Device programs attached to a cgroup v2 directory (the kernel; a stub in tests).
     pub device_programs: &'a dyn Fn(&Path) -> Result<u32, String>,
+    /// Slurm, for `gpus = "slurm"` owners' containers.
+    pub jobs: &'a dyn Jobs,
 }
 
 /// A running container as read once from runc's state and /proc.
@@ -145,8 +148,18 @@ impl Ctx<'_> {
                 return;
             }
         };
-        a.granted_gpus = granted(self, user, a);
+        let slurm_owner = owner_name
+            .map(str::to_string)
+            .zip(user)
+            .filter(|(_, u)| self.policy.gpu_source(u) == GpuSource::Slurm);
+        a.granted_gpus = match &slurm_owner {
+            Some((name, u)) => slurm::granted(self, s, name, u, a),
+            None => granted(self, user, a),
+        };
         self.run_checks(s, &d, a);
+        if slurm_owner.is_some() {
+            slurm::missing_gpus(a);
+        }
     }
 
     fn run_checks(&self, s: &Subject, d: &Decision, a: &mut ContainerAudit) {

@@ -8,6 +8,7 @@ mod mounts;
 mod namespaces;
 mod owner;
 mod process;
+mod slurm;
 mod system_paths;
 
 use std::path::{Path, PathBuf};
@@ -136,6 +137,8 @@ pub enum Kind {
     Volume,
     /// Its owner is not the one the labgpu proxy recorded creating it for.
     Owner,
+    /// Its Slurm job is over or someone else's, or holds other GPUs than it can reach.
+    Slurm,
     /// The container could not be audited.
     Unreadable,
 }
@@ -174,6 +177,9 @@ fn run_with(
         })?;
     let docker_root =
         crate::owner::docker_root(policy.runtime.docker_root.as_ref().map(|r| r.as_path()));
+    // One question to Slurm per job, however many containers it has.
+    let jobs =
+        crate::slurm::grant::Cached::new(crate::slurm::Scontrol::new(&policy.slurm_or_default()));
     let ctx = container::Ctx {
         policy: &policy,
         inventory: &inventory,
@@ -181,6 +187,7 @@ fn run_with(
         proc_root: &opts.proc_root,
         docker_root: &docker_root,
         device_programs,
+        jobs: &jobs,
     };
     let mut containers = Vec::new();
     for root in &opts.roots {
@@ -661,6 +668,83 @@ mod fixture_tests {
             .contains("differs from \"bob\""));
         crate::records::record(&state, "c1", "alice").unwrap();
         assert_eq!(f.run(&policy, &root).containers[0].findings, vec![]);
+    }
+
+    /// A Slurm user's container against the job the proxy recorded: over, someone else's,
+    /// or made outside a job where `outside_job = "deny"`.
+    #[test]
+    fn a_slurm_container_whose_job_is_over_or_foreign_is_a_finding() {
+        let f = Fixture::new();
+        let d = f.dir.path();
+        let state = d.join("state");
+        let scontrol = d.join("scontrol");
+        std::fs::write(
+            &scontrol,
+            "#!/bin/sh\ncase \"$1\" in --json) echo \"scontrol: unrecognized option '--json'\" >&2; exit 1;; esac\n\
+             id=\"$4\"\n\
+             job() { printf 'JobId=%s JobName=x\\n UserId=u(%s) JobState=%s\\n Nodes=vm CPU_IDs=0 Mem=0 GRES=\\n' \"$id\" \"$1\" \"$2\"; }\n\
+             case \"$4\" in 17) job 1001 COMPLETED;; 18) job 1002 RUNNING;; 19) job 1001 RUNNING;;\n\
+             *) echo 'slurm_load_jobs error: Invalid job id specified' >&2; exit 1;; esac\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(
+            &scontrol,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let policy = f.write_policy("gpus = \"slurm\"\n");
+        let original = std::fs::read_to_string(&policy).unwrap();
+        let with_tables = |outside: &str| {
+            let text = original.replace(
+                "[gpus]",
+                &format!(
+                    "[proxy]\nstate_dir = \"{}\"\n[slurm]\nscontrol = \"{}\"\nnode_name = \"vm\"\noutside_job = \"{outside}\"\n[gpus]",
+                    state.display(),
+                    scontrol.display()
+                ),
+            );
+            std::fs::write(&policy, text).unwrap();
+        };
+        with_tables("no-gpu");
+        let root = f.container("00000000200405fb", 1, DOCKER_MOUNTS, START);
+        let audit_for = |job: Option<u32>| {
+            let record = crate::records::Record {
+                owner: "alice".into(),
+                session: false,
+                slurm_job: job,
+            };
+            crate::records::record_full(&state, "c1", &record).unwrap();
+            f.run(&policy, &root).containers.remove(0)
+        };
+        let details = |a: &ContainerAudit| -> Vec<String> {
+            a.findings.iter().map(|f| f.detail.clone()).collect()
+        };
+        let over = audit_for(Some(17));
+        assert_eq!(over.findings[0].kind, Kind::Slurm);
+        assert_eq!(
+            details(&over),
+            ["its Slurm job 17 is COMPLETED, not running"]
+        );
+        let gone = audit_for(Some(99));
+        assert_eq!(
+            details(&gone),
+            ["its Slurm job 99 is over (Slurm no longer knows it)"]
+        );
+        let foreign = audit_for(Some(18));
+        assert_eq!(
+            details(&foreign),
+            ["its Slurm job 18 belongs to uid 1002, not to its owner alice (uid 1001)"]
+        );
+        let fine = audit_for(Some(19));
+        assert_eq!(fine.findings, vec![], "{:?}", fine.findings);
+        assert_eq!(audit_for(None).findings, vec![]);
+        with_tables("deny");
+        let outside = audit_for(None);
+        assert!(
+            details(&outside)[0].contains("outside any Slurm job"),
+            "{:?}",
+            outside.findings
+        );
     }
 
     /// cgroup v2: runc's recorded rules decide while a device program is attached; with none

@@ -12,9 +12,13 @@ use tracing::{info, warn};
 
 mod create;
 mod mounts;
+mod slurm;
 mod storage;
 
-pub use create::{create_container_refs, rewrite_create, ContainerRef, Resolved, SESSION_LABEL};
+pub use create::{
+    create_container_refs, named_volumes, network_names, rewrite_create, ContainerRef, Resolved,
+    SESSION_LABEL,
+};
 pub(in crate::proxy) use create::{pin_links, ref_list, ENDPOINT};
 
 use super::archive;
@@ -38,13 +42,20 @@ pub async fn create(call: &Call<'_>, req: Request<Body>) -> Result<Response<Body
     let mut v = read_json(body, call.max_body()).await?;
     let max_mounts = call.policy.proxy_or_default().max_mounts;
     create::check_mount_count(&v, max_mounts)?;
+    let job = slurm::job_for_create(call, &mut v).await?;
     let resolved = resolve_refs(call, &mut v).await?;
-    let v = rewrite_off_workers(v, call.ctx.clone(), resolved).await?;
+    let mut v = rewrite_off_workers(v, call.ctx.clone(), resolved).await?;
+    slurm::stamp_job_label(&mut v, job);
     let image = v.get("Image").and_then(|i| i.as_str()).unwrap_or("?");
-    info!(user = %call.ctx.name, %image, "create");
+    info!(user = %call.ctx.name, %image, slurm_job = ?job, "create");
     let resp = forward(call.state, with_json(parts, &v)).await?;
     let state_dir = call.policy.proxy_or_default().state_dir.0;
-    record_created(call.state, resp, &state_dir, &call.ctx.name).await
+    let record = records::Record {
+        owner: call.ctx.name.clone(),
+        session: false,
+        slurm_job: job,
+    };
+    record_created(call.state, resp, &state_dir, record).await
 }
 
 /// `docker cp` into a container: the upload reaches dockerd rewritten (see `archive`).
@@ -97,20 +108,25 @@ pub async fn admin_create(state: &State, req: Request<Body>) -> Result<Response<
     let resp = forward(state, with_json(parts, &v)).await?;
     match owner {
         Some(owner) => {
-            record_created(state, resp, &policy.proxy_or_default().state_dir.0, &owner).await
+            let record = records::Record {
+                owner,
+                session: false,
+                slurm_job: None,
+            };
+            record_created(state, resp, &policy.proxy_or_default().state_dir.0, record).await
         }
         None => Ok(resp),
     }
 }
 
-/// Records a created container (Docker's `201 {"Id": …}`) for `owner`. If the record cannot
-/// be written the container is removed again: without it the runtime would not believe
-/// its owner, and the user would meet a stranger's refusal at start.
+/// Records a created container (Docker's `201 {"Id": …}`) as `record` says. If the record
+/// cannot be written the container is removed again: without it the runtime would not
+/// believe its owner, and the user would meet a stranger's refusal at start.
 async fn record_created(
     state: &State,
     resp: Response<Body>,
     state_dir: &Path,
-    owner: &str,
+    record: records::Record,
 ) -> Result<Response<Body>, ProxyError> {
     if resp.status() != StatusCode::CREATED {
         return Ok(resp);
@@ -122,8 +138,8 @@ async fn record_created(
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_string();
-    let (dir, who, rid) = (state_dir.to_path_buf(), owner.to_string(), id.clone());
-    let written = tokio::task::spawn_blocking(move || records::record(&dir, &rid, &who))
+    let (dir, rid) = (state_dir.to_path_buf(), id.clone());
+    let written = tokio::task::spawn_blocking(move || records::record_full(&dir, &rid, &record))
         .await
         .map_err(|e| ProxyError::Body(e.to_string()))?;
     if let Err(e) = written {

@@ -6,8 +6,8 @@
 //! labels their author chose.
 
 mod build;
-mod load;
-mod names;
+pub mod load;
+pub mod names;
 
 pub use build::{build, check_build};
 pub use load::LoadError;
@@ -112,7 +112,7 @@ pub async fn commit(call: &Call<'_>, req: Request<Body>) -> Result<Response<Body
 /// `changes` (`commit --change`, `import --change`): Dockerfile instructions applied to the
 /// image; a `LABEL` naming the owner label is refused (it would ride along into every
 /// container made from the image, build steps included).
-fn check_changes(query: Option<&str>, owner_label: &str) -> Result<(), RuleError> {
+pub fn check_changes(query: Option<&str>, owner_label: &str) -> Result<(), RuleError> {
     for (k, v) in query_pairs(query) {
         if k == "changes"
             && v.to_ascii_lowercase()
@@ -131,7 +131,7 @@ fn check_changes(query: Option<&str>, owner_label: &str) -> Result<(), RuleError
 /// `POST /images/create`: a pull (`fromImage`: registry content, any name) or an import
 /// from the request body (`fromSrc=-`) named under the caller's prefix. An import from a
 /// URL would have dockerd fetch it from the host's network: refused.
-fn check_create(query: Option<&str>, prefixes: &[String]) -> Result<(), RuleError> {
+pub fn check_create(query: Option<&str>, prefixes: &[String]) -> Result<(), RuleError> {
     const KNOWN: [&str; 7] = [
         "fromImage",
         "fromSrc",
@@ -170,7 +170,7 @@ fn check_create(query: Option<&str>, prefixes: &[String]) -> Result<(), RuleErro
 
 /// `POST /images/prune`: dangling images only (they have no name to free); `dangling=false`
 /// would remove every unused image, shared names included.
-fn check_prune(query: Option<&str>) -> Result<(), RuleError> {
+pub fn check_prune(query: Option<&str>) -> Result<(), RuleError> {
     let Some(filters) = query_param(query, "filters") else {
         return Ok(());
     };
