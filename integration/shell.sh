@@ -21,6 +21,7 @@ SSH_DIR=""
 SSH_PORT=""
 SSHD_PID=""
 TMUX_SOCK=""
+ADMIN_DONE=0
 SHELL_BIN="" # labgpu-shell as the accounts get it: a copy of labgpu any user can run
 
 [[ $LG_SYSTEM_DOCKER == 1 ]] && {
@@ -327,6 +328,7 @@ case_admin() {
         [[ $OUT == *"alice "*"$a "*"0,1 "*"labgpu-shell"* ]] && pass user-list-alice || fail user-list-alice "$OUT"
     fi
     case_concurrent
+    ADMIN_DONE=1
 }
 
 # 20 `user add` at once on one file: all 20 land, and the file loads.
@@ -352,6 +354,8 @@ case_concurrent() {
 
 case_logins() {
     local out rc
+    # The logins are those of the users the admin cases added.
+    ((ADMIN_DONE)) || case_admin
     # ssh host CMD: no pty, CMD's exit status, stdout and stderr apart.
     rc=0
     out="$(ssh_as alice 'id; hostname; ls /dev; cat /dev/nvidia0 2>&1; echo to-stderr >&2; exit 3' 2>"$LG_TMP/ssh.err")" || rc=$?
@@ -423,14 +427,16 @@ case_sshd() {
     a="$(lg_user alice)"
     mapfile -t cmd < <(ssh_cmd alice)
     # An sftp-server of alice's own in her container: the subsystem is run there.
-    ssh_as alice 'mkdir -p /usr/lib/openssh && printf "#!/bin/sh\necho sftp-in-\$(hostname) >&2\nexit 9\n" >/usr/lib/openssh/sftp-server && chmod 755 /usr/lib/openssh/sftp-server' >/dev/null 2>&1
+    local made
+    made="$(ssh_as alice 'mkdir -p /usr/lib/openssh && printf "#!/bin/sh\nhostname >/tmp/sftp-ran\nexit 9\n" >/usr/lib/openssh/sftp-server && chmod 755 /usr/lib/openssh/sftp-server && echo made' 2>&1)"
     rc=0
     out="$(timeout "$LG_TIMEOUT" sftp -b - -F /dev/null -i "$SSH_DIR/id_alice" -P "$SSH_PORT" \
         -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes \
         -o LogLevel=ERROR "$a@127.0.0.1" <<<'ls /' 2>&1)" || rc=$?
-    [[ $rc != 0 && $out == *"sftp-in-alice-"* ]] && pass sftp-runs-in-container ||
-        fail sftp-runs-in-container "exit $rc: $out"
-    ssh_as alice 'rm -rf /usr/lib/openssh' >/dev/null 2>&1
+    local ran
+    ran="$(ssh_as alice 'cat /tmp/sftp-ran; rm -rf /usr/lib/openssh /tmp/sftp-ran' 2>&1)"
+    [[ $made == made && $rc != 0 && $ran == alice-* ]] && pass sftp-runs-in-container ||
+        fail sftp-runs-in-container "made: $made; sftp exit $rc: $out; in the container: $ran"
     # -W (stdio forwarding) to sshd's own port: the banner would come back if it were allowed.
     rc=0
     out="$(timeout 20 "${cmd[@]:0:${#cmd[@]}-1}" -W "127.0.0.1:$SSH_PORT" "${cmd[-1]}" </dev/null 2>&1)" || rc=$?
