@@ -346,7 +346,8 @@ case_concurrent() {
     local listed
     listed="$("$LG_BIN" user list --json --policy "$f" --docker "$LG_SOCK" 2>&1 | grep -c '"user": "u')"
     expect_eq user-add-concurrent-loads 20 "$listed"
-    expect_eq user-add-concurrent-no-temp-files "" "$(ls -A "$LG_TMP" | grep 'labgpu-[0-9]')"
+    # labgpu user's temporary files are .<file>.labgpu-<pid> beside the policy.
+    expect_eq user-add-concurrent-no-temp-files "" "$(compgen -G "$LG_TMP/.*.labgpu-[0-9]*")"
 }
 
 # ---------------------------------------------------------------------------------------------
