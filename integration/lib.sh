@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# integration/lib.sh: helpers sourced by e2e.sh, demo.sh and capture-fixtures.sh.
+# integration/lib.sh: helpers sourced by e2e.sh, proxy.sh, shell.sh, demo.sh and capture-fixtures.sh.
 #
 # Everything a run creates lives in one temp dir, $LG_TMP (/tmp/labgpu-e2e.XXXX), served by a
 # private dockerd (own data root, exec root, socket, pid file, containerd) in a network
@@ -680,7 +680,7 @@ lg_unmount_all() {
 }
 
 # ---------------------------------------------------------------------------------------------
-# labgpu proxy in front of the private dockerd (proxy.sh, slurm.sh)
+# labgpu proxy in front of the private dockerd (proxy.sh, slurm.sh, shell.sh)
 
 LG_PSOCK=""
 LG_PROXY_PID=""

@@ -77,6 +77,21 @@ pub fn main(argv: Vec<OsString>) -> i32 {
                 },
         } => setup::docker_cli(&config, default, dry_run, remove, path),
         Command_::Seccomp { command } => crate::seccomp::cmd::run(command),
+        Command_::User { command } => Ok(crate::users::run(command)),
+        Command_::Shell {
+            command,
+            args,
+            socket,
+        } => {
+            let mode = match command {
+                Some(c) => crate::shell::Mode::Command(std::iter::once(c).chain(args).collect()),
+                None => crate::shell::Mode::Interactive,
+            };
+            Ok(crate::shell::run(
+                mode,
+                socket.unwrap_or_else(crate::shell::socket_from_env),
+            ))
+        }
         Command_::Slurm {
             command:
                 SlurmCommand::Epilog {

@@ -2,8 +2,10 @@
 //!
 //! Flow: `argv` decides the face; the runtime face (`runtime`) loads the `policy`, finds the
 //! `owner`, scans the `gpu` inventory, `decide`s, applies the `edits` to the `spec`, and execs
-//! runc; refusals go out through `refusal`. The admin CLI lives in `cli`;
-//! `proxy` is the identity-aware Docker socket in front of it all. `slurm` ties a
+//! runc; refusals go out through `refusal`. The admin CLI lives in `cli`, and `users` edits
+//! the policy's users for it (`labgpu user …`); `proxy` is the identity-aware Docker socket in
+//! front of it all, and `shell` is a user's login shell (`labgpu-shell`): it asks the proxy
+//! for the user's own container and enters it. `slurm` ties a
 //! container to the Slurm job its creator runs in: the proxy records the job, the runtime
 //! grants that job's GPUs on this node, and `labgpu slurm epilog` removes the containers
 //! when the job ends. `seccomp` models Docker's
@@ -30,9 +32,11 @@ pub mod refusal;
 pub mod runtime;
 pub mod seccomp;
 pub mod setup;
+pub mod shell;
 pub mod slurm;
 pub mod spec;
 pub mod top;
 pub mod userns;
+pub mod users;
 pub mod verify;
 pub mod volumes;

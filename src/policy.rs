@@ -567,6 +567,9 @@ pub struct Defaults {
     /// others are read-only to them.
     #[serde(default)]
     pub writable_volumes: Vec<VolumeName>,
+    /// The login container `labgpu shell` keeps for each user.
+    #[serde(default)]
+    pub session: SessionSettings,
 }
 
 impl Default for Defaults {
@@ -586,6 +589,7 @@ impl Default for Defaults {
             mounted_volumes: Vec::new(),
             seccomp_profiles: Vec::new(),
             writable_volumes: Vec::new(),
+            session: SessionSettings::default(),
         }
     }
 }
@@ -647,6 +651,55 @@ pub struct UserPolicy {
     pub seccomp_profiles: Vec<ProfileHash>,
     #[serde(default)]
     pub writable_volumes: Vec<VolumeName>,
+    /// Overrides `[defaults] session`, key by key.
+    #[serde(default)]
+    pub session: SessionSettings,
+}
+
+/// `session = { image = "…", stop_on_exit = false, shell = "/bin/bash" }`: the container a
+/// user's login (`labgpu shell`) lands in. Every key is optional; a user's keys override
+/// `[defaults]`'s.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SessionSettings {
+    /// The image a user's login container is created from.
+    pub image: Option<SessionImage>,
+    /// Stop the container when the last login leaves it (default: keep it running, so
+    /// background jobs go on).
+    pub stop_on_exit: Option<bool>,
+    /// The program a login runs in the container (default: /bin/bash if the image has it,
+    /// else /bin/sh).
+    pub shell: Option<AbsPath>,
+}
+
+/// A user's resolved session settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub image: Option<String>,
+    pub stop_on_exit: bool,
+    pub shell: Option<PathBuf>,
+}
+
+/// An image reference as `docker run` takes it: no spaces, control characters or leading `-`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionImage(pub String);
+
+impl<'de> Deserialize<'de> for SessionImage {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let ok = !s.is_empty()
+            && !s.starts_with(['-', '/'])
+            && s.len() <= 512
+            && s.chars().all(|c| {
+                c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/' | ':' | '@')
+            });
+        if !ok {
+            return Err(serde::de::Error::custom(format!(
+                "session image {s:?} is not an image reference (such as \"ubuntu:24.04\")"
+            )));
+        }
+        Ok(SessionImage(s))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -845,6 +898,26 @@ impl Policy {
     /// The `userns` setting for a policy user (`None`: `[defaults]` only).
     pub fn userns_for(&self, user: Option<&UserPolicy>) -> Userns {
         user.and_then(|u| u.userns).unwrap_or(self.defaults.userns)
+    }
+
+    /// The login container settings of policy user `name`: theirs over `[defaults]`'s.
+    pub fn session_for(&self, name: &str) -> Session {
+        let d = &self.defaults.session;
+        let u = self.user(name).map(|u| &u.session);
+        Session {
+            image: u
+                .and_then(|u| u.image.as_ref())
+                .or(d.image.as_ref())
+                .map(|i| i.0.clone()),
+            stop_on_exit: u
+                .and_then(|u| u.stop_on_exit)
+                .or(d.stop_on_exit)
+                .unwrap_or(false),
+            shell: u
+                .and_then(|u| u.shell.as_ref())
+                .or(d.shell.as_ref())
+                .map(|p| p.0.clone()),
+        }
     }
 
     /// `[slurm]`, or its defaults when the table is absent.
@@ -1108,6 +1181,32 @@ mod tests {
         assert_eq!(p.user_for_uid(1002, Some("bob")), None);
         assert_eq!(p.user_for_uid(1003, Some("mallory")), None);
         assert_eq!(p.user_for_uid(1004, None), None);
+    }
+
+    #[test]
+    fn session_settings_merge_user_over_defaults() {
+        let p = parse(
+            "version = 1\n[defaults]\nsession = { image = \"lab/base:1\", shell = \"/bin/zsh\" }\n[users.a]\nsession = { image = \"a/own\", stop_on_exit = true }\n[users.b]\n",
+        )
+        .unwrap();
+        let a = p.session_for("a");
+        assert_eq!(a.image.as_deref(), Some("a/own"));
+        assert!(a.stop_on_exit);
+        assert_eq!(a.shell.as_deref(), Some(Path::new("/bin/zsh")));
+        let b = p.session_for("b");
+        assert_eq!(b.image.as_deref(), Some("lab/base:1"));
+        assert!(!b.stop_on_exit);
+        assert_eq!(parse("version = 1\n").unwrap().session_for("x").image, None);
+        for bad in [
+            "session = { image = \"\" }",
+            "session = { image = \"-v /:/host\" }",
+            "session = { image = \"a b\" }",
+            "session = { imag = \"x\" }",
+            "session = { shell = \"bash\" }",
+        ] {
+            let err = parse(&format!("version = 1\n[defaults]\n{bad}\n")).unwrap_err();
+            assert!(err.to_string().contains("line 3"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -39,6 +39,10 @@ pub enum RecordError {
 #[serde(deny_unknown_fields)]
 pub struct Record {
     pub owner: String,
+    /// The owner's login container (`labgpu shell`): made by the proxy from the policy's
+    /// `session` settings, never at a user's request.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub session: bool,
     /// The Slurm job the caller ran in (`slurm::cgroup`); absent in records from before
     /// Slurm support, and for containers made outside a job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -57,6 +61,7 @@ pub fn record(state_dir: &Path, id: &str, owner: &str) -> Result<(), RecordError
         id,
         &Record {
             owner: owner.to_string(),
+            session: false,
             slurm_job: None,
         },
     )
@@ -144,8 +149,9 @@ fn trusted_dir(state_dir: &Path) -> Result<bool, RecordError> {
     }
 }
 
-/// The containers the proxy recorded as created from inside Slurm job `job`, sorted.
-pub fn for_job(state_dir: &Path, job: u32) -> Result<Vec<String>, RecordError> {
+/// The ids of the records in the directory, with their entries; none when it does not exist
+/// yet. Temporary files and names that are not container ids are left out.
+fn record_ids(state_dir: &Path) -> Result<Vec<(String, std::fs::DirEntry)>, RecordError> {
     if !trusted_dir(state_dir)? {
         return Ok(Vec::new());
     }
@@ -167,6 +173,15 @@ pub fn for_job(state_dir: &Path, job: u32) -> Result<Vec<String>, RecordError> {
         if id.starts_with('.') || !valid_container_id(&id) {
             continue;
         }
+        ids.push((id, entry));
+    }
+    Ok(ids)
+}
+
+/// The containers the proxy recorded as created from inside Slurm job `job`, sorted.
+pub fn for_job(state_dir: &Path, job: u32) -> Result<Vec<String>, RecordError> {
+    let mut ids = Vec::new();
+    for (id, _) in record_ids(state_dir)? {
         // A record removed meanwhile (the container went) is simply not there.
         if let Some(r) = recorded(state_dir, &id)? {
             if r.slurm_job == Some(job) {
@@ -176,6 +191,26 @@ pub fn for_job(state_dir: &Path, job: u32) -> Result<Vec<String>, RecordError> {
     }
     ids.sort();
     Ok(ids)
+}
+
+/// The login containers the proxy recorded for `owner`, newest record first. Normally one;
+/// more only if one was removed behind the proxy's back and its record not yet pruned.
+pub fn sessions_of(state_dir: &Path, owner: &str) -> Result<Vec<String>, RecordError> {
+    let mut found = Vec::new();
+    for (id, entry) in record_ids(state_dir)? {
+        // `recorded` refuses symlinks; a record removed meanwhile (its container went) is
+        // simply not there, and one that cannot be read is nobody's session.
+        match recorded(state_dir, &id) {
+            Ok(Some(r)) if r.session && r.owner == owner => {
+                let mtime = entry.metadata().and_then(|m| m.modified()).ok();
+                found.push((mtime, id));
+            }
+            Err(e @ RecordError::Untrusted { .. }) => return Err(e),
+            _ => {}
+        }
+    }
+    found.sort_by(|a, b| b.cmp(a));
+    Ok(found.into_iter().map(|(_, id)| id).collect())
 }
 
 /// Forgets container `id` (removed through the proxy); a missing record is not an error.
@@ -253,10 +288,43 @@ mod tests {
     }
 
     #[test]
+    fn session_records_are_found_by_owner() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(sessions_of(d.path(), "alice").unwrap().is_empty());
+        let rec = |owner: &str, session| Record {
+            owner: owner.into(),
+            session,
+            slurm_job: None,
+        };
+        record_full(d.path(), "s1", &rec("alice", true)).unwrap();
+        record_full(d.path(), "c1", &rec("alice", false)).unwrap();
+        record_full(d.path(), "s2", &rec("bob", true)).unwrap();
+        assert_eq!(sessions_of(d.path(), "alice").unwrap(), ["s1"]);
+        assert_eq!(sessions_of(d.path(), "bob").unwrap(), ["s2"]);
+        assert!(sessions_of(d.path(), "carol").unwrap().is_empty());
+        // An ordinary record is written as before (older proxies read it), and old records
+        // read as not sessions.
+        let plain = std::fs::read_to_string(d.path().join(DIR).join("c1")).unwrap();
+        assert_eq!(plain, r#"{"owner":"alice"}"#);
+        assert!(!recorded(d.path(), "c1").unwrap().unwrap().session);
+        assert!(recorded(d.path(), "s1").unwrap().unwrap().session);
+        // A planted symlink named like a record is not believed.
+        std::fs::write(
+            d.path().join("planted"),
+            r#"{"owner":"bob","session":true}"#,
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(d.path().join("planted"), d.path().join(DIR).join("s3"))
+            .unwrap();
+        assert_eq!(sessions_of(d.path(), "bob").unwrap(), ["s2"]);
+    }
+
+    #[test]
     fn job_records_and_old_records() {
         let d = tempfile::tempdir().unwrap();
         let job = |owner: &str, j| Record {
             owner: owner.into(),
+            session: false,
             slurm_job: j,
         };
         record_full(d.path(), "c1", &job("alice", Some(17))).unwrap();

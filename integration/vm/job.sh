@@ -153,6 +153,28 @@ check "labgpu setup docker --default, systemctl reload docker (for builds)" \
 check "docker info: default runtime labgpu" eventually 15 default_runtime_is labgpu
 suite proxy proxy.sh
 
+section "a login through labgpu-shell (the installed proxy, Docker's own CLI)"
+pass_before=$pass fail_before=$fail
+LOGIN=lgvm-login
+check "labgpu-shell is a link to labgpu, listed in /etc/shells" \
+    sh -c 'test "$(readlink /usr/bin/labgpu-shell)" = labgpu && grep -qx /usr/bin/labgpu-shell /etc/shells'
+useradd -m "$LOGIN"
+check "labgpu user add --login" labgpu user add "$LOGIN" --login
+check "its login shell is /usr/bin/labgpu-shell" \
+    test "$(getent passwd "$LOGIN" | cut -d: -f7)" = /usr/bin/labgpu-shell
+check "labgpu user set: a login image" \
+    labgpu user set "$LOGIN" --set 'session={ image = "labgpu-vm-keep:latest" }'
+# The image has only busybox's sh and sleep: the host name is read with sh's own read.
+check "a login runs its command in the user's container, with its exit status" \
+    sh -c 'out=$(runuser -u '"$LOGIN"' -- /usr/bin/labgpu-shell -c "read h </etc/hostname; echo \$h; exit 4" 2>&1); rc=$?; echo "$out"; [ $rc = 4 ] && case $out in '"$LOGIN"'-*) true ;; *) false ;; esac'
+check "the login container runs under labgpu, owned by the user" \
+    sh -c 'test "$(docker ps --filter label=labgpu.session='"$LOGIN"' --format "{{.Label \"labgpu.user\"}} {{.State}}")" = "'"$LOGIN"' running" && test "$(docker inspect -f "{{.HostConfig.Runtime}}" "session-'"$LOGIN"'")" = labgpu'
+check "labgpu user rm --containers remove" labgpu user rm "$LOGIN" --containers remove
+check "the login container is gone" \
+    test -z "$(docker ps -aq --filter label=labgpu.session="$LOGIN")"
+userdel -r "$LOGIN" >/dev/null 2>&1
+echo "login: $((pass - pass_before)) passed, $((fail - fail_before)) failed" >>"$TMP/summary"
+
 section "apt purge labgpu (labgpu made Docker's default runtime first)"
 pass=0 fail=0
 mapfile -t left < <(docker ps -aq --filter label=labgpu.user)
@@ -180,6 +202,7 @@ check "dockerd was never restarted by the package (same pid)" test "$(docker_pid
 check "a container started before the purge still runs" \
     test "$(docker inspect -f '{{.State.Running}}' labgpu-vm-keep)" = true
 check "test users are gone" sh -c '! getent passwd | grep -q "^lgt-"'
+check "/etc/shells no longer lists labgpu-shell" sh -c '! grep -qx /usr/bin/labgpu-shell /etc/shells'
 docker rm -f labgpu-vm-keep >/dev/null 2>&1
 docker rmi labgpu-vm-keep:latest >/dev/null 2>&1
 echo "package: $((package_install_pass + pass)) passed, $((package_install_fail + fail)) failed" >>"$TMP/summary"

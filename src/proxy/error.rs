@@ -189,6 +189,8 @@ pub enum ProxyError {
     #[error("the container was created but could not be recorded, so it was removed again: {0}")]
     Record(crate::records::RecordError),
     #[error(transparent)]
+    Session(#[from] super::session::SessionError),
+    #[error(transparent)]
     Slurm(#[from] crate::slurm::SlurmError),
     #[error("builds are not allowed: their steps are containers nobody owns, and {policy} [runtime] unlabeled = \"deny\" refuses them; the administrator sets unlabeled = \"no-gpu\" to allow builds")]
     BuildsNeedNoGpu { policy: PathBuf },
@@ -234,6 +236,7 @@ impl ProxyError {
             ProxyError::Body(_) | ProxyError::MissingParam(_) => "malformed_request",
             ProxyError::Record(_) => "record_failed",
             ProxyError::Slurm(_) => "slurm",
+            ProxyError::Session(_) => "session",
             ProxyError::BuildsNeedNoGpu { .. } | ProxyError::BuildsNeedDefaultRuntime { .. } => {
                 "builds_disabled"
             }
@@ -259,6 +262,8 @@ impl ProxyError {
             ProxyError::UpstreamStatus { status, .. } => *status,
             ProxyError::Body(_) | ProxyError::MissingParam(_) => StatusCode::BAD_REQUEST,
             ProxyError::Record(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            // The administrator's configuration, not the request, is what is missing.
+            ProxyError::Session(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Slurm(crate::slurm::SlurmError::Run { .. }) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }

@@ -6,8 +6,9 @@
 //! (`containers`, `exec`, `images`, `volumes`, `networks`, `system`) decides what a policy
 //! user may do there and how the request is rewritten, `archive` rewrites `docker cp`
 //! uploads so that dockerd extracts only what the caller could have made; `server` accepts
-//! and dispatches, and `upstream` moves bytes to and from Docker's own socket. `observe`
-//! answers labgpu's own read-only `/labgpu/top` and serves the Prometheus metrics.
+//! and dispatches, and `upstream` moves bytes to and from Docker's own socket. labgpu's own
+//! endpoints: `observe` answers the read-only `/labgpu/top` and serves the Prometheus
+//! metrics; `session` makes the login container `labgpu shell` enters.
 //!
 //! The tokio runtime is built here, and only here: the runtime face (`labgpu create …`,
 //! started by the shim for every container) stays synchronous and quick to start.
@@ -25,6 +26,7 @@ pub mod observe;
 pub mod request;
 pub mod routes;
 pub mod server;
+pub mod session;
 pub mod stream;
 pub mod system;
 pub mod upstream;

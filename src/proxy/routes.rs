@@ -38,6 +38,8 @@ pub enum Route {
     Networks(NetworkRoute),
     /// `GET /labgpu/top`: labgpu's own, read-only: the caller's part of `labgpu top`.
     Top,
+    /// `POST /labgpu/session`: labgpu's own, the caller's login container (`session`).
+    Session,
 }
 
 /// The path without its `/v1.41` version prefix.
@@ -118,6 +120,7 @@ pub fn classify(method: &Method, path: &str) -> Result<Route, RuleError> {
         }),
         ["exec", id, ..] => Ok(Route::Exec { id: id.to_string() }),
         ["commit"] if post => Ok(Route::Commit),
+        ["labgpu", "session"] if post => Ok(Route::Session),
         ["events"] if get => Ok(Route::Listing(Listing::Events)),
         ["system", "df"] if get => Ok(Route::DiskUsage),
         ["labgpu", "top"] if get => Ok(Route::Top),
@@ -256,6 +259,9 @@ mod tests {
             Ok(Route::Exec { id: "e1".into() })
         );
         assert_eq!(c(Method::POST, "/v1.41/commit"), Ok(Route::Commit));
+        assert_eq!(c(Method::POST, "/labgpu/session"), Ok(Route::Session));
+        assert!(c(Method::GET, "/labgpu/session").is_err());
+        assert!(c(Method::POST, "/labgpu/other").is_err());
         assert_eq!(c(Method::GET, "/v1.41/system/df"), Ok(Route::DiskUsage));
         assert_eq!(c(Method::POST, "/v1.41/build"), Ok(Route::Build));
         assert_eq!(c(Method::POST, "/v1.41/session"), Ok(Route::Forward));

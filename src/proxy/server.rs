@@ -27,7 +27,7 @@ use super::observe::{self, Refusals};
 use super::request::{check_content_types, user_ctx, UserCtx};
 use super::routes::{self, Route};
 use super::upstream::forward;
-use super::{containers, exec, images, networks, system, volumes, Options};
+use super::{containers, exec, images, networks, session, system, volumes, Options};
 use crate::policy::Policy;
 
 pub struct State {
@@ -393,6 +393,7 @@ async fn route(
         Route::Volumes(r) => volumes::handle(&call, r, req).await,
         Route::Networks(r) => networks::handle(&call, r, req).await,
         Route::Top => observe::top(state, Some(name)).await,
+        Route::Session => session::ensure(&call).await,
     }
 }
 

@@ -769,6 +769,7 @@ mod fixture_tests {
         let audit_for = |job: Option<u32>| {
             let record = crate::records::Record {
                 owner: "alice".into(),
+                session: false,
                 slurm_job: job,
             };
             crate::records::record_full(&state, "c1", &record).unwrap();

@@ -20,6 +20,11 @@ use crate::proxy::request::{
 
 use Field::{Checked, Free, Refused};
 
+/// The label on a user's login container (`labgpu shell`). The proxy stamps it on the
+/// containers it makes from the policy's `session` settings and refuses it from users; the
+/// proxy's record, not the label, says which container is the session.
+pub const SESSION_LABEL: &str = "labgpu.session";
+
 /// The body's top level: `container.Config`, the inner `HostConfig` and `NetworkingConfig`,
 /// and the few deprecated top-level resource fields dockerd still honours next to them.
 const CONFIG: &[(&str, Field)] = &[
@@ -430,6 +435,14 @@ fn stamp_owner(top: &mut Map<String, Value>, ctx: &UserCtx) -> Result<(), RuleEr
             })
         }
     };
+    if labels.contains_key(SESSION_LABEL) {
+        return Err(RuleError::ValueRefused {
+            field: "Labels".into(),
+            value: SESSION_LABEL.into(),
+            reason: "it marks the login container labgpu-shell makes, and only the proxy sets it"
+                .into(),
+        });
+    }
     labels.insert(ctx.owner_label.clone(), Value::String(ctx.name.clone()));
     top.insert("Labels".into(), Value::Object(labels));
     Ok(())
@@ -752,6 +765,21 @@ mod tests {
         let body = rewrite(json!({"Image": "x", "HostConfig": null, "Labels": null})).unwrap();
         assert_eq!(body["Labels"], json!({"labgpu.user": "alice"}));
         assert_eq!(body["HostConfig"]["Runtime"], "labgpu");
+    }
+
+    #[test]
+    fn session_label_is_the_proxys() {
+        for labels in [
+            json!({"labgpu.session": "alice"}),
+            json!({"labgpu.session": ""}),
+        ] {
+            let err = rewrite(json!({"Image": "x", "Labels": labels})).unwrap_err();
+            assert!(err.to_string().contains("labgpu.session"), "{err}");
+        }
+        // Keys fold as Go's do: "labels" is Labels, and its keys are compared as sent.
+        let err = rewrite(json!({"Image": "x", "labels": {"labgpu.session": "1"}})).unwrap_err();
+        assert!(err.to_string().contains("only the proxy sets it"), "{err}");
+        rewrite(json!({"Image": "x", "Labels": {"labgpu.sessions": "1"}})).unwrap();
     }
 
     #[test]

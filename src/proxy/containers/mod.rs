@@ -17,6 +17,7 @@ mod storage;
 
 pub use create::{
     create_container_refs, named_volumes, network_names, rewrite_create, ContainerRef, Resolved,
+    SESSION_LABEL,
 };
 pub(in crate::proxy) use create::{pin_links, ref_list, ENDPOINT};
 
@@ -51,6 +52,7 @@ pub async fn create(call: &Call<'_>, req: Request<Body>) -> Result<Response<Body
     let state_dir = call.policy.proxy_or_default().state_dir.0;
     let record = records::Record {
         owner: call.ctx.name.clone(),
+        session: false,
         slurm_job: job,
     };
     record_created(call.state, resp, &state_dir, record).await
@@ -108,6 +110,7 @@ pub async fn admin_create(state: &State, req: Request<Body>) -> Result<Response<
         Some(owner) => {
             let record = records::Record {
                 owner,
+                session: false,
                 slurm_job: None,
             };
             record_created(state, resp, &policy.proxy_or_default().state_dir.0, record).await
@@ -152,7 +155,7 @@ async fn record_created(
 
 /// `rewrite_create` resolves host paths (symlink walks, perhaps on a slow network file
 /// system): on the blocking pool, within `limits::CHECK_DEADLINE`.
-async fn rewrite_off_workers(
+pub(in crate::proxy) async fn rewrite_off_workers(
     mut v: Value,
     ctx: UserCtx,
     resolved: Resolved,
@@ -167,7 +170,10 @@ async fn rewrite_off_workers(
     }
 }
 
-async fn resolve_refs(call: &Call<'_>, v: &mut Value) -> Result<Resolved, ProxyError> {
+pub(in crate::proxy) async fn resolve_refs(
+    call: &Call<'_>,
+    v: &mut Value,
+) -> Result<Resolved, ProxyError> {
     let mut resolved = Resolved::default();
     for r in create_container_refs(v)? {
         let full_id = owned_container(call.state, call.ctx, &r.name).await?;
