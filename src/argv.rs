@@ -76,6 +76,9 @@ pub struct Invocation {
     pub root: Option<PathBuf>,
     pub log: Option<PathBuf>,
     pub log_format: Option<String>,
+    /// `--systemd-cgroup`: runc makes cgroups through systemd (`linux.cgroupsPath` is
+    /// `slice:prefix:name`).
+    pub systemd_cgroup: bool,
 }
 
 impl Invocation {
@@ -89,6 +92,7 @@ pub fn dispatch(argv: &[OsString]) -> Face {
     let mut root = None;
     let mut log = None;
     let mut log_format = None;
+    let mut systemd_cgroup = false;
     let mut i = 1;
     while i < argv.len() {
         let arg = argv[i].as_bytes();
@@ -104,12 +108,16 @@ pub fn dispatch(argv: &[OsString]) -> Face {
                     root,
                     log,
                     log_format,
+                    systemd_cgroup,
                 })
             } else {
                 Face::Admin
             };
         }
         let (name, inline) = split_eq(arg);
+        if name == b"--systemd-cgroup" {
+            systemd_cgroup = inline.is_none_or(|v| v != b"false");
+        }
         if GLOBAL_VALUE_FLAGS.iter().any(|f| f.as_bytes() == name) {
             let value = match inline {
                 Some(v) => Some(os(v)),
@@ -231,6 +239,7 @@ mod tests {
         );
         assert_eq!(inv.log, Some(PathBuf::from("/b/log.json")));
         assert_eq!(inv.log_format.as_deref(), Some("json"));
+        assert!(inv.systemd_cgroup);
         let sub = inv.sub_args(&argv);
         assert_eq!(flag_value(sub, &["--bundle", "-b"]), Some("/b".into()));
         assert_eq!(container_id(sub).as_deref(), Some("abc123"));

@@ -17,6 +17,7 @@ pub mod cli_args;
 pub mod decide;
 pub mod docker_api;
 pub mod edits;
+pub mod fairshare;
 pub mod gpu;
 pub mod log;
 pub mod owner;

@@ -6,6 +6,7 @@
 pub mod annotations;
 pub mod cdi;
 pub mod devices;
+pub mod fairshare;
 pub mod mounts;
 pub mod nvidia;
 pub mod process;
@@ -61,6 +62,8 @@ pub enum EditError {
         source: crate::seccomp::SeccompError,
         section: String,
     },
+    #[error(transparent)]
+    Cap(#[from] crate::fairshare::cap::CapError),
     #[error("the spec's {field} is malformed: {reason}")]
     Malformed { field: &'static str, reason: String },
 }
@@ -93,6 +96,7 @@ pub fn apply_all(spec: &mut Value, d: &Decision, report: &mut Report) -> Result<
     mounts::apply(spec, d, report)?;
     nvidia::apply(spec, report);
     cdi::apply(spec, d, report)?;
+    fairshare::apply(spec, d, report)?;
     if let Some(process) = spec.get_mut("process") {
         process::sanitize(process, &d.process, report)?;
     }
@@ -150,6 +154,9 @@ pub(crate) mod testing {
             seccomp_profiles: Vec::new(),
             runc_root: None,
             cdi: None,
+            ceilings: Default::default(),
+            user_cgroups: "labgpu".into(),
+            cgroup_driver: crate::fairshare::cgroup::Driver::Cgroupfs,
             container_id: "cid".into(),
             policy_sha256: "00".repeat(32),
         }
