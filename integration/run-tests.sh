@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The test command: formatting, clippy, the Rust tests, the real-Docker e2e, proxy, Slurm and
-# seccomp suites, the fuzz targets (integration/fuzz.sh, 60 s each), then the VM lane
+# The test command: formatting, clippy, the Rust tests, the real-Docker e2e, proxy, fair-share,
+# Slurm and seccomp suites, the fuzz targets (integration/fuzz.sh, 60 s each), then the VM lane
 # (integration/vm/lane.sh: the .deb installed on systemd + cgroup v2 + Docker 26). Every
 # step runs even if an earlier one failed; exits non-zero if any failed. Ends with one line
 # per step: minutes, and its "N passed, N failed" where it has one.
@@ -66,6 +66,7 @@ fi
 step cargo-test cargo test --release
 step e2e timeout 600 bash "$LG_REPO/integration/e2e.sh"
 step proxy timeout 600 bash "$LG_REPO/integration/proxy.sh"
+step fairshare timeout 600 bash "$LG_REPO/integration/fairshare.sh"
 # Host lane only: a one-node Slurm (Debian's packages) in front of the private dockerd.
 step slurm timeout 600 bash "$LG_REPO/integration/slurm.sh"
 step seccomp-docker timeout 600 bash "$LG_REPO/integration/seccomp-docker.sh"

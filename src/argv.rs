@@ -33,7 +33,7 @@ const GLOBAL_VALUE_FLAGS: [&str; 5] = ["--root", "--log", "--log-format", "--cri
 
 /// Flags of the subcommands labgpu reads that take a value. Used only to skip values when
 /// looking for the container id, the last positional argument.
-const SUB_VALUE_FLAGS: [&str; 22] = [
+const SUB_VALUE_FLAGS: [&str; 38] = [
     "--bundle",
     "-b",
     "--pid-file",
@@ -56,6 +56,23 @@ const SUB_VALUE_FLAGS: [&str; 22] = [
     "--resources",
     "-r",
     "--image-path",
+    // update's limits
+    "--blkio-weight",
+    "--cpu-period",
+    "--cpu-quota",
+    "--cpu-share",
+    "--cpu-rt-period",
+    "--cpu-rt-runtime",
+    "--cpuset-cpus",
+    "--cpuset-mems",
+    "--kernel-memory",
+    "--kernel-memory-tcp",
+    "--memory",
+    "--memory-reservation",
+    "--memory-swap",
+    "--pids-limit",
+    "--l3-cache-schema",
+    "--mem-bw-schema",
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq)]

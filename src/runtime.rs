@@ -413,10 +413,15 @@ fn update_ceilings(
     let Some(id) = container_id(sub) else {
         return Ok(None);
     };
-    let policy = load_policy(policy_path)?;
-    let Some(owner) = stamped_owner(&runc_root(inv), &id)? else {
+    let root = runc_root(inv);
+    // No such container: runc says so itself.
+    if owner::valid_container_id(&id) && !root.join(&id).join("state.json").exists() {
+        return Ok(None);
+    }
+    let Some(owner) = stamped_owner(&root, &id)? else {
         return Ok(None);
     };
+    let policy = load_policy(policy_path)?;
     let Some(user) = policy.user(&owner) else {
         return Ok(None);
     };
@@ -424,12 +429,12 @@ fn update_ceilings(
     Ok((!c.is_empty()).then_some((owner, c)))
 }
 
+/// An update's resources after the cut, with a sentence per cut.
+type Capped = (Vec<u8>, Vec<String>);
+
 /// The update's resources cut to `c`: `None` when nothing was cut (or the input is not
 /// JSON, which runc rejects itself).
-fn capped_update(
-    bytes: &[u8],
-    c: &Ceilings,
-) -> Result<Option<(Vec<u8>, Vec<String>)>, RuntimeError> {
+fn capped_update(bytes: &[u8], c: &Ceilings) -> Result<Option<Capped>, RuntimeError> {
     let Ok(mut v) = serde_json::from_slice::<Value>(bytes) else {
         return Ok(None);
     };

@@ -118,7 +118,7 @@ impl Cgroups {
     pub fn system() -> Cgroups {
         Cgroups {
             root: PathBuf::from("/sys/fs/cgroup"),
-            lock_dir: PathBuf::from("/run/labgpu/cgroups"),
+            lock_dir: PathBuf::from("/run/lock/labgpu-cgroups"),
         }
     }
 
@@ -540,7 +540,7 @@ mod tests {
         assert_eq!(read("pids/labgpu/alice/pids.max"), "max");
         assert_eq!(read("cpu/labgpu/alice/cpu.cfs_quota_us"), "150000");
         assert_eq!(read("cpu/labgpu/alice/c1/cpu.cfs_quota_us"), "150000");
-        assert_eq!(cg.parents("labgpu"), [p.clone()]);
+        assert_eq!(cg.parents("labgpu"), std::slice::from_ref(&p));
         assert!(!cg.is_empty(&p));
         std::fs::remove_dir_all(&child).unwrap();
         // Plain directories hold files, unlike cgroups: clear them for the removal.

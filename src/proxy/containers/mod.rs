@@ -11,6 +11,7 @@ use serde_json::Value;
 use tracing::{info, warn};
 
 mod create;
+mod fairshare;
 mod mounts;
 mod slurm;
 mod storage;
@@ -245,7 +246,7 @@ pub async fn by_id(
     if rest == "update" && req.method() == Method::POST {
         let (parts, body) = req.into_parts();
         let mut v = read_json(body, call.max_body()).await?;
-        check_update(&mut v)?;
+        check_update(&mut v, &call.ctx.ceilings)?;
         return forward(call.state, with_json(parts, &v)).await;
     }
     let removing = rest.is_empty() && req.method() == Method::DELETE;
@@ -259,7 +260,10 @@ pub async fn by_id(
 
 /// `POST /containers/{id}/update`: resource limits may change, devices may not (the
 /// runtime refuses device changes too; this says so before Docker half-applies them).
-pub fn check_update(body: &mut Value) -> Result<(), RuleError> {
+pub fn check_update(
+    body: &mut Value,
+    ceilings: &crate::fairshare::Ceilings,
+) -> Result<(), RuleError> {
     let Some(obj) = as_object_mut(body, "body")? else {
         return Ok(());
     };
@@ -285,7 +289,7 @@ pub fn check_update(body: &mut Value) -> Result<(), RuleError> {
             });
         }
     }
-    Ok(())
+    fairshare::check_update_limits(obj, ceilings)
 }
 /// Whether an inspected container (`GET /containers/{id}/json`) is the caller's.
 pub fn owned_by(inspect: &Value, owner_label: &str, name: &str) -> bool {
@@ -304,8 +308,16 @@ mod tests {
 
     #[test]
     fn update_may_not_touch_devices() {
-        check_update(&mut json!({"Memory": 1000000, "CpuShares": 2})).unwrap();
-        check_update(&mut json!({"Devices": [], "DeviceCgroupRules": null})).unwrap();
+        check_update(
+            &mut json!({"Memory": 1000000, "CpuShares": 2}),
+            &Default::default(),
+        )
+        .unwrap();
+        check_update(
+            &mut json!({"Devices": [], "DeviceCgroupRules": null}),
+            &Default::default(),
+        )
+        .unwrap();
         for body in [
             json!({"Devices": [{"PathOnHost": "/dev/nvidia1"}]}),
             json!({"devicecgrouprules": ["c 195:* rwm"]}),
@@ -314,7 +326,7 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    check_update(&mut body.clone()),
+                    check_update(&mut body.clone(), &Default::default()),
                     Err(RuleError::UpdateRefused { .. })
                 ),
                 "{body}"
