@@ -126,6 +126,7 @@ oom_kills() {
 pids_max_hits() { awk '$1 == "max" { print $2 }' "$1/pids.events"; }
 hit_max() { [[ $(pids_max_hits "$1") -ge 1 ]]; }
 usage_above() { [[ $(mem_usage "$1") -gt $2 ]]; }
+limit_is() { [[ $(mem_limit "$1") == "$2" ]]; }
 # cpu_ns DIR: CPU time used by the cgroup and everything under it, in ns.
 cpu_ns() {
     if ((V2)); then awk '$1 == "usage_usec" { print $2 * 1000 }' "$1/cpu.stat"; else cat "$1/cpuacct.usage"; fi
@@ -186,44 +187,56 @@ case_placement() {
     real rm -f fa1 fc1 >/dev/null
 }
 
-# Two of alice's containers hold 60m each against her 96m: the kernel OOM-kills in her
-# parent, whose peak never passes 96m; bob does the same under his 256m untouched.
+# Two of alice's containers each write 60m to a tmpfs (memory no reclaim can take back,
+# with no swap) against her 96m: the second gets less than its 60m (the kernel refuses or
+# OOM-kills in her parent), whose peak never passes 96m; bob does the same under his 256m.
+FILL60='if dd if=/dev/zero of=/t/x bs=1M count=60 2>/tmp/e && grep -q "^60+0 records out" /tmp/e; then echo full; else echo short; fi'
 case_memory() {
     local u
     for u in alice bob; do
-        dk "$u" run -d --name "fm-$u-1" "$I" sh -c 'dd if=/dev/zero bs=60M count=1 2>/dev/null | sleep 300' >/dev/null
+        dk "$u" run -d --name "fm-$u-1" --tmpfs /t:size=100m "$I" sh -c "$FILL60; exec sleep 300" >/dev/null
     done
     for u in alice bob; do
         within 20 usage_above "$(pdir memory "$u")" $((55 << 20)) ||
             fail "memory-$u-first-holds-60m" "usage $(mem_usage "$(pdir memory "$u")")"
     done
-    for u in alice bob; do
-        dk "$u" run --rm --name "fm-$u-2" "$I" sh -c 'dd if=/dev/zero bs=60M count=1 2>/dev/null | sleep 2' >/dev/null 2>&1
-    done
-    local pa pb
+    local second_alice second_bob
+    second_alice="$(dk alice run --rm --tmpfs /t:size=100m "$I" sh -c "$FILL60" 2>&1)"
+    second_bob="$(dk bob run --rm --tmpfs /t:size=100m "$I" sh -c "$FILL60" 2>&1)"
+    local pa pb detail
     pa="$(pdir memory alice)"
     pb="$(pdir memory bob)"
-    expect_true memory-alice-oom-killed "oom_kill $(oom_kills "$pa") in $pa" test "$(oom_kills "$pa")" -ge 1
-    expect_true memory-alice-peak-within-ceiling "peak $(mem_peak "$pa") > $ALICE_MEM_BYTES" \
-        test "$(mem_peak "$pa")" -le "$ALICE_MEM_BYTES"
-    expect_eq memory-bob-untouched 0 "$(oom_kills "$pb")"
+    detail="second container: $second_alice; parent: oom_kill $(oom_kills "$pa"), peak $(mem_peak "$pa")"
+    expect_true memory-alice-second-cut-short "$detail" test "$second_alice" != full
+    expect_true memory-alice-peak-within-ceiling "$detail" test "$(mem_peak "$pa")" -le "$ALICE_MEM_BYTES"
+    expect_eq memory-bob-second-fits full "$second_bob"
+    expect_eq memory-bob-no-oom 0 "$(oom_kills "$pb")"
     expect_true memory-bob-holds-120m "peak $(mem_peak "$pb")" test "$(mem_peak "$pb")" -gt $((110 << 20))
     real rm -f fm-alice-1 fm-bob-1 >/dev/null
 }
 
-# A burst of 200 forks in one of alice's containers stops at her 48; bob's 20 go on.
+# 30 sleeps in one of alice's containers and a burst of 200 forks in another stop at her
+# 48 (her parent's limit, not the containers' own); bob's 20 forks go on meanwhile.
 case_pids() {
-    dk alice run -d --name fp-a "$I" sh -c 'for i in $(seq 200); do sleep 60 & done 2>/dev/null; sleep 60' >/dev/null
-    local pa
+    # The forks that fail end the subshell (ash exits on "can't fork"); the container's
+    # shell then needs no fork of its own to go on.
+    dk alice run -d --name fp-a1 "$I" sh -c '(for i in $(seq 30); do sleep 30 & done); exec sleep 30' >/dev/null
+    dk alice run -d --name fp-a2 "$I" sh -c '(for i in $(seq 200); do sleep 30 & done) 2>/dev/null; exec sleep 30' >/dev/null
+    local pa ca
     pa="$(pdir pids alice)"
-    within 10 hit_max "$pa"
-    expect_true pids-forks-stopped "pids.events max: $(pids_max_hits "$pa"), pids.current $(cat "$pa/pids.current")" \
-        test "$(pids_max_hits "$pa")" -ge 1 -a "$(cat "$pa/pids.current")" -le 48
+    ca="$(cdir pids fp-a2)"
+    # cgroup v1 counts the failed fork where it was made (the container), v2 also above.
+    within 10 hit_max "$ca"
+    local detail="parent: pids.current $(cat "$pa/pids.current"), max events $(pids_max_hits "$pa"); burst container: pids.current $(cat "$ca/pids.current"), max events $(pids_max_hits "$ca")"
+    expect_true pids-burst-stopped "$detail" test "$(pids_max_hits "$ca")" -ge 1
+    expect_true pids-parent-at-most-48 "$detail" test "$(cat "$pa/pids.current")" -le 48
+    # Its own limit (48, cut to the ceiling) was not what stopped it: the parent was.
+    expect_true pids-stopped-by-the-parent "$detail" test "$(cat "$ca/pids.current")" -le 20
     if expect_ok pids-bob-forks dk bob run --rm "$I" sh -c 'for i in $(seq 20); do sleep 5 & done; wait; echo forked'; then
         expect_eq pids-bob-unaffected forked "$OUT"
     fi
     expect_eq pids-bob-no-max-hits 0 "$(pids_max_hits "$(pdir pids bob)")"
-    real rm -f fp-a >/dev/null
+    real rm -f fp-a1 fp-a2 >/dev/null
 }
 
 # Busy loops: alice's two containers share her 0.5 CPU; bob's one keeps its own 0.5.
@@ -245,8 +258,9 @@ case_cpu() {
     # 0.5 CPU, with 10% for the period boundaries.
     expect_true cpu-alice-sum-within-half "$detail" test "$alice" -le $((span * 55 / 100))
     expect_true cpu-alice-both-run "$detail" test $((c11 - c10)) -gt $((span / 20)) -a $((c21 - c20)) -gt $((span / 20))
-    # bob's own share; a busy shared 2-core host may take some of it.
-    expect_true cpu-bob-keeps-his-share "$detail" test "$bob" -ge $((span * 20 / 100))
+    # bob's one loop against alice's two: per user, not per container (per container bob
+    # would get half of what alice's pair gets; absolute shares depend on the host's load).
+    expect_true cpu-bob-keeps-his-share "$detail" test $((bob * 10)) -ge $((alice * 7))
     real rm -f fcpu-a1 fcpu-a2 fcpu-b1 >/dev/null
 }
 
@@ -285,7 +299,7 @@ case_follow() {
     p="$(pdir memory alice)"
     ALICE_MEM=80m ALICE_MEM_BYTES=$((80 << 20))
     lg_write_policy
-    expect_true follow-policy-within-5s "memory limit $(mem_limit "$p")" within 5 test "$(mem_limit "$p")" = "$ALICE_MEM_BYTES"
+    expect_true follow-policy-within-5s "memory limit $(mem_limit "$p")" within 5 limit_is "$p" "$ALICE_MEM_BYTES"
     ALICE_MEM=96m ALICE_MEM_BYTES=$((96 << 20))
     lg_write_policy
     real rm -f ff1 >/dev/null
