@@ -180,6 +180,13 @@ case_placement() {
     expect_eq placement-parent-cpu "50000 100000" "$(cpu_max "$(pdir cpu alice)")"
     expect_eq placement-own-memory-cut "$ALICE_MEM_BYTES" "$(mem_limit "$c")"
     expect_eq placement-own-pids-cut 48 "$(cat "$(cdir pids fa1)/pids.max")"
+    # labgpu verify reads the placement back from /proc (its fair-share check).
+    local in_ns=() out id
+    [[ -n ${LG_NETNS_PID:-} ]] && in_ns=(nsenter "--net=/proc/$LG_NETNS_PID/ns/net" --)
+    out="$(${in_ns[@]+"${in_ns[@]}"} "$LG_BIN" verify --policy "$LG_POLICY" --root "$LG_EXEC_ROOT/runtime-runc/moby" 2>&1)"
+    id="$(real inspect -f '{{.Id}}' fa1)"
+    expect_true placement-verify-clean "$out" \
+        sh -c "printf '%s\n' \"\$1\" | grep '^${id:0:12}' | grep -qv 'parent cgroup'" sh "$out"
     # carol has no ceiling: her containers stay where Docker puts them.
     expect_ok placement-carol dk carol run -d --name fc1 "$I" sleep 300 &&
         expect_true placement-carol-not-moved "$(cdir memory fc1)" \

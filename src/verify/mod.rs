@@ -4,6 +4,7 @@
 
 mod container;
 mod devices;
+mod fairshare;
 mod mounts;
 mod namespaces;
 mod owner;
@@ -139,6 +140,8 @@ pub enum Kind {
     Owner,
     /// Its Slurm job is over or someone else's, or holds other GPUs than it can reach.
     Slurm,
+    /// Its owner has fair-share ceilings, but it runs outside their parent cgroup.
+    FairShare,
     /// The container could not be audited.
     Unreadable,
 }
