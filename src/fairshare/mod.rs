@@ -37,8 +37,8 @@ pub struct Ceilings {
 }
 
 impl Ceilings {
-    /// `name`'s ceilings (`user` is their table; `None` for a container without an owner,
-    /// which gets none: it has no user to share with).
+    /// `name`'s ceilings (`user` is their table). A container without an owner gets none
+    /// (`Ceilings::default()`): it has no user to share with.
     pub fn for_user(policy: &Policy, name: &str, user: &UserPolicy) -> Ceilings {
         let d = &policy.defaults;
         fn pick<T: Copy>(
