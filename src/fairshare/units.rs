@@ -82,7 +82,9 @@ impl Cpus {
 
     /// The CFS quota for `period` microseconds.
     pub fn quota(self, period: u64) -> i64 {
-        (u128::from(period) * u128::from(self.hundredths) / 100) as i64
+        let q = u128::from(period) * u128::from(self.hundredths) / 100;
+        // A period no runc accepts must not wrap into a negative ("unlimited") quota.
+        i64::try_from(q).unwrap_or(i64::MAX)
     }
 }
 
@@ -182,6 +184,7 @@ mod tests {
             .unwrap();
         assert_eq!(c.hundredths(), 250);
         assert_eq!(c.quota(100_000), 250_000);
+        assert_eq!(c.quota(u64::MAX), i64::MAX);
         assert_eq!(c.to_string(), "2.5");
         assert_eq!(Cpus::from_hundredths(5).to_string(), "0.05");
         assert_eq!(Cpus::from_hundredths(800).to_string(), "8");
