@@ -225,6 +225,48 @@ fn check_docker_root(policy: &Policy, docker: &Path) -> usize {
     }
 }
 
+/// What `userns = "owner"` needs of the host: dockerd without userns-remap, idmapped mounts
+/// on Docker's layers; and what it means for unlabeled containers. (errors, warnings)
+fn check_userns_host(policy: &Policy, docker: &Path) -> (usize, usize) {
+    use crate::policy::{Unlabeled, Userns};
+    let users: Vec<&String> = policy
+        .users
+        .iter()
+        .filter(|(_, u)| policy.userns_for(Some(u)) == Userns::Owner)
+        .map(|(n, _)| n)
+        .collect();
+    let (mut errors, mut warnings) = (0, 0);
+    if policy.defaults.userns == Userns::Owner && policy.runtime.unlabeled == Unlabeled::NoGpu {
+        println!("warning: [defaults] userns = \"owner\" with [runtime] unlabeled = \"no-gpu\": unlabeled containers have no owner to map root to and are refused");
+        warnings += 1;
+    }
+    if users.is_empty() {
+        return (errors, warnings);
+    }
+    let remap = crate::docker_api::get_json(docker, "/info")
+        .ok()
+        .and_then(|info| info.get("SecurityOptions").cloned())
+        .and_then(|o| serde_json::from_value::<Vec<String>>(o).ok())
+        .is_some_and(|o| o.iter().any(|s| s.split(',').any(|f| f == "name=userns")));
+    if remap {
+        println!("error: Docker's userns-remap is on (docker info); userns = \"owner\" ({}) needs it off", users.iter().map(|u| format!("[users.{u}]")).collect::<Vec<_>>().join(", "));
+        errors += 1;
+    }
+    let root = crate::owner::docker_root(policy.runtime.docker_root.as_ref().map(|r| r.as_path()));
+    if nix::unistd::geteuid().is_root() {
+        if let Err(e) = crate::userns::rootfs::probe(&root.join("overlay2")) {
+            println!("error: {e}");
+            errors += 1;
+        }
+    } else {
+        println!(
+            "note: not root: idmapped mounts under {} not tried",
+            root.display()
+        );
+    }
+    (errors, warnings)
+}
+
 /// Policy users owning `minor` (whole GPU or a MIG slice of it).
 fn owners_of(policy: &Policy, inventory: &dyn Inventory, minor: u32) -> Vec<String> {
     policy
@@ -348,6 +390,10 @@ fn policy_check(path: &Path, docker: &Path) -> anyhow::Result<i32> {
                 errors += 1;
             }
         }
+        if let Err(e) = decide::userns_plan(&policy, Some(name), Some(user)) {
+            println!("error: {e}");
+            errors += 1;
+        }
         let run_as = user.run_as.unwrap_or(policy.defaults.run_as);
         if run_as == RunAs::Owner {
             if let Err(e @ DecideError::NoUid { .. }) =
@@ -367,6 +413,9 @@ fn policy_check(path: &Path, docker: &Path) -> anyhow::Result<i32> {
         }
     }
     errors += check_docker_root(&policy, docker);
+    let (e, w) = check_userns_host(&policy, docker);
+    errors += e;
+    warnings += w;
     let (slurm_errors, slurm_warnings) = crate::slurm::grant::check_node(&policy, &inventory);
     for e in &slurm_errors {
         println!("error: {e}");

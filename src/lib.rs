@@ -33,5 +33,6 @@ pub mod setup;
 pub mod slurm;
 pub mod spec;
 pub mod top;
+pub mod userns;
 pub mod verify;
 pub mod volumes;

@@ -502,6 +502,34 @@ pub enum RunAs {
     Owner,
 }
 
+/// Whether containers get a user namespace of their own (`userns`): "owner" maps container
+/// root to the owner and uids 1-65535 to the owner's /etc/subuid range (see `crate::userns`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Userns {
+    #[default]
+    Off,
+    Owner,
+}
+
+/// A host group in `[users.NAME] groups`: a gid, or a name looked up in the host's group
+/// database when a container is created.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum GroupRef {
+    Gid(u32),
+    Name(String),
+}
+
+impl fmt::Display for GroupRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GroupRef::Gid(g) => write!(f, "{g}"),
+            GroupRef::Name(n) => write!(f, "{n:?}"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Defaults {
@@ -523,6 +551,8 @@ pub struct Defaults {
     pub allow_unconfined: bool,
     #[serde(default)]
     pub run_as: RunAs,
+    #[serde(default)]
+    pub userns: Userns,
     #[serde(default)]
     pub bind_allow: Vec<AbsPath>,
     #[serde(default)]
@@ -550,6 +580,7 @@ impl Default for Defaults {
             allow_host_network: false,
             allow_unconfined: false,
             run_as: RunAs::Image,
+            userns: Userns::Off,
             bind_allow: Vec::new(),
             devices: Vec::new(),
             mounted_volumes: Vec::new(),
@@ -600,6 +631,10 @@ pub struct UserPolicy {
     pub allow_host_network: Option<bool>,
     pub allow_unconfined: Option<bool>,
     pub run_as: Option<RunAs>,
+    pub userns: Option<Userns>,
+    /// Host groups mapped 1:1 into the owner's user namespace besides their host groups.
+    #[serde(default)]
+    pub groups: Vec<GroupRef>,
     #[serde(default)]
     pub bind_allow: Vec<AbsPath>,
     #[serde(default)]
@@ -807,6 +842,11 @@ impl Policy {
         self.users.get(name)
     }
 
+    /// The `userns` setting for a policy user (`None`: `[defaults]` only).
+    pub fn userns_for(&self, user: Option<&UserPolicy>) -> Userns {
+        user.and_then(|u| u.userns).unwrap_or(self.defaults.userns)
+    }
+
     /// `[slurm]`, or its defaults when the table is absent.
     pub fn slurm_or_default(&self) -> SlurmSection {
         self.slurm.clone().unwrap_or_default()
@@ -1000,6 +1040,26 @@ mod tests {
             .to_string()
             .contains("version = 2"));
         assert!(parse("version = 1\n[users.a]\nuid = 5\n").is_err());
+    }
+
+    #[test]
+    fn userns_and_groups() {
+        let p = parse(
+            "version = 1\n[users.a]\nuserns = \"owner\"\ngroups = [27, \"lab\"]\n[users.b]\n",
+        )
+        .unwrap();
+        assert_eq!(p.defaults.userns, Userns::Off);
+        assert_eq!(p.userns_for(p.user("a")), Userns::Owner);
+        assert_eq!(p.userns_for(p.user("b")), Userns::Off);
+        assert_eq!(
+            p.users["a"].groups,
+            [GroupRef::Gid(27), GroupRef::Name("lab".into())]
+        );
+        let p = parse("version = 1\n[defaults]\nuserns = \"owner\"\n[users.b]\nuserns = \"off\"\n")
+            .unwrap();
+        assert_eq!(p.userns_for(None), Userns::Owner);
+        assert_eq!(p.userns_for(p.user("b")), Userns::Off);
+        assert!(parse("version = 1\n[defaults]\nuserns = \"remap\"\n").is_err());
     }
 
     #[test]

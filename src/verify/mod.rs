@@ -10,6 +10,7 @@ mod owner;
 mod process;
 mod slurm;
 mod system_paths;
+mod userns;
 
 use std::path::{Path, PathBuf};
 
@@ -137,6 +138,8 @@ pub enum Kind {
     Volume,
     /// Its owner is not the one the labgpu proxy recorded creating it for.
     Owner,
+    /// Runs without the user namespace `userns = "owner"` asks for, or with other mappings.
+    Userns,
     /// Its Slurm job is over or someone else's, or holds other GPUs than it can reach.
     Slurm,
     /// The container could not be audited.
