@@ -7,13 +7,16 @@
 #    alone, and policy load at 10/100/1000 users.
 # 2. benches/timings.rs: `runc create`+`delete -f` vs `labgpu create`+`delete -f` on the same
 #    busybox bundle (fake GPUs, 8-user policy), interleaved; `labgpu verify` over 10/50/200
-#    running containers; `docker run --rm` through a private dockerd (lib.sh) with
-#    `--runtime runc` vs `--runtime labgpu`, interleaved.
+#    running containers; `runc create` vs `labgpu create` with userns = "owner" on an
+#    overlay2 layout of 1 and 10 layers (a test account with a subordinate range is made for
+#    it); `docker run --rm` through a private dockerd (lib.sh) with `--runtime runc` vs
+#    `--runtime labgpu`, interleaved.
 # 3. A table of the targets with pass/MISS.
 #
 # Knobs: LABGPU_BENCH_RUNS (create runs per arm, 100), LABGPU_BENCH_DOCKER_RUNS (100),
 # LABGPU_BENCH_COUNTS (10,50,200), LABGPU_BENCH_SKIP_DOCKER=1, LABGPU_E2E_SKIP_BUILD=1,
-# LABGPU_BENCH_DISK=1 (bundles on disk, not on a tmpfs like Docker's /run).
+# LABGPU_BENCH_DISK=1 (bundles on disk, not on a tmpfs like Docker's /run),
+# LABGPU_BENCH_USERNS_LAYERS (1,10), LABGPU_BENCH_SKIP_USERNS=1.
 # Everything lives in /tmp/labgpu-bench.XXXX and is removed at the end, containers included.
 set -euo pipefail
 
@@ -29,6 +32,7 @@ bench_teardown() {
     trap - EXIT INT TERM
     [[ -n $LG_TMP && -d $LG_TMP ]] || exit "$rc"
     lg_stop_dockerd
+    lg_remove_bench_user
     # timings.rs deletes its containers itself; this is for a run killed midway.
     for root in "$LG_TMP"/*/runc-root "$LG_TMP"/run/*/runc-root; do
         [[ -d $root ]] || continue
@@ -43,6 +47,15 @@ bench_teardown() {
         rm -rf "$LG_TMP"
     fi
     exit "$rc"
+}
+
+# The owner of the userns benchmark: a host account of this run with a subordinate range.
+BENCH_USER=""
+lg_remove_bench_user() {
+    [[ -n $BENCH_USER ]] || return 0
+    [[ $(getent passwd "$BENCH_USER" | cut -d: -f5) == "$(lg_user_mark "$LG_TMP")" ]] &&
+        userdel -r "$BENCH_USER" >/dev/null 2>&1
+    BENCH_USER=""
 }
 
 lg_require_root
@@ -91,6 +104,16 @@ grep -E 'time:|skipped' target/bench-criterion.log
 
 timings create --labgpu "$LG_BIN" --tmp "$BENCH_DIR" --runs "$RUNS"
 timings verify --labgpu "$LG_BIN" --tmp "$BENCH_DIR" --counts "$COUNTS"
+if [[ ${LABGPU_BENCH_SKIP_USERNS:-0} != 1 ]]; then
+    # Layers on disk as Docker keeps them ($LG_TMP, not the tmpfs: tmpfs layers would flatter).
+    BENCH_USER="lgt-$LG_RUN_ID-bench"
+    lg_useradd "$BENCH_USER" || lg_die "useradd $BENCH_USER failed"
+    lg_ensure_subids "$BENCH_USER"
+    mkdir -p "$LG_TMP/layers"
+    timings userns --labgpu "$LG_BIN" --tmp "$LG_TMP/layers" --runs "$RUNS" \
+        --layers "${LABGPU_BENCH_USERNS_LAYERS:-1,10}" --owner-uid "$(id -u "$BENCH_USER")"
+    lg_remove_bench_user
+fi
 
 if [[ ${LABGPU_BENCH_SKIP_DOCKER:-0} != 1 ]]; then
     lg_make_fake_gpus "$LG_TMP/dev"

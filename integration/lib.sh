@@ -213,6 +213,31 @@ lg_useradd() {
     return 1
 }
 
+# Subordinate uid and gid ranges (65536 ids) for account $1, unless useradd gave it some
+# (login.defs SUB_UID_COUNT): after every existing range, under a lock so that concurrent
+# runs never pick the same one. userdel removes them with the account.
+lg_ensure_subids() {
+    local name="$1" start
+    grep -q "^$name:" /etc/subuid 2>/dev/null && grep -q "^$name:" /etc/subgid 2>/dev/null && return 0
+    (
+        flock 9
+        start="$(cat /etc/subuid /etc/subgid 2>/dev/null |
+            awk -F: 'NF == 3 { e = $2 + $3; if (e > m) m = e } END { if (m < 100000) m = 100000; print int((m + 65535) / 65536) * 65536 }')"
+        usermod --add-subuids "$start-$((start + 65535))" --add-subgids "$start-$((start + 65535))" "$name"
+    ) 9>/run/labgpu-e2e-subid.lock || lg_die "could not give $name subordinate ids"
+}
+
+# The first subordinate uid (or gid, $2 = gid) range of policy user $1's account.
+lg_subid_start() {
+    local file=/etc/subuid
+    [[ ${2:-uid} == gid ]] && file=/etc/subgid
+    awk -F: -v n="$(lg_user "$1")" '$1 == n && $3 >= 65535 { print $2; exit }' "$file"
+}
+
+# Host groups a run makes (`lg_group lab`: lgt-<run>-lab), removed by lg_remove_users.
+LG_TEST_GROUPS="lab"
+lg_group() { printf 'lgt-%s-%s\n' "$LG_RUN_ID" "$1"; }
+
 # alice, bob, carol: fresh host accounts, homes 0700; data dirs under $LG_TMP.
 lg_make_users() {
     local u name home
@@ -224,6 +249,7 @@ lg_make_users() {
         home="$(lg_home "$u")"
         [[ -n $home && $home != / && -d $home ]] || lg_die "account $name has no usable home ($home)"
         chmod 700 "$home"
+        lg_ensure_subids "$name"
     done
     for u in alice bob; do
         mkdir -p "$LG_TMP/data/$u"
@@ -242,6 +268,10 @@ lg_remove_users() {
         [[ $(getent passwd "$name" | cut -d: -f5) == "$(lg_user_mark "$LG_TMP")" ]] || continue
         userdel -r "$name" >/dev/null 2>&1 || lg_say "warning: userdel -r $name failed"
     done
+    for u in $LG_TEST_GROUPS; do
+        getent group "$(lg_group "$u")" >/dev/null && groupdel "$(lg_group "$u")" 2>/dev/null
+    done
+    return 0
 }
 
 # The test image: static busybox, one symlink per applet, passwd with root and the test users.
@@ -289,6 +319,7 @@ docker_root = "$LG_DATA_ROOT"
 
 [gpus]
 dev_root = "$LG_TMP/dev"
+${LG_POLICY_GPUS_EXTRA:-}
 
 [defaults]
 capabilities = ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL",
@@ -445,13 +476,19 @@ lg_start_dockerd() {
         --pidfile "$LG_TMP/docker.pid" -H "unix://$LG_SOCK"
         --bridge=none --iptables=false --ip6tables=false --ip-masq=false
         --userland-proxy=false --storage-driver="$driver")
-    if [[ -S /run/containerd/containerd.sock || ${LABGPU_E2E_OWN_CONTAINERD:-0} == 1 ]]; then
+    if [[ -n $LG_CONTAINERD_PID ]] && kill -0 "$LG_CONTAINERD_PID" 2>/dev/null; then
+        # A restart (lg_restart_dockerd): the private containerd, and its shims, carry on.
+        args+=(--containerd "$LG_TMP/ctd/containerd.sock")
+    elif [[ -S /run/containerd/containerd.sock || ${LABGPU_E2E_OWN_CONTAINERD:-0} == 1 ]]; then
         lg_start_containerd
         args+=(--containerd "$LG_TMP/ctd/containerd.sock")
     fi
     # dockerd creates /run/docker/plugins (plugin discovery, not configurable): remember
     # whether it was there, so teardown removes only what this run made.
-    [[ -e /run/docker ]] && LG_RUN_DOCKER_EXISTED=1 || LG_RUN_DOCKER_EXISTED=0
+    if [[ -z ${LG_DOCKERD_STARTED:-} ]]; then
+        [[ -e /run/docker ]] && LG_RUN_DOCKER_EXISTED=1 || LG_RUN_DOCKER_EXISTED=0
+        LG_DOCKERD_STARTED=1
+    fi
     lg_say "starting dockerd (storage driver $driver) on $LG_SOCK"
     # A clean environment: dockerd copies its own into hooks it adds (--gpus), and nothing of
     # the caller's (DOCKER_HOST, proxies, ...) should reach containerd or the runtime.
@@ -584,6 +621,25 @@ lg_stop_dockerd() {
     fi
 }
 
+# Restarts the dockerd the run uses, its running containers with it (live-restore is off:
+# dockerd stops them at shutdown; --restart always brings them back).
+lg_restart_dockerd() {
+    if [[ $LG_SYSTEM_DOCKER == 1 ]]; then
+        systemctl restart docker || return 1
+        local i
+        for ((i = 0; i < 60; i++)); do
+            lg_docker info >/dev/null 2>&1 && return 0
+            sleep 1
+        done
+        return 1
+    fi
+    lg_stop_pid "$LG_DOCKERD_PID" 60
+    wait "$LG_DOCKERD_PID" 2>/dev/null
+    # The netns goes with dockerd unless a private containerd holds it.
+    [[ -n $LG_CONTAINERD_PID ]] || LG_NETNS_PID=""
+    lg_start_dockerd "$LG_TMP/hookbin"
+}
+
 lg_unmount_all() {
     [[ -n $LG_TMP ]] || return 0
     local mp
@@ -597,13 +653,14 @@ lg_unmount_all() {
 
 LG_PSOCK=""
 LG_PROXY_PID=""
+LG_PROXY_EXTRA=() # more `labgpu proxy` arguments (top.sh: --metrics, --root)
 
 # Starts `labgpu proxy` on $LG_TMP/proxy/docker.sock (LG_PSOCK), logging to $LG_TMP/proxy.log;
 # arguments, if any, are a command prefix to start it under (slurm.sh: nsenter).
 lg_start_own_proxy() {
     LG_PSOCK="$LG_TMP/proxy/docker.sock"
     "$@" "$LG_BIN" proxy --listen "$LG_PSOCK" --upstream "$LG_SOCK" --policy "$LG_POLICY" \
-        >"$LG_TMP/proxy.log" 2>&1 &
+        ${LG_PROXY_EXTRA[@]+"${LG_PROXY_EXTRA[@]}"} >"$LG_TMP/proxy.log" 2>&1 &
     LG_PROXY_PID=$!
     local i
     for ((i = 0; i < 50; i++)); do

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The test command: formatting, clippy, the Rust tests, the real-Docker e2e, proxy, fair-share,
-# Slurm and seccomp suites, the fuzz targets (integration/fuzz.sh, 60 s each), then the VM lane
-# (integration/vm/lane.sh: the .deb installed on systemd + cgroup v2 + Docker 26). Every
-# step runs even if an earlier one failed; exits non-zero if any failed. Ends with one line
+# Slurm, seccomp and top (labgpu top and the metrics) suites, the fuzz targets (integration/fuzz.sh,
+# 60 s each), then the VM lane (integration/vm/lane.sh: the .deb installed on systemd +
+# cgroup v2 + Docker 26). Every step runs even if an earlier one failed; exits non-zero if any failed. Ends with one line
 # per step: minutes, and its "N passed, N failed" where it has one.
 #
 #   bash integration/run-tests.sh            (as root, for the e2e suites and the VM)
@@ -70,6 +70,8 @@ step fairshare timeout 600 bash "$LG_REPO/integration/fairshare.sh"
 # Host lane only: a one-node Slurm (Debian's packages) in front of the private dockerd.
 step slurm timeout 600 bash "$LG_REPO/integration/slurm.sh"
 step seccomp-docker timeout 600 bash "$LG_REPO/integration/seccomp-docker.sh"
+# Host lane only: compiles the fake NVML library; installs prometheus, tmux and jq if missing.
+step top timeout 600 bash "$LG_REPO/integration/top.sh"
 # Builds cargo-fuzz and the targets first (several minutes on 2 cores), then 6 x 60 s.
 step fuzz timeout 1800 bash "$LG_REPO/integration/fuzz.sh"
 if [[ ${LABGPU_SKIP_VM:-0} == 1 ]]; then

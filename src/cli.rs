@@ -27,11 +27,7 @@ pub fn main(argv: Vec<OsString>) -> i32 {
         } => verify(
             verify::Options {
                 policy: policy.unwrap_or_else(policy_path),
-                roots: if roots.is_empty() {
-                    verify::DEFAULT_ROOTS.iter().map(PathBuf::from).collect()
-                } else {
-                    roots
-                },
+                roots: verify_roots(roots),
                 container,
                 proc_root,
             },
@@ -45,11 +41,31 @@ pub fn main(argv: Vec<OsString>) -> i32 {
             listen,
             upstream,
             policy,
+            metrics,
+            roots,
         } => crate::proxy::run(crate::proxy::Options {
             listen,
             upstream,
             policy: policy.unwrap_or_else(policy_path),
+            metrics,
+            roots: verify_roots(roots),
         }),
+        Command_::Top {
+            policy,
+            socket,
+            once,
+            json,
+            interval,
+        } => crate::top::cmd::top(&crate::top::cmd::Options {
+            policy: policy.unwrap_or_else(policy_path),
+            socket,
+            once,
+            json,
+            interval: std::time::Duration::from_secs_f64(interval.clamp(0.2, 3600.0)),
+        }),
+        Command_::Metrics { policy, roots } => {
+            crate::top::cmd::print_metrics(&policy.unwrap_or_else(policy_path), verify_roots(roots))
+        }
         Command_::Setup {
             command:
                 SetupCommand::Docker {
@@ -83,6 +99,15 @@ pub fn main(argv: Vec<OsString>) -> i32 {
             eprintln!("labgpu: {e:#}");
             2
         }
+    }
+}
+
+/// The runc state roots given, else Docker's, containerd's and runc's.
+fn verify_roots(roots: Vec<PathBuf>) -> Vec<PathBuf> {
+    if roots.is_empty() {
+        verify::DEFAULT_ROOTS.iter().map(PathBuf::from).collect()
+    } else {
+        roots
     }
 }
 
@@ -198,6 +223,48 @@ fn check_docker_root(policy: &Policy, docker: &Path) -> usize {
             1
         }
     }
+}
+
+/// What `userns = "owner"` needs of the host: dockerd without userns-remap, idmapped mounts
+/// on Docker's layers; and what it means for unlabeled containers. (errors, warnings)
+fn check_userns_host(policy: &Policy, docker: &Path) -> (usize, usize) {
+    use crate::policy::{Unlabeled, Userns};
+    let users: Vec<&String> = policy
+        .users
+        .iter()
+        .filter(|(_, u)| policy.userns_for(Some(u)) == Userns::Owner)
+        .map(|(n, _)| n)
+        .collect();
+    let (mut errors, mut warnings) = (0, 0);
+    if policy.defaults.userns == Userns::Owner && policy.runtime.unlabeled == Unlabeled::NoGpu {
+        println!("warning: [defaults] userns = \"owner\" with [runtime] unlabeled = \"no-gpu\": unlabeled containers have no owner to map root to and are refused");
+        warnings += 1;
+    }
+    if users.is_empty() {
+        return (errors, warnings);
+    }
+    let remap = crate::docker_api::get_json(docker, "/info")
+        .ok()
+        .and_then(|info| info.get("SecurityOptions").cloned())
+        .and_then(|o| serde_json::from_value::<Vec<String>>(o).ok())
+        .is_some_and(|o| o.iter().any(|s| s.split(',').any(|f| f == "name=userns")));
+    if remap {
+        println!("error: Docker's userns-remap is on (docker info); userns = \"owner\" ({}) needs it off", users.iter().map(|u| format!("[users.{u}]")).collect::<Vec<_>>().join(", "));
+        errors += 1;
+    }
+    let root = crate::owner::docker_root(policy.runtime.docker_root.as_ref().map(|r| r.as_path()));
+    if nix::unistd::geteuid().is_root() {
+        if let Err(e) = crate::userns::rootfs::probe(&root.join("overlay2")) {
+            println!("error: {e}");
+            errors += 1;
+        }
+    } else {
+        println!(
+            "note: not root: idmapped mounts under {} not tried",
+            root.display()
+        );
+    }
+    (errors, warnings)
 }
 
 /// Policy users owning `minor` (whole GPU or a MIG slice of it).
@@ -323,6 +390,10 @@ fn policy_check(path: &Path, docker: &Path) -> anyhow::Result<i32> {
                 errors += 1;
             }
         }
+        if let Err(e) = decide::userns_plan(&policy, Some(name), Some(user)) {
+            println!("error: {e}");
+            errors += 1;
+        }
         let run_as = user.run_as.unwrap_or(policy.defaults.run_as);
         if run_as == RunAs::Owner {
             if let Err(e @ DecideError::NoUid { .. }) =
@@ -342,6 +413,9 @@ fn policy_check(path: &Path, docker: &Path) -> anyhow::Result<i32> {
         }
     }
     errors += check_docker_root(&policy, docker);
+    let (e, w) = check_userns_host(&policy, docker);
+    errors += e;
+    warnings += w;
     let (slurm_errors, slurm_warnings) = crate::slurm::grant::check_node(&policy, &inventory);
     for e in &slurm_errors {
         println!("error: {e}");

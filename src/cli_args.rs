@@ -12,6 +12,9 @@ pub const DEFAULT_PROXY_SOCKET: &str = "/run/labgpu/docker.sock";
 /// The Docker socket `labgpu proxy` forwards to by default.
 pub const DEFAULT_DOCKER_SOCKET: &str = "/var/run/docker.sock";
 
+/// Where `labgpu proxy --metrics` listens when no address is given: loopback only.
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9400";
+
 /// Where Docker reads its daemon configuration.
 pub const DEFAULT_DOCKER_CONFIG: &str = "/etc/docker/daemon.json";
 
@@ -80,6 +83,46 @@ pub enum Command_ {
         /// Policy file (default: $LABGPU_POLICY or /etc/labgpu/policy.toml), read per request.
         #[arg(long, value_name = "FILE")]
         policy: Option<PathBuf>,
+        /// Serve Prometheus metrics on ADDR (GET /metrics); without ADDR on 127.0.0.1:9400.
+        /// Overrides [proxy] metrics.
+        #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = DEFAULT_METRICS_ADDR)]
+        metrics: Option<String>,
+        /// runc state root the metrics' verify audit scans; repeatable; replaces the defaults.
+        #[arg(long = "root", value_name = "DIR")]
+        roots: Vec<PathBuf>,
+    },
+    /// Show each GPU's load and processes with their owners, and each user's usage.
+    ///
+    /// Root sees the whole host; anyone else asks the proxy (DOCKER_HOST, else the proxy's
+    /// default socket) and sees only their own containers and GPU processes. Redraws every
+    /// --interval seconds until Ctrl-C.
+    Top {
+        /// Policy file (default: $LABGPU_POLICY or /etc/labgpu/policy.toml); root only.
+        #[arg(long, value_name = "FILE")]
+        policy: Option<PathBuf>,
+        /// Ask the proxy on SOCKET (root too: then root sees what the proxy shows it).
+        #[arg(long, value_name = "SOCKET")]
+        socket: Option<PathBuf>,
+        /// Print one screen and exit.
+        #[arg(long)]
+        once: bool,
+        /// Print one view as JSON and exit.
+        #[arg(long)]
+        json: bool,
+        /// Seconds between redraws.
+        #[arg(long, value_name = "SECONDS", default_value_t = 2.0)]
+        interval: f64,
+    },
+    /// Print the Prometheus metrics once (root), e.g. for node_exporter's textfile collector.
+    ///
+    /// The same series `labgpu proxy --metrics` serves, except the proxy's refusal counts.
+    Metrics {
+        /// Policy file (default: $LABGPU_POLICY or /etc/labgpu/policy.toml).
+        #[arg(long, value_name = "FILE")]
+        policy: Option<PathBuf>,
+        /// runc state root verify scans; repeatable; replaces the defaults.
+        #[arg(long = "root", value_name = "DIR")]
+        roots: Vec<PathBuf>,
     },
     /// Register labgpu as a runtime with a container engine.
     Setup {

@@ -12,6 +12,7 @@ use crate::gpu::{DevNode, GpuError, Grant, Inventory};
 use crate::paths::normalize;
 use crate::policy::{Policy, RunAs, Unlabeled, UserMount, UserPolicy};
 use crate::seccomp::{KernelVersion, NativeArch};
+use crate::userns::{self, Plan, SubidFiles, UsernsError};
 use crate::volumes::Backing;
 
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +31,8 @@ pub enum DecideError {
     Cdi(#[from] CdiError),
     #[error("mount source {source_path} of [users.{owner}] mounts does not exist")]
     MountSourceMissing { owner: String, source_path: PathBuf },
+    #[error(transparent)]
+    Userns(#[from] UsernsError),
 }
 
 /// A device the container may keep, as the device cgroup names it.
@@ -79,6 +82,8 @@ pub struct Decision {
     pub user_cgroups: String,
     /// How runc was told to make cgroups (`--systemd-cgroup`); set by the runtime.
     pub cgroup_driver: Driver,
+    /// The owner's user namespace (`userns = "owner"`).
+    pub userns: Option<Plan>,
     pub container_id: String,
     pub policy_sha256: String,
 }
@@ -120,9 +125,24 @@ impl Host {
 pub struct ProcessRules {
     pub capabilities: BTreeSet<String>,
     pub no_new_privileges: bool,
-    /// uid/gid forced by `run_as = "owner"`.
+    /// uid/gid forced by `run_as = "owner"` (container ids: 0 in the owner's user namespace).
     pub user: Option<(u32, u32)>,
     pub allow_unconfined: bool,
+    /// The process runs in the owner's user namespace, where every id is the owner's.
+    pub userns: bool,
+    /// Gids added to every process (the owner's groups, mapped 1:1 in its user namespace).
+    pub extra_gids: Vec<u32>,
+}
+
+impl ProcessRules {
+    /// The rules inside the owner's user namespace: container root is the owner, so
+    /// `run_as = "owner"` means uid 0, and the owner's groups come along.
+    pub fn in_userns(mut self, extra_gids: &[u32]) -> Self {
+        self.user = self.user.map(|_| (0, 0));
+        self.userns = true;
+        self.extra_gids = extra_gids.to_vec();
+        self
+    }
 }
 
 impl Decision {
@@ -191,6 +211,8 @@ pub fn process_rules(
         allow_unconfined: user
             .and_then(|u| u.allow_unconfined)
             .unwrap_or(d.allow_unconfined),
+        userns: false,
+        extra_gids: Vec::new(),
     })
 }
 
@@ -202,6 +224,13 @@ pub fn decide(
     container_id: &str,
 ) -> Result<Decision, DecideError> {
     let user = policy_user(policy, owner)?;
+    // An unlabeled container has no one to map its root to: never silently without.
+    if user.is_none() && policy.userns_for(None) == crate::policy::Userns::Owner {
+        return Err(UsernsError::NoOwner {
+            policy: policy.path.clone(),
+        }
+        .into());
+    }
     decide_for_user(policy, owner, user, inventory, docker_root, container_id)
 }
 
@@ -255,13 +284,19 @@ pub fn decide_for_user(
         .map(resolve_host)
         .collect();
 
+    let plan = userns_plan(policy, owner, user)?;
+    let mut process = process_rules(policy, owner, user)?;
+    if let Some(p) = &plan {
+        process = process.in_userns(&p.extra_gids);
+    }
+
     Ok(Decision {
         owner: owner.map(str::to_string),
         gpu_ids,
         nodes,
         nvidia_majors: inventory.nvidia_majors().clone(),
         extra_devices,
-        process: process_rules(policy, owner, user)?,
+        process,
         allow_privileged: flag(|u| u.allow_privileged, d.allow_privileged),
         allow_host_namespaces: flag(|u| u.allow_host_namespaces, d.allow_host_namespaces),
         allow_host_network: flag(|u| u.allow_host_network, d.allow_host_network),
@@ -291,9 +326,32 @@ pub fn decide_for_user(
         },
         user_cgroups: policy.runtime.user_cgroups.0.clone(),
         cgroup_driver: Driver::Cgroupfs,
+        userns: plan,
         container_id: container_id.to_string(),
         policy_sha256: policy.sha256.clone(),
     })
+}
+
+/// The owner's user namespace when the policy gives them `userns = "owner"` (host ids,
+/// subordinate ranges, groups, all checked); `None` otherwise.
+pub fn userns_plan(
+    policy: &Policy,
+    owner: Option<&str>,
+    user: Option<&UserPolicy>,
+) -> Result<Option<Plan>, DecideError> {
+    let ids = match (owner, user) {
+        (Some(o), Some(u)) if policy.userns_for(Some(u)) == crate::policy::Userns::Owner => {
+            Some(owner_ids(o, u)?)
+        }
+        _ => None,
+    };
+    Ok(userns::resolve(
+        policy,
+        owner,
+        user,
+        ids,
+        &SubidFiles::default(),
+    )?)
 }
 
 type GpuPart = (Vec<u32>, Vec<DevNode>, Option<cdi::Edits>);

@@ -10,7 +10,9 @@
 //! puts a container under its owner's parent cgroup and cuts its limits to the owner's
 //! ceilings, and the proxy keeps the parents on the policy and checks host ports. `seccomp` models Docker's
 //! default seccomp profiles, so that a default resolved for capabilities labgpu cuts is
-//! replaced, and a custom profile allows no more than the default would.
+//! replaced, and a custom profile allows no more than the default would. `top` shows who
+//! uses which GPU (`labgpu top`, and the proxy's `/labgpu/top` for users) and writes the
+//! Prometheus metrics the proxy serves on its `--metrics` listener.
 
 pub mod argv;
 pub mod cdi;
@@ -33,5 +35,7 @@ pub mod seccomp;
 pub mod setup;
 pub mod slurm;
 pub mod spec;
+pub mod top;
+pub mod userns;
 pub mod verify;
 pub mod volumes;

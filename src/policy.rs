@@ -163,6 +163,10 @@ pub struct ProxySection {
     /// Bind mounts, volumes and tmpfs one container create may ask for.
     #[serde(default = "default_max_mounts")]
     pub max_mounts: usize,
+    /// Where the proxy serves Prometheus metrics (`host:port`); none unless set (or
+    /// `labgpu proxy --metrics`). The metrics name users and their usage: keep it on loopback
+    /// unless the network to the scraper is trusted.
+    pub metrics: Option<String>,
 }
 
 impl Default for ProxySection {
@@ -177,6 +181,7 @@ impl Default for ProxySection {
             max_connections_unknown: default_max_connections_unknown(),
             max_body_bytes: default_max_body_bytes(),
             max_mounts: default_max_mounts(),
+            metrics: None,
         }
     }
 }
@@ -529,6 +534,34 @@ pub enum RunAs {
     Owner,
 }
 
+/// Whether containers get a user namespace of their own (`userns`): "owner" maps container
+/// root to the owner and uids 1-65535 to the owner's /etc/subuid range (see `crate::userns`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Userns {
+    #[default]
+    Off,
+    Owner,
+}
+
+/// A host group in `[users.NAME] groups`: a gid, or a name looked up in the host's group
+/// database when a container is created.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum GroupRef {
+    Gid(u32),
+    Name(String),
+}
+
+impl fmt::Display for GroupRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GroupRef::Gid(g) => write!(f, "{g}"),
+            GroupRef::Name(n) => write!(f, "{n:?}"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Defaults {
@@ -550,6 +583,8 @@ pub struct Defaults {
     pub allow_unconfined: bool,
     #[serde(default)]
     pub run_as: RunAs,
+    #[serde(default)]
+    pub userns: Userns,
     #[serde(default)]
     pub bind_allow: Vec<AbsPath>,
     #[serde(default)]
@@ -586,6 +621,7 @@ impl Default for Defaults {
             allow_host_network: false,
             allow_unconfined: false,
             run_as: RunAs::Image,
+            userns: Userns::Off,
             bind_allow: Vec::new(),
             devices: Vec::new(),
             mounted_volumes: Vec::new(),
@@ -641,6 +677,10 @@ pub struct UserPolicy {
     pub allow_host_network: Option<bool>,
     pub allow_unconfined: Option<bool>,
     pub run_as: Option<RunAs>,
+    pub userns: Option<Userns>,
+    /// Host groups mapped 1:1 into the owner's user namespace besides their host groups.
+    #[serde(default)]
+    pub groups: Vec<GroupRef>,
     #[serde(default)]
     pub bind_allow: Vec<AbsPath>,
     #[serde(default)]
@@ -806,6 +846,13 @@ impl Policy {
                     proxy.image_prefix
                 )));
             }
+            if let Some(m) = &proxy.metrics {
+                if m.parse::<std::net::SocketAddr>().is_err() {
+                    return Err(invalid(format!(
+                        "[proxy] metrics = {m:?} must be an address and port such as \"127.0.0.1:9400\""
+                    )));
+                }
+            }
             if proxy.runtime.is_empty() || proxy.runtime == "runc" {
                 return Err(invalid(format!(
                     "[proxy] runtime = {:?} must name the labgpu runtime as registered with Docker",
@@ -861,6 +908,11 @@ impl Policy {
 
     pub fn user(&self, name: &str) -> Option<&UserPolicy> {
         self.users.get(name)
+    }
+
+    /// The `userns` setting for a policy user (`None`: `[defaults]` only).
+    pub fn userns_for(&self, user: Option<&UserPolicy>) -> Userns {
+        user.and_then(|u| u.userns).unwrap_or(self.defaults.userns)
     }
 
     /// `[slurm]`, or its defaults when the table is absent.
@@ -958,6 +1010,27 @@ mod tests {
     }
 
     #[test]
+    fn proxy_metrics_is_an_address_and_port() {
+        let p = parse("version = 1\n[proxy]\nmetrics = \"127.0.0.1:9400\"\n").unwrap();
+        assert_eq!(p.proxy.unwrap().metrics.as_deref(), Some("127.0.0.1:9400"));
+        assert_eq!(
+            parse("version = 1\n[proxy]\n")
+                .unwrap()
+                .proxy
+                .unwrap()
+                .metrics,
+            None
+        );
+        let err = parse("version = 1\n[proxy]\nmetrics = \"localhost\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("[proxy] metrics = \"localhost\" must be an address and port"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn minimal_policy_gets_safe_defaults() {
         let p = parse("version = 1\n").unwrap();
         assert_eq!(p.runtime.unlabeled, Unlabeled::Deny);
@@ -1035,6 +1108,26 @@ mod tests {
             .to_string()
             .contains("version = 2"));
         assert!(parse("version = 1\n[users.a]\nuid = 5\n").is_err());
+    }
+
+    #[test]
+    fn userns_and_groups() {
+        let p = parse(
+            "version = 1\n[users.a]\nuserns = \"owner\"\ngroups = [27, \"lab\"]\n[users.b]\n",
+        )
+        .unwrap();
+        assert_eq!(p.defaults.userns, Userns::Off);
+        assert_eq!(p.userns_for(p.user("a")), Userns::Owner);
+        assert_eq!(p.userns_for(p.user("b")), Userns::Off);
+        assert_eq!(
+            p.users["a"].groups,
+            [GroupRef::Gid(27), GroupRef::Name("lab".into())]
+        );
+        let p = parse("version = 1\n[defaults]\nuserns = \"owner\"\n[users.b]\nuserns = \"off\"\n")
+            .unwrap();
+        assert_eq!(p.userns_for(None), Userns::Owner);
+        assert_eq!(p.userns_for(p.user("b")), Userns::Off);
+        assert!(parse("version = 1\n[defaults]\nuserns = \"remap\"\n").is_err());
     }
 
     #[test]

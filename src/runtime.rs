@@ -20,6 +20,8 @@ use crate::owner::{self, OwnerError};
 use crate::policy::{policy_path, Policy, PolicyError, Unlabeled};
 use crate::refusal;
 use crate::spec::{self, SpecError};
+use crate::userns::joins;
+use crate::userns::rootfs::{self as userns_rootfs, RootfsError};
 use crate::volumes::{self, VolumeError};
 
 /// Where runc is looked for when the policy does not say.
@@ -100,6 +102,10 @@ pub enum RuntimeError {
     UpdateFlag { flag: String, owner: String },
     #[error("update --resources {0} would need capping to the owner's ceilings: pass the resources on stdin (--resources -)")]
     UpdateFile(String),
+    #[error("{source} ([users.{owner}] userns)")]
+    Userns { owner: String, source: RootfsError },
+    #[error("runc {0} of a container with userns = \"owner\" is not supported; set userns = \"off\" for its owner to checkpoint and restore")]
+    UsernsSubcommand(String),
     #[error("updating device rules of a running container is not allowed (linux.resources.devices in update)")]
     UpdateDevices,
     #[error("cannot read update resources from {what}: {source}")]
@@ -227,6 +233,17 @@ fn prepare_create(
     }
     decision.runc_root = Some(runc_root(inv));
     decision.volume_backings = backings;
+    // Docker's rootfs, before the userns edit points the spec at the neutral directory.
+    let docker_rootfs = spec
+        .pointer("/root/path")
+        .and_then(Value::as_str)
+        .map(PathBuf::from);
+    if let Some(plan) = decision.userns.as_mut() {
+        if inv.subcommand == "restore" {
+            return Err(RuntimeError::UsernsSubcommand(inv.subcommand.clone()));
+        }
+        plan.joins = joins::resolve(&spec, Path::new("/proc"));
+    }
     decision.cgroup_driver = driver(inv);
     let mut report = Report::default();
     edits::apply_all(&mut spec, &decision, &mut report)?;
@@ -239,6 +256,16 @@ fn prepare_create(
             })?;
     }
     spec::write_atomic(&config, &spec)?;
+    if let Some(plan) = &decision.userns {
+        let sources = userns_rootfs::idmapped_sources(&spec, &decision.docker_root);
+        let rootfs = docker_rootfs.unwrap_or_default();
+        userns_rootfs::prepare(plan, &decision.docker_root, &rootfs, &sources).map_err(
+            |source| RuntimeError::Userns {
+                owner: decision.owner.clone().unwrap_or_default(),
+                source,
+            },
+        )?;
+    }
     tracing::info!(
         container = %id,
         owner = decision.owner.as_deref().unwrap_or("-"),
@@ -272,14 +299,20 @@ fn prepare_exec(
         .root
         .clone()
         .unwrap_or_else(|| PathBuf::from(RUNC_DEFAULT_ROOT));
-    let owner = stamped_owner(&root, &id)?;
+    let state = runc_state(&root, &id)?;
+    let owner = stamp::owner_in_state(&state);
     let user = match decide::policy_user(&policy, owner.as_deref()) {
         Err(DecideError::UnknownOwner { owner, policy }) => {
             return Err(RuntimeError::OwnerGone { id, owner, policy })
         }
         other => other?,
     };
-    let rules = decide::process_rules(&policy, owner.as_deref(), user)?;
+    let mut rules = decide::process_rules(&policy, owner.as_deref(), user)?;
+    // The container's own user namespace decides, not today's policy: its root is already
+    // someone unprivileged outside.
+    if let Some(gids) = userns_gids(&state) {
+        rules = rules.in_userns(&gids);
+    }
     let mut report = Report::default();
     match flag_value(sub, &["--process", "-p"]) {
         Some(file) => {
@@ -323,6 +356,40 @@ fn runc_root(inv: &Invocation) -> PathBuf {
 /// The owner labgpu stamped at create, from runc's state (`config.labels`, which holds the
 /// spec annotations as `key=value`). `None` for an unlabeled or unstamped container.
 pub fn stamped_owner(root: &Path, id: &str) -> Result<Option<String>, RuntimeError> {
+    Ok(stamp::owner_in_state(&runc_state(root, id)?))
+}
+
+/// The gids a container with a user namespace maps 1:1 (the owner's groups), from runc's
+/// state; `None` when it has no user namespace.
+fn userns_gids(state: &Value) -> Option<Vec<u32>> {
+    let config = state.get("config")?;
+    let has_map = |k: &str| {
+        config
+            .get(k)
+            .and_then(Value::as_array)
+            .is_some_and(|a| !a.is_empty())
+    };
+    if !has_map("uid_mappings") {
+        return None;
+    }
+    let gids = config
+        .get("gid_mappings")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|m| {
+            let n = |k: &str| m.get(k).and_then(Value::as_u64);
+            match (n("container_id"), n("host_id"), n("size")) {
+                (Some(c), Some(h), Some(1)) if c == h && c != 0 => u32::try_from(c).ok(),
+                _ => None,
+            }
+        })
+        .collect();
+    Some(gids)
+}
+
+/// runc's `state.json` of container `id` under `root`.
+fn runc_state(root: &Path, id: &str) -> Result<Value, RuntimeError> {
     if !owner::valid_container_id(id) {
         return Err(OwnerError::BadId(id.to_string()).into());
     }
@@ -332,8 +399,7 @@ pub fn stamped_owner(root: &Path, id: &str) -> Result<Option<String>, RuntimeErr
         reason,
     };
     let bytes = std::fs::read(&path).map_err(|e| state_err(e.to_string()))?;
-    let state: Value = serde_json::from_slice(&bytes).map_err(|e| state_err(e.to_string()))?;
-    Ok(stamp::owner_in_state(&state))
+    serde_json::from_slice(&bytes).map_err(|e| state_err(e.to_string()))
 }
 
 /// update: refuse device changes, and cut limits to the owner's ceilings (`docker update`

@@ -84,7 +84,10 @@ pub fn bundle_spec(bundle: &Path, runc: &Path, args: &[&str]) -> Vec<u8> {
         .unwrap(),
     )
     .unwrap();
+    // Docker resolved its default profile for its default capabilities: the two go together
+    // (labgpu recognises the default only for the capabilities it was resolved for).
     spec["linux"]["seccomp"] = docker["linux"]["seccomp"].clone();
+    spec["process"]["capabilities"] = docker["process"]["capabilities"].clone();
     spec["process"]["terminal"] = json!(false);
     spec["process"]["args"] = json!(args);
     spec["process"]["env"] = json!(["PATH=/bin", "NVIDIA_VISIBLE_DEVICES=all"]);

@@ -14,6 +14,7 @@ pub mod seccomp;
 pub mod security;
 pub mod stamp;
 pub mod system_paths;
+pub mod userns;
 
 use std::path::PathBuf;
 
@@ -64,6 +65,17 @@ pub enum EditError {
     },
     #[error(transparent)]
     Cap(#[from] crate::fairshare::cap::CapError),
+    #[error("the spec already has a user namespace, so Docker's userns-remap is on: userns = \"owner\" in {section} needs dockerd without userns-remap")]
+    UsernsRemap { section: String },
+    #[error("joining the {ns} namespace {path} is not possible with userns = \"owner\" ({section}): {reason}")]
+    UsernsJoin {
+        ns: String,
+        path: String,
+        reason: String,
+        section: String,
+    },
+    #[error("the host's {ns} namespace cannot be used with userns = \"owner\" ({section}): it belongs to no user namespace of the owner's (allow_host_namespaces)")]
+    UsernsHostNamespace { ns: String, section: String },
     #[error("the spec's {field} is malformed: {reason}")]
     Malformed { field: &'static str, reason: String },
 }
@@ -97,6 +109,7 @@ pub fn apply_all(spec: &mut Value, d: &Decision, report: &mut Report) -> Result<
     nvidia::apply(spec, report);
     cdi::apply(spec, d, report)?;
     fairshare::apply(spec, d, report)?;
+    userns::apply(spec, d, report)?;
     if let Some(process) = spec.get_mut("process") {
         process::sanitize(process, &d.process, report)?;
     }
@@ -140,6 +153,8 @@ pub(crate) mod testing {
                 no_new_privileges: true,
                 user: None,
                 allow_unconfined: false,
+                userns: false,
+                extra_gids: Vec::new(),
             },
             allow_privileged: false,
             allow_host_namespaces: false,
@@ -157,6 +172,7 @@ pub(crate) mod testing {
             ceilings: Default::default(),
             user_cgroups: "labgpu".into(),
             cgroup_driver: crate::fairshare::cgroup::Driver::Cgroupfs,
+            userns: None,
             container_id: "cid".into(),
             policy_sha256: "00".repeat(32),
         }

@@ -114,11 +114,20 @@ pub fn host_path_allowed(
 ) -> Result<bool, EditError> {
     Ok(d.bind_allow.iter().any(|p| is_under(resolved, p))
         || cdi_owned(resolved, destination, d)
+        || gpu_node_bound(resolved, destination, d)
         || docker_owned(resolved, destination, d)?
         || (destination == "/sbin/docker-init"
             && DOCKER_INIT
                 .iter()
                 .any(|p| resolved == resolve_host(Path::new(p)))))
+}
+
+/// An owned GPU node at its own place, as `edits::userns` binds them in a user namespace.
+fn gpu_node_bound(source: &Path, destination: &str, d: &Decision) -> bool {
+    d.userns.is_some()
+        && d.nodes
+            .iter()
+            .any(|n| n.container_path == destination && source == resolve_host(&n.host_path))
 }
 
 /// A driver file the CDI spec mounts for the owner's GPUs, at exactly its destination.

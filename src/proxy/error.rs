@@ -110,6 +110,37 @@ impl RuleError {
     }
 }
 
+impl RuleError {
+    /// A short stable name for the metrics' `reason` label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            RuleError::BadPath(_) => "bad_path",
+            RuleError::OldApi(_) => "old_api",
+            RuleError::FormBody(_) => "form_body",
+            RuleError::NotAllowed { .. } => "endpoint_not_allowed",
+            RuleError::AdminOnly { .. } => "admin_only",
+            RuleError::BadJson(_) | RuleError::BadField { .. } | RuleError::DuplicateKey { .. } => {
+                "malformed_body"
+            }
+            RuleError::BadFilters(_) | RuleError::BadQuery(_) => "malformed_query",
+            RuleError::Deadline(_) => "deadline",
+            RuleError::Privileged { .. } => "privileged",
+            RuleError::HostNamespace { .. } => "host_namespace",
+            RuleError::CgroupParent { .. } => "cgroup_parent",
+            RuleError::Unconfined { .. } => "unconfined",
+            RuleError::BindNotAllowed { .. } => "bind_not_allowed",
+            RuleError::DeviceNotAllowed { .. } => "device_not_allowed",
+            RuleError::UpdateRefused { .. } => "update_refused",
+            RuleError::BuildRemote(_) => "build_remote",
+            RuleError::BadContainerRef(_) => "bad_container_ref",
+            RuleError::BuildKit => "buildkit",
+            RuleError::UnknownField { .. } => "unknown_field",
+            RuleError::FieldRefused { .. } => "field_refused",
+            RuleError::ValueRefused { .. } => "value_refused",
+        }
+    }
+}
+
 /// What the server must do with a request from a policy user.
 
 #[derive(Debug, thiserror::Error)]
@@ -166,6 +197,28 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
+    /// A short stable name for the metrics' `reason` label (the refusals by reason).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ProxyError::Rule(e) => e.reason(),
+            ProxyError::Identity(_) => "unknown_user",
+            ProxyError::Archive(_) => "archive",
+            ProxyError::Policy(_) => "policy_unreadable",
+            ProxyError::UpstreamConnect { .. } | ProxyError::Upstream(_) => "docker_unreachable",
+            ProxyError::NoSuchContainer(_) | ProxyError::NoSuchExec(_) => "no_such_object",
+            ProxyError::NotYours(_) | ProxyError::NotYoursObject { .. } => "not_yours",
+            ProxyError::Shared { .. } => "shared_object",
+            ProxyError::Load(_) => "image_load",
+            ProxyError::UpstreamStatus { .. } => "docker_refused",
+            ProxyError::Body(_) | ProxyError::MissingParam(_) => "malformed_request",
+            ProxyError::Record(_) => "record_failed",
+            ProxyError::Slurm(_) => "slurm",
+            ProxyError::BuildsNeedNoGpu { .. } | ProxyError::BuildsNeedDefaultRuntime { .. } => {
+                "builds_disabled"
+            }
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::Rule(e) => {
@@ -192,6 +245,34 @@ impl ProxyError {
             ProxyError::BuildsNeedNoGpu { .. } | ProxyError::BuildsNeedDefaultRuntime { .. } => {
                 StatusCode::FORBIDDEN
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The metrics' `reason` label: one per kind of refusal, the policy's refusals by name.
+    #[test]
+    fn refusals_have_stable_reasons() {
+        let privileged = RuleError::Privileged {
+            user: "bob".into(),
+            section: "[users.bob]".into(),
+        };
+        assert_eq!(ProxyError::from(privileged).reason(), "privileged");
+        assert_eq!(ProxyError::NotYours("c1".into()).reason(), "not_yours");
+        let bind = RuleError::BindNotAllowed {
+            path: "/etc".into(),
+            user: "bob".into(),
+            section: "[users.bob]".into(),
+        };
+        assert_eq!(ProxyError::from(bind).reason(), "bind_not_allowed");
+        for r in ["privileged", "not_yours", "bind_not_allowed"] {
+            assert!(
+                r.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{r}"
+            );
         }
     }
 }

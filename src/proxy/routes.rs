@@ -36,6 +36,8 @@ pub enum Route {
     Images(ImageRoute),
     Volumes(VolumeRoute),
     Networks(NetworkRoute),
+    /// `GET /labgpu/top`: labgpu's own, read-only: the caller's part of `labgpu top`.
+    Top,
 }
 
 /// The path without its `/v1.41` version prefix.
@@ -118,6 +120,7 @@ pub fn classify(method: &Method, path: &str) -> Result<Route, RuleError> {
         ["commit"] if post => Ok(Route::Commit),
         ["events"] if get => Ok(Route::Listing(Listing::Events)),
         ["system", "df"] if get => Ok(Route::DiskUsage),
+        ["labgpu", "top"] if get => Ok(Route::Top),
         ["build"] if post => Ok(Route::Build),
         ["build", "prune" | "cancel"] if post => Ok(Route::Forward),
         ["images", ..] => images(method, &segs[1..]).ok_or_else(not_allowed),
@@ -256,6 +259,15 @@ mod tests {
         assert_eq!(c(Method::GET, "/v1.41/system/df"), Ok(Route::DiskUsage));
         assert_eq!(c(Method::POST, "/v1.41/build"), Ok(Route::Build));
         assert_eq!(c(Method::POST, "/v1.41/session"), Ok(Route::Forward));
+        assert_eq!(c(Method::GET, "/labgpu/top"), Ok(Route::Top));
+        assert!(matches!(
+            c(Method::POST, "/labgpu/top"),
+            Err(RuleError::NotAllowed { .. })
+        ));
+        assert!(matches!(
+            c(Method::GET, "/labgpu/records"),
+            Err(RuleError::NotAllowed { .. })
+        ));
         assert_eq!(c(Method::HEAD, "/_ping"), Ok(Route::Forward));
         assert_eq!(
             c(

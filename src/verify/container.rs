@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use super::{
     devices, fairshare, finding, mounts, namespaces, owner, process, settle, slurm, system_paths,
+    userns,
 };
 use super::{ContainerAudit, Finding, Kind, Status};
 use crate::decide::{decide_for_user, Decision};
@@ -179,6 +180,7 @@ impl Ctx<'_> {
         found.extend(system_paths::check(self, s, d));
         found.extend(mounts::check(self, s, d));
         found.extend(fairshare::check(&s.proc_dir, d));
+        found.extend(userns::check(self, s, d));
         a.findings.extend(found);
     }
 }
