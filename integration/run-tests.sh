@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The test command: formatting, clippy, the Rust tests, the real-Docker e2e, proxy, Slurm,
-# shell (sshd logins, labgpu user), seccomp and top (labgpu top and the metrics) suites, the
-# fuzz targets (integration/fuzz.sh, 60 s each), then the VM lane (integration/vm/lane.sh:
-# the .deb installed on systemd + cgroup v2 + Docker 26). Every step runs even if an earlier
-# one failed; exits non-zero if any failed. Ends with one line per step: minutes, and its
-# "N passed, N failed" where it has one.
+# The test command: formatting, clippy, the Rust tests, the real-Docker e2e, proxy,
+# fair-share, Slurm, shell (sshd logins, labgpu user), seccomp and top (labgpu top and the
+# metrics) suites, the fuzz targets (integration/fuzz.sh, 60 s each), then the VM lane
+# (integration/vm/lane.sh: the .deb installed on systemd + cgroup v2 + Docker 26). Every
+# step runs even if an earlier one failed; exits non-zero if any failed. Ends with one line
+# per step: minutes, and its "N passed, N failed" where it has one.
 #
 #   bash integration/run-tests.sh            (as root, for the e2e suites and the VM)
 #   LABGPU_SKIP_VM=1 bash integration/run-tests.sh    without the VM lane (quick local runs)
@@ -75,6 +75,7 @@ fi
 step cargo-test cargo test --release
 step e2e timeout 600 bash "$LG_REPO/integration/e2e.sh"
 step proxy timeout 600 bash "$LG_REPO/integration/proxy.sh"
+step fairshare timeout 600 bash "$LG_REPO/integration/fairshare.sh"
 # Host lane only: a one-node Slurm (Debian's packages) in front of the private dockerd.
 step slurm timeout 600 bash "$LG_REPO/integration/slurm.sh"
 step shell timeout 600 bash "$LG_REPO/integration/shell.sh"

@@ -6,6 +6,8 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use crate::cdi::{self, CdiError};
+use crate::fairshare::cgroup::{Driver, Placement};
+use crate::fairshare::Ceilings;
 use crate::gpu::{DevNode, GpuError, Grant, Inventory};
 use crate::paths::normalize;
 use crate::policy::{Policy, RunAs, Unlabeled, UserMount, UserPolicy};
@@ -74,6 +76,12 @@ pub struct Decision {
     pub runc_root: Option<PathBuf>,
     /// Driver files for the owned GPUs from NVIDIA's CDI spec.
     pub cdi: Option<cdi::Edits>,
+    /// The owner's fair-share ceilings (none without an owner).
+    pub ceilings: Ceilings,
+    /// `[runtime] user_cgroups`.
+    pub user_cgroups: String,
+    /// How runc was told to make cgroups (`--systemd-cgroup`); set by the runtime.
+    pub cgroup_driver: Driver,
     /// The owner's user namespace (`userns = "owner"`).
     pub userns: Option<Plan>,
     /// Edits dockerd may have applied from CDI specs itself (`--device nvidia.com/gpu=N`
@@ -141,6 +149,16 @@ impl ProcessRules {
 }
 
 impl Decision {
+    /// The owner's parent cgroup, when their ceilings need one.
+    pub fn placement(&self) -> Option<Placement> {
+        let owner = self.owner.as_ref()?;
+        self.ceilings.needs_parent().then(|| Placement {
+            driver: self.cgroup_driver,
+            name: self.user_cgroups.clone(),
+            user: owner.clone(),
+        })
+    }
+
     /// The policy section a refusal should point the admin to.
     pub fn section(&self) -> String {
         match &self.owner {
@@ -305,6 +323,12 @@ pub fn decide_for_user(
             .collect(),
         runc_root: None,
         cdi,
+        ceilings: match (owner, user) {
+            (Some(o), Some(u)) => Ceilings::for_user(policy, o, u),
+            _ => Ceilings::default(),
+        },
+        user_cgroups: policy.runtime.user_cgroups.0.clone(),
+        cgroup_driver: Driver::Cgroupfs,
         userns: plan,
         docker_cdi: cdi::DockerApplied::default(),
         container_id: container_id.to_string(),

@@ -8,7 +8,9 @@
 //! for the user's own container and enters it. `slurm` ties a
 //! container to the Slurm job its creator runs in: the proxy records the job, the runtime
 //! grants that job's GPUs on this node, and `labgpu slurm epilog` removes the containers
-//! when the job ends. `seccomp` models Docker's
+//! when the job ends. `fairshare` caps each user rather than each container: the runtime
+//! puts a container under its owner's parent cgroup and cuts its limits to the owner's
+//! ceilings, and the proxy keeps the parents on the policy and checks host ports. `seccomp` models Docker's
 //! default seccomp profiles, so that a default resolved for capabilities labgpu cuts is
 //! replaced, and a custom profile allows no more than the default would. `top` shows who
 //! uses which GPU (`labgpu top`, and the proxy's `/labgpu/top` for users) and writes the
@@ -21,6 +23,7 @@ pub mod cli_args;
 pub mod decide;
 pub mod docker_api;
 pub mod edits;
+pub mod fairshare;
 pub mod gpu;
 pub mod log;
 pub mod owner;

@@ -8,6 +8,8 @@ use std::str::FromStr;
 use serde::{Deserialize, Deserializer};
 use sha2::{Digest, Sha256};
 
+use crate::fairshare::{ByteSize, Cpus, PortRange};
+
 pub const DEFAULT_POLICY_PATH: &str = "/etc/labgpu/policy.toml";
 pub const POLICY_ENV: &str = "LABGPU_POLICY";
 
@@ -74,6 +76,10 @@ pub struct RuntimeSection {
     /// default: `data-root` of /etc/docker/daemon.json, else /var/lib/docker.
     pub docker_root: Option<AbsPath>,
     pub log: Option<AbsPath>,
+    /// The name under which each user's parent cgroup lives (fair share): `/<name>/<user>`
+    /// under the cgroupfs driver, `<name>-<user>.slice` (in `<name>.slice`) under systemd's.
+    #[serde(default = "default_user_cgroups")]
+    pub user_cgroups: CgroupName,
 }
 
 impl Default for RuntimeSection {
@@ -84,7 +90,33 @@ impl Default for RuntimeSection {
             unlabeled: Unlabeled::default(),
             docker_root: None,
             log: None,
+            user_cgroups: default_user_cgroups(),
         }
+    }
+}
+
+fn default_user_cgroups() -> CgroupName {
+    CgroupName("labgpu".into())
+}
+
+/// A cgroup directory and slice name part: lower-case letters, digits and `_` (no `-`,
+/// which systemd reads as a level of slices).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupName(pub String);
+
+impl<'de> Deserialize<'de> for CgroupName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let ok = !s.is_empty()
+            && s.len() <= 32
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !ok {
+            return Err(serde::de::Error::custom(format!(
+                "user_cgroups {s:?} must be lower-case letters, digits and _ (at most 32)"
+            )));
+        }
+        Ok(CgroupName(s))
     }
 }
 
@@ -570,6 +602,15 @@ pub struct Defaults {
     /// The login container `labgpu shell` keeps for each user.
     #[serde(default)]
     pub session: SessionSettings,
+    /// Fair share (`fairshare`): ceilings on the sum of each user's containers.
+    pub cpus: Option<Cpus>,
+    pub memory: Option<ByteSize>,
+    pub pids: Option<u64>,
+    /// The largest /dev/shm of one container.
+    pub shm_size: Option<ByteSize>,
+    /// Host ports every user may publish through the proxy (a user's own `ports` add to it).
+    #[serde(default)]
+    pub ports: Vec<PortRange>,
 }
 
 impl Default for Defaults {
@@ -590,6 +631,11 @@ impl Default for Defaults {
             seccomp_profiles: Vec::new(),
             writable_volumes: Vec::new(),
             session: SessionSettings::default(),
+            cpus: None,
+            memory: None,
+            pids: None,
+            shm_size: None,
+            ports: Vec::new(),
         }
     }
 }
@@ -654,6 +700,13 @@ pub struct UserPolicy {
     /// Overrides `[defaults] session`, key by key.
     #[serde(default)]
     pub session: SessionSettings,
+    pub cpus: Option<Cpus>,
+    pub memory: Option<ByteSize>,
+    pub pids: Option<u64>,
+    pub shm_size: Option<ByteSize>,
+    /// Host ports only this user may publish (overlaps with others' are policy errors).
+    #[serde(default)]
+    pub ports: Vec<PortRange>,
 }
 
 /// `session = { image = "…", stop_on_exit = false, shell = "/bin/bash" }`: the container a
@@ -861,8 +914,23 @@ impl Policy {
             }
         }
         policy.check_slurm().map_err(invalid)?;
+        crate::fairshare::check_ports(&policy).map_err(invalid)?;
+        let pids = std::iter::once(("[defaults]".to_string(), policy.defaults.pids)).chain(
+            policy
+                .users
+                .iter()
+                .map(|(n, u)| (format!("[users.{n}]"), u.pids)),
+        );
+        for (section, pids) in pids {
+            if pids == Some(0) {
+                return Err(invalid(format!(
+                    "{section} pids = 0 would stop every container from starting"
+                )));
+            }
+        }
         for (name, user) in &policy.users {
-            if !valid_user_name(name) {
+            // The name is a directory of the user's cgroup.
+            if !valid_user_name(name) || name == "." || name == ".." {
                 return Err(invalid(format!("[users.{name}] is not a valid user name")));
             }
             if user.uid.is_some() != user.gid.is_some() {

@@ -12,6 +12,9 @@ use serde_json::Value;
 use crate::argv::{container_id, flag_value, has_flag, Invocation};
 use crate::decide::{self, decide, DecideError};
 use crate::edits::{self, stamp, EditError, Report};
+use crate::fairshare::cap::{cap_resources, Mode};
+use crate::fairshare::cgroup::{Cgroups, Driver};
+use crate::fairshare::Ceilings;
 use crate::gpu::{inventory_for, GpuError, Purpose};
 use crate::owner::{self, OwnerError};
 use crate::policy::{policy_path, Policy, PolicyError, Unlabeled};
@@ -88,6 +91,17 @@ pub enum RuntimeError {
     },
     #[error("labgpu stopped on an internal error ({0}), so runc was not run; this is a bug in labgpu, please report it")]
     Panic(String),
+    #[error("cannot set up the parent cgroup of {owner}'s containers (fair share: cpus, memory, pids in [defaults] or [users.{owner}]): {cause}")]
+    Cgroup {
+        owner: String,
+        cause: crate::fairshare::cgroup::CgroupError,
+    },
+    #[error("{0}")]
+    UpdateCap(#[from] crate::fairshare::cap::CapError),
+    #[error("update flag {flag} is not allowed for {owner}'s containers: their limits are capped by the policy (cpus, memory, pids in [defaults] or [users.{owner}]); pass --resources")]
+    UpdateFlag { flag: String, owner: String },
+    #[error("update --resources {0} would need capping to the owner's ceilings: pass the resources on stdin (--resources -)")]
+    UpdateFile(String),
     #[error("{cause} ([users.{owner}] userns)")]
     Userns { owner: String, cause: RootfsError },
     #[error("runc {0} of a container with userns = \"owner\" is not supported; set userns = \"off\" for its owner to checkpoint and restore")]
@@ -229,8 +243,17 @@ fn prepare_create(
     }
     decision.docker_cdi =
         crate::cdi::docker_applied(&crate::cdi::docker_spec_dirs(Path::new(owner::DAEMON_JSON)));
+    decision.cgroup_driver = driver(inv);
     let mut report = Report::default();
     edits::apply_all(&mut spec, &decision, &mut report)?;
+    if let Some(placement) = decision.placement() {
+        Cgroups::system()
+            .prepare(&placement, &decision.ceilings)
+            .map_err(|source| RuntimeError::Cgroup {
+                owner: placement.user.clone(),
+                cause: source,
+            })?;
+    }
     spec::write_atomic(&config, &spec)?;
     if let Some(plan) = &decision.userns {
         let sources = userns_rootfs::idmapped_sources(&spec, &decision.docker_root);
@@ -315,6 +338,14 @@ fn prepare_exec(
     Ok(runc)
 }
 
+fn driver(inv: &Invocation) -> Driver {
+    if inv.systemd_cgroup {
+        Driver::Systemd
+    } else {
+        Driver::Cgroupfs
+    }
+}
+
 fn runc_root(inv: &Invocation) -> PathBuf {
     inv.root
         .clone()
@@ -370,8 +401,9 @@ fn runc_state(root: &Path, id: &str) -> Result<Value, RuntimeError> {
     serde_json::from_slice(&bytes).map_err(|e| state_err(e.to_string()))
 }
 
-/// update: refuse device changes. With `--resources -` the JSON is read from stdin and
-/// handed to runc through a memfd on fd 0, so runc reads exactly what was checked.
+/// update: refuse device changes, and cut limits to the owner's ceilings (`docker update`
+/// cannot raise a container above them). With `--resources -` the JSON is read from stdin
+/// and handed to runc through a memfd on fd 0, so runc reads exactly what was checked.
 fn prepare_update(
     argv: &[OsString],
     inv: &Invocation,
@@ -379,6 +411,25 @@ fn prepare_update(
 ) -> Result<PathBuf, RuntimeError> {
     let runc = find_runc(Policy::runc_hint(policy_path).as_deref())?;
     let sub = inv.sub_args(argv);
+    let ceilings = update_ceilings(sub, inv, policy_path)?;
+    if let Some((owner, c)) = &ceilings {
+        let flags = [
+            "--memory",
+            "--memory-swap",
+            "--cpu-quota",
+            "--cpu-period",
+            "--pids-limit",
+            "--memory-reservation",
+        ];
+        if let Some(flag) = flags.iter().find(|f| has_flag(sub, &[f])) {
+            if c.needs_parent() {
+                return Err(RuntimeError::UpdateFlag {
+                    flag: flag.to_string(),
+                    owner: owner.clone(),
+                });
+            }
+        }
+    }
     let Some(source) = flag_value(sub, &["--resources", "-r"]) else {
         return Ok(runc);
     };
@@ -386,12 +437,12 @@ fn prepare_update(
         let what = what.to_string();
         move |cause| RuntimeError::UpdateInput { what, cause }
     };
-    let bytes = if source == "-" {
+    let from_stdin = source == "-";
+    let bytes = if from_stdin {
         let mut buf = Vec::new();
         std::io::stdin()
             .read_to_end(&mut buf)
             .map_err(input_err("stdin"))?;
-        replay_stdin(&buf).map_err(input_err("stdin"))?;
         buf
     } else {
         std::fs::read(&source).map_err(input_err(&source.to_string_lossy()))?
@@ -399,7 +450,64 @@ fn prepare_update(
     if touches_devices(&bytes) {
         return Err(RuntimeError::UpdateDevices);
     }
+    let mut out = bytes;
+    if let Some((owner, c)) = &ceilings {
+        if let Some((capped, cuts)) = capped_update(&out, c)? {
+            if !from_stdin {
+                return Err(RuntimeError::UpdateFile(
+                    source.to_string_lossy().into_owned(),
+                ));
+            }
+            tracing::info!(owner = %owner, removed = ?cuts, "update cut to the ceilings");
+            out = capped;
+        }
+    }
+    if from_stdin {
+        replay_stdin(&out).map_err(input_err("stdin"))?;
+    }
     Ok(runc)
+}
+
+/// The owner of the container being updated and their ceilings; `None` when it has no
+/// owner or the policy sets no ceiling for them.
+fn update_ceilings(
+    sub: &[OsString],
+    inv: &Invocation,
+    policy_path: &Path,
+) -> Result<Option<(String, Ceilings)>, RuntimeError> {
+    let Some(id) = container_id(sub) else {
+        return Ok(None);
+    };
+    let root = runc_root(inv);
+    // No such container: runc says so itself.
+    if owner::valid_container_id(&id) && !root.join(&id).join("state.json").exists() {
+        return Ok(None);
+    }
+    let Some(owner) = stamped_owner(&root, &id)? else {
+        return Ok(None);
+    };
+    let policy = load_policy(policy_path)?;
+    let Some(user) = policy.user(&owner) else {
+        return Ok(None);
+    };
+    let c = Ceilings::for_user(&policy, &owner, user);
+    Ok((!c.is_empty()).then_some((owner, c)))
+}
+
+/// An update's resources after the cut, with a sentence per cut.
+type Capped = (Vec<u8>, Vec<String>);
+
+/// The update's resources cut to `c`: `None` when nothing was cut (or the input is not
+/// JSON, which runc rejects itself).
+fn capped_update(bytes: &[u8], c: &Ceilings) -> Result<Option<Capped>, RuntimeError> {
+    let Ok(mut v) = serde_json::from_slice::<Value>(bytes) else {
+        return Ok(None);
+    };
+    let cuts = cap_resources(&mut v, c, Mode::Present)?;
+    if cuts.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some((v.to_string().into_bytes(), cuts)))
 }
 
 fn touches_devices(resources: &[u8]) -> bool {

@@ -34,6 +34,35 @@ pub fn user_ctx() -> UserCtx {
         image_prefixes: prefixes("{user}/", "alice"),
         writable_volumes: vec!["scratch".into()],
         state_dir: PathBuf::from("/nonexistent/labgpu-fuzz-state"),
+        ports: vec![labgpu::fairshare::PortRange {
+            start: 20000,
+            end: 20099,
+        }],
+        ceilings: ceilings(),
+    }
+}
+
+/// alice's fair-share ceilings: 2 CPUs, 1g, 100 tasks, a 64m /dev/shm.
+pub fn ceilings() -> labgpu::fairshare::Ceilings {
+    use labgpu::fairshare::{ByteSize, Ceiling, Ceilings, Cpus};
+    let key = |k: &str| format!("[users.alice] {k}");
+    Ceilings {
+        cpus: Some(Ceiling {
+            value: Cpus::from_hundredths(200),
+            key: key("cpus"),
+        }),
+        memory: Some(Ceiling {
+            value: ByteSize(1 << 30),
+            key: key("memory"),
+        }),
+        pids: Some(Ceiling {
+            value: 100,
+            key: key("pids"),
+        }),
+        shm_size: Some(Ceiling {
+            value: ByteSize(64 << 20),
+            key: key("shm_size"),
+        }),
     }
 }
 
@@ -102,6 +131,9 @@ pub fn decision() -> Decision {
         seccomp_profiles: Vec::new(),
         runc_root: Some(PathBuf::from("/nonexistent/labgpu-fuzz-runc")),
         cdi: None,
+        ceilings: ceilings(),
+        user_cgroups: "labgpu".into(),
+        cgroup_driver: labgpu::fairshare::cgroup::Driver::Cgroupfs,
         container_id: "cid".into(),
         policy_sha256: "00".repeat(32),
     }

@@ -6,7 +6,7 @@
 # 1. install the .deb with apt: postinst registers the runtime and reloads the real
 #    docker.service (running containers keep running, dockerd keeps its pid);
 # 2. enable labgpu-proxy.service;
-# 3. the e2e and proxy suites against the system's Docker and the installed binary
+# 3. the e2e, proxy and fairshare suites against the system's Docker and the installed binary
 #    (LABGPU_E2E_SYSTEM_DOCKER=1): /var/run/docker.sock, /run/labgpu/docker.sock, runc state in
 #    /run/docker/runtime-runc/moby;
 # 4. apt purge, and what the README says purge leaves: no runtime in daemon.json or docker info,
@@ -146,12 +146,17 @@ suite() {
 }
 : >"$TMP/summary"
 : >"$TMP/times"
-suite e2e e2e.sh
+# $SHARE/suites (lane.sh's LABGPU_VM_SUITES) names the suites to run; all by default.
+SUITES="$(cat "$SHARE/suites" 2>/dev/null || echo "e2e proxy fairshare")"
+want() { [[ " $SUITES " == *" $1 "* ]]; }
+want e2e && suite e2e e2e.sh
 # Builds through the proxy run their steps under labgpu only as Docker's default runtime.
 check "labgpu setup docker --default, systemctl reload docker (for builds)" \
     sh -c 'labgpu setup docker --default && systemctl reload docker'
 check "docker info: default runtime labgpu" eventually 15 default_runtime_is labgpu
-suite proxy proxy.sh
+want proxy && suite proxy proxy.sh
+# Per-user parents as systemd slices (cgroup v2), through labgpu-proxy.service.
+want fairshare && suite fairshare fairshare.sh
 
 section "a login through labgpu-shell (the installed proxy, Docker's own CLI)"
 pass_before=$pass fail_before=$fail

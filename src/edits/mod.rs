@@ -6,6 +6,7 @@
 pub mod annotations;
 pub mod cdi;
 pub mod devices;
+pub mod fairshare;
 pub mod mounts;
 pub mod nvidia;
 pub mod process;
@@ -62,6 +63,8 @@ pub enum EditError {
         cause: crate::seccomp::SeccompError,
         section: String,
     },
+    #[error(transparent)]
+    Cap(#[from] crate::fairshare::cap::CapError),
     #[error("the spec already has a user namespace, so Docker's userns-remap is on: userns = \"owner\" in {section} needs dockerd without userns-remap")]
     UsernsRemap { section: String },
     #[error("joining the {ns} namespace {path} is not possible with userns = \"owner\" ({section}): {reason}")]
@@ -106,6 +109,7 @@ pub fn apply_all(spec: &mut Value, d: &Decision, report: &mut Report) -> Result<
     mounts::apply(spec, d, report)?;
     nvidia::apply(spec, report);
     cdi::apply(spec, d, report)?;
+    fairshare::apply(spec, d, report)?;
     userns::apply(spec, d, report)?;
     if let Some(process) = spec.get_mut("process") {
         process::sanitize(process, &d.process, report)?;
@@ -166,6 +170,9 @@ pub(crate) mod testing {
             seccomp_profiles: Vec::new(),
             runc_root: None,
             cdi: None,
+            ceilings: Default::default(),
+            user_cgroups: "labgpu".into(),
+            cgroup_driver: crate::fairshare::cgroup::Driver::Cgroupfs,
             userns: None,
             docker_cdi: Default::default(),
             container_id: "cid".into(),

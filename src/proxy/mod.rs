@@ -15,6 +15,7 @@
 
 pub mod archive;
 pub mod body;
+pub mod cgroups;
 pub mod containers;
 pub mod error;
 pub mod exec;

@@ -34,7 +34,7 @@ pub struct State {
     pub upstream: PathBuf,
     pub policy: PathBuf,
     pub proc_root: PathBuf,
-    pub policies: PolicyCache,
+    pub policies: Arc<PolicyCache>,
     pub conns: Arc<Connections>,
     pub refusals: Arc<Refusals>,
     /// The last look at the host, for `/labgpu/top`.
@@ -53,7 +53,7 @@ pub async fn serve(opts: Options) -> anyhow::Result<()> {
         upstream: opts.upstream.clone(),
         policy: opts.policy.clone(),
         proc_root: PathBuf::from("/proc"),
-        policies: PolicyCache::default(),
+        policies: Arc::new(PolicyCache::default()),
         conns: Arc::new(Connections::default()),
         refusals: Arc::new(Refusals::default()),
         views: observe::ViewCache::default(),
@@ -71,6 +71,10 @@ pub async fn serve(opts: Options) -> anyhow::Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     tokio::spawn(prune_records(opts.policy.clone()));
+    tokio::spawn(super::cgroups::follow_policy(
+        opts.policy.clone(),
+        state.policies.clone(),
+    ));
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {

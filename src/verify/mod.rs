@@ -4,6 +4,7 @@
 
 mod container;
 mod devices;
+mod fairshare;
 mod mounts;
 mod namespaces;
 mod owner;
@@ -142,13 +143,15 @@ pub enum Kind {
     Userns,
     /// Its Slurm job is over or someone else's, or holds other GPUs than it can reach.
     Slurm,
+    /// Its owner has fair-share ceilings, but it runs outside their parent cgroup.
+    FairShare,
     /// The container could not be audited.
     Unreadable,
 }
 
 impl Kind {
     /// Every kind, for reports that list kinds with no findings too (the metrics).
-    pub const ALL: [Kind; 16] = [
+    pub const ALL: [Kind; 17] = [
         Kind::Bypass,
         Kind::ForeignGpu,
         Kind::Drift,
@@ -164,6 +167,7 @@ impl Kind {
         Kind::Owner,
         Kind::Userns,
         Kind::Slurm,
+        Kind::FairShare,
         Kind::Unreadable,
     ];
 
@@ -185,6 +189,7 @@ impl Kind {
             Kind::Owner => "owner",
             Kind::Userns => "userns",
             Kind::Slurm => "slurm",
+            Kind::FairShare => "fair-share",
             Kind::Unreadable => "unreadable",
         }
     }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{Map, Value};
 
 use super::mounts::{check_binds, check_devices, check_mounts};
-use super::storage;
+use super::{fairshare, storage};
 use crate::edits::{annotations, system_paths};
 use crate::proxy::error::RuleError;
 use crate::proxy::request::{
@@ -71,7 +71,8 @@ const HOST_CONFIG: &[(&str, Field)] = &[
     ("ContainerIDFile", Free),
     ("LogConfig", Checked),
     ("NetworkMode", Checked),
-    ("PortBindings", Free),
+    // Host ports only from the caller's `ports` (fairshare::check_ports).
+    ("PortBindings", Checked),
     ("RestartPolicy", Free),
     ("AutoRemove", Free),
     ("VolumeDriver", Checked),
@@ -93,14 +94,14 @@ const HOST_CONFIG: &[(&str, Field)] = &[
     ("OomScoreAdj", Checked),
     ("PidMode", Checked),
     ("Privileged", Checked),
-    ("PublishAllPorts", Free),
+    ("PublishAllPorts", Checked),
     ("ReadonlyRootfs", Free),
     ("SecurityOpt", Checked),
     ("StorageOpt", Checked),
     ("Tmpfs", Free),
     ("UTSMode", Checked),
     ("UsernsMode", Checked),
-    ("ShmSize", Free),
+    ("ShmSize", Checked),
     // Docker accepts only namespaced sysctls, and runc checks again.
     ("Sysctls", Free),
     ("Runtime", Checked),
@@ -393,6 +394,10 @@ pub fn rewrite_create(
     check_system_paths(hc, ctx)?;
     check_small_fields(hc)?;
     check_log_config(hc)?;
+    fairshare::check_ports(hc, ctx)?;
+    if let Some(cut) = fairshare::cap_shm(hc, ctx)? {
+        tracing::info!(user = %ctx.name, "{cut}");
+    }
     check_binds(hc, ctx, resolve)?;
     check_mounts(hc, ctx, resolve)?;
     check_devices(hc, ctx, resolve)?;

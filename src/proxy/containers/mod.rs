@@ -11,6 +11,7 @@ use serde_json::Value;
 use tracing::{info, warn};
 
 mod create;
+mod fairshare;
 mod mounts;
 mod slurm;
 mod storage;
@@ -251,7 +252,7 @@ pub async fn by_id(
     if rest == "update" && req.method() == Method::POST {
         let (parts, body) = req.into_parts();
         let mut v = read_json(body, call.max_body()).await?;
-        check_update(&mut v)?;
+        check_update(&mut v, &call.ctx.ceilings)?;
         return forward(call.state, with_json(parts, &v)).await;
     }
     let removing = rest.is_empty() && req.method() == Method::DELETE;
@@ -265,7 +266,10 @@ pub async fn by_id(
 
 /// `POST /containers/{id}/update`: resource limits may change, devices may not (the
 /// runtime refuses device changes too; this says so before Docker half-applies them).
-pub fn check_update(body: &mut Value) -> Result<(), RuleError> {
+pub fn check_update(
+    body: &mut Value,
+    ceilings: &crate::fairshare::Ceilings,
+) -> Result<(), RuleError> {
     let Some(obj) = as_object_mut(body, "body")? else {
         return Ok(());
     };
@@ -291,7 +295,7 @@ pub fn check_update(body: &mut Value) -> Result<(), RuleError> {
             });
         }
     }
-    Ok(())
+    fairshare::check_update_limits(obj, ceilings)
 }
 /// Whether an inspected container (`GET /containers/{id}/json`) is the caller's.
 pub fn owned_by(inspect: &Value, owner_label: &str, name: &str) -> bool {
@@ -310,8 +314,16 @@ mod tests {
 
     #[test]
     fn update_may_not_touch_devices() {
-        check_update(&mut json!({"Memory": 1000000, "CpuShares": 2})).unwrap();
-        check_update(&mut json!({"Devices": [], "DeviceCgroupRules": null})).unwrap();
+        check_update(
+            &mut json!({"Memory": 1000000, "CpuShares": 2}),
+            &Default::default(),
+        )
+        .unwrap();
+        check_update(
+            &mut json!({"Devices": [], "DeviceCgroupRules": null}),
+            &Default::default(),
+        )
+        .unwrap();
         for body in [
             json!({"Devices": [{"PathOnHost": "/dev/nvidia1"}]}),
             json!({"devicecgrouprules": ["c 195:* rwm"]}),
@@ -320,7 +332,7 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    check_update(&mut body.clone()),
+                    check_update(&mut body.clone(), &Default::default()),
                     Err(RuleError::UpdateRefused { .. })
                 ),
                 "{body}"
