@@ -163,6 +163,12 @@ pub enum ProxyError {
     BuildsNeedNoGpu { policy: PathBuf },
     #[error("builds are not allowed: dockerd's default runtime is {default:?}, so build steps would run without labgpu; the administrator runs `labgpu setup docker --default` (runtime {runtime:?})")]
     BuildsNeedDefaultRuntime { default: String, runtime: String },
+    #[error("BuildKit builds are not allowed: dockerd {version} runs BuildKit's build steps with plain runc, outside labgpu (Docker 26 or later lets labgpu run them); build with the classic builder: DOCKER_BUILDKIT=0 docker build …")]
+    BuildKitOldDocker { version: String },
+    #[error("BuildKit builds are not allowed: dockerd's DOCKER_BUILDKIT_RUNC_COMMAND is {found}, not labgpu ({}), so build steps would run outside labgpu; the administrator runs `labgpu setup docker` and restarts Docker", labgpu.display())]
+    BuildKitRunc { found: String, labgpu: PathBuf },
+    #[error("BuildKit session refused: {0}")]
+    BuildKitSession(String),
 }
 
 impl ProxyError {
@@ -189,9 +195,11 @@ impl ProxyError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ProxyError::Slurm(_) => StatusCode::FORBIDDEN,
-            ProxyError::BuildsNeedNoGpu { .. } | ProxyError::BuildsNeedDefaultRuntime { .. } => {
-                StatusCode::FORBIDDEN
-            }
+            ProxyError::BuildsNeedNoGpu { .. }
+            | ProxyError::BuildsNeedDefaultRuntime { .. }
+            | ProxyError::BuildKitOldDocker { .. }
+            | ProxyError::BuildKitRunc { .. }
+            | ProxyError::BuildKitSession(_) => StatusCode::FORBIDDEN,
         }
     }
 }

@@ -13,6 +13,7 @@
 
 pub mod archive;
 pub mod body;
+pub mod buildkit;
 pub mod containers;
 pub mod error;
 pub mod exec;

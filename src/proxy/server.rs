@@ -26,7 +26,7 @@ use super::limits::{self, Connections, IdleTimeout, PolicyCache};
 use super::request::{check_content_types, user_ctx, UserCtx};
 use super::routes::{self, Route};
 use super::upstream::forward;
-use super::{containers, exec, images, networks, system, volumes, Options};
+use super::{buildkit, containers, exec, images, networks, system, volumes, Options};
 use crate::policy::Policy;
 
 pub struct State {
@@ -35,6 +35,8 @@ pub struct State {
     pub proc_root: PathBuf,
     pub policies: PolicyCache,
     pub conns: Arc<Connections>,
+    /// Whose BuildKit builds and sessions are whose.
+    pub builds: Arc<super::buildkit::builds::Builds>,
 }
 
 pub async fn serve(opts: Options) -> anyhow::Result<()> {
@@ -45,6 +47,7 @@ pub async fn serve(opts: Options) -> anyhow::Result<()> {
         proc_root: PathBuf::from("/proc"),
         policies: PolicyCache::default(),
         conns: Arc::new(Connections::default()),
+        builds: Arc::default(),
     });
     info!(
         listen = %opts.listen.display(),
@@ -350,6 +353,8 @@ async fn route(
         Route::Exec { id } => exec::by_id(&call, &id, req).await,
         Route::Commit => images::commit(&call, req).await,
         Route::Build => images::build(&call, req).await,
+        Route::BuildKitSession => buildkit::session(&call, req).await,
+        Route::BuildKit => buildkit::grpc(&call, req).await,
         Route::Images(r) => images::handle(&call, r, req).await,
         Route::Volumes(r) => volumes::handle(&call, r, req).await,
         Route::Networks(r) => networks::handle(&call, r, req).await,
