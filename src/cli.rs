@@ -58,8 +58,18 @@ pub fn main(argv: Vec<OsString>) -> i32 {
                     dry_run,
                     remove,
                     path,
+                    buildkit,
+                    systemd_dir,
                 },
-        } => setup::docker_cli(&config, default, dry_run, remove, path),
+        } => setup::docker_cli(
+            &config,
+            default,
+            dry_run,
+            remove,
+            path,
+            buildkit,
+            &systemd_dir,
+        ),
         Command_::Seccomp { command } => crate::seccomp::cmd::run(command),
         Command_::Slurm {
             command:

@@ -138,10 +138,16 @@ suite() {
 : >"$TMP/summary"
 : >"$TMP/times"
 suite e2e e2e.sh
-# Builds through the proxy run their steps under labgpu only as Docker's default runtime.
-check "labgpu setup docker --default, systemctl reload docker (for builds)" \
-    sh -c 'labgpu setup docker --default && systemctl reload docker'
+# Builds through the proxy run their steps under labgpu only as Docker's default runtime
+# (classic builder) and with the BuildKit drop-in (BuildKit), whose environment applies when
+# dockerd starts: this job restarts Docker, the package never does.
+check "labgpu setup docker --default --buildkit, daemon-reload, restart docker (for builds)" \
+    sh -c 'labgpu setup docker --default --buildkit && systemctl daemon-reload && systemctl restart docker'
+check "docker.service is active again" eventually 30 systemctl is-active --quiet docker.service
 check "docker info: default runtime labgpu" eventually 15 default_runtime_is labgpu
+check "dockerd runs BuildKit's steps with labgpu (DOCKER_BUILDKIT_RUNC_COMMAND)" \
+    sh -c 'tr "\0" "\n" <"/proc/$(systemctl show -p MainPID --value docker.service)/environ" | grep -qx DOCKER_BUILDKIT_RUNC_COMMAND=/usr/bin/labgpu'
+pid_before="$(docker_pid)"
 suite proxy proxy.sh
 
 section "apt purge labgpu (labgpu made Docker's default runtime first)"
@@ -156,6 +162,8 @@ if apt purge -y labgpu >"$TMP/purge.log" 2>&1; then ok "apt purge succeeds"; els
 grep -E 'labgpu|rror' "$TMP/purge.log" | grep -v '^WARNING: apt does not' | sed 's/^/     | /'
 check "package is gone" sh -c '! dpkg -s labgpu >/dev/null 2>&1'
 check "prerm says it reloaded Docker" grep -q 'labgpu: reloaded Docker' "$TMP/purge.log"
+check "the BuildKit drop-in is gone" test ! -e /etc/systemd/system/docker.service.d/labgpu-buildkit.conf
+check "prerm says BuildKit builds fail until Docker restarts" grep -q 'BuildKit builds on this Docker fail until it restarts' "$TMP/purge.log"
 check "no runtimes.labgpu left in daemon.json" jqt '(.runtimes // {}) | has("labgpu") | not' "$DAEMON_JSON"
 check "docker info no longer lists labgpu" eventually 15 lacks_runtime labgpu
 check "docker info: default runtime runc again" eventually 15 default_runtime_is runc

@@ -77,7 +77,7 @@ pub enum RuleError {
     BuildRemote(String),
     #[error("container name {0:?} is not a valid container name or id")]
     BadContainerRef(String),
-    #[error("BuildKit builds run their steps outside the labgpu runtime and are not allowed through the labgpu proxy; build with the classic builder: DOCKER_BUILDKIT=0 docker build …")]
+    #[error("BuildKit builds through POST /build (version=2, what Docker CLIs before 23 send) are not allowed through the labgpu proxy, which checks BuildKit builds on /grpc (docker buildx, with Docker 26 or later); build with the classic builder: DOCKER_BUILDKIT=0 docker build …")]
     BuildKit,
     #[error("{field} is not a field the labgpu proxy knows; it refuses what it cannot check")]
     UnknownField { field: String },
