@@ -6,7 +6,9 @@
 //! `proxy` is the identity-aware Docker socket in front of it all. `slurm` ties a
 //! container to the Slurm job its creator runs in: the proxy records the job, the runtime
 //! grants that job's GPUs on this node, and `labgpu slurm epilog` removes the containers
-//! when the job ends. `seccomp` models Docker's
+//! when the job ends. BuildKit builds: the proxy checks each gRPC call of a build
+//! (`proxy::buildkit`), and their `RUN` steps reach the runtime face as build steps
+//! (`runtime`, `edits::build_step`). `seccomp` models Docker's
 //! default seccomp profiles, so that a default resolved for capabilities labgpu cuts is
 //! replaced, and a custom profile allows no more than the default would.
 

@@ -209,8 +209,9 @@ fn classify(method: &str) -> Method {
             "ResolveImageConfig" | "ResolveSourceMeta" | "ReadFile" | "ReadDir" | "StatFile"
             | "Evaluate" | "Ping" | "Return" | "Inputs" | "Warn",
         ) => Method::Bridge { solve: false },
-        // The client's own trace spans, recorded with its build.
-        ("opentelemetry.proto.collector.trace.v1.TraceService", "Export") => Method::Pass,
+        // The client's own trace spans, recorded with its build; and a liveness probe.
+        ("opentelemetry.proto.collector.trace.v1.TraceService", "Export")
+        | ("grpc.health.v1.Health", "Check") => Method::Pass,
         _ => {
             Method::Refused("the labgpu proxy allows only the BuildKit calls of a build it checks")
         }

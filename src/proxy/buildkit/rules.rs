@@ -216,6 +216,9 @@ const PLAIN_OPTS: &[&str] = &[
     "requestid",
     "contextsubdir",
     "attest:provenance",
+    // Names of the caller's own session directories (a Dockerfile from stdin).
+    "dockerfilekey",
+    "contextkey",
 ];
 
 fn check_frontend_opt(k: &str, v: &str, ctx: &UserCtx) -> Result<(), BuildRuleError> {
@@ -237,7 +240,7 @@ fn check_frontend_opt(k: &str, v: &str, ctx: &UserCtx) -> Result<(), BuildRuleEr
         "cache-imports" | "cache-from" => Err(BuildRuleError::CacheImport(v.to_string())),
         "cgroup-parent" if v.is_empty() => Ok(()),
         "cgroup-parent" => Err(refuse("only the administrator places containers in cgroups")),
-        "context" | "dockerfilekey" | "contextkey" => Err(refuse(
+        "context" => Err(refuse(
             "dockerd would fetch a remote context itself, as root from the host's network; send the context from a local directory",
         )),
         NO_FORWARD_KEY | "source" => Err(refuse("build frontends other than dockerd's own are not allowed")),
