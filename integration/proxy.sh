@@ -507,7 +507,7 @@ RUN --mount=type=cache,target=/c,id=shared echo $token-planted >/c/planted"
 RUN --mount=type=cache,target=/c,id=shared sh -c 'echo $token-look; cat /c/planted >/seen 2>&1 || true'"
     if bk_build alice bkplant alice/bkplant "$plant" && bk_build bob bklook bob/bklook "$look"; then
         out="$(dk bob run --rm bob/bklook cat /seen 2>&1)"
-        if [[ $out == *planted* ]]; then fail buildx-cache-mount-per-user "bob's build saw: $out"; else
+        if [[ $out == *"$token-planted"* ]]; then fail buildx-cache-mount-per-user "bob's build saw: $out"; else
             pass buildx-cache-mount-per-user
         fi
         if bk_build alice bklook2 alice/bklook "$look"; then
