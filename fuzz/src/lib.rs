@@ -104,6 +104,7 @@ pub fn decision() -> Decision {
         cdi: None,
         container_id: "cid".into(),
         policy_sha256: "00".repeat(32),
+        build_step: false,
     }
 }
 
