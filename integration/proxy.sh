@@ -499,6 +499,12 @@ RUN echo syntax-ignored >/s"; then pass buildx-syntax-ignored; else fail buildx-
     elif [[ $OUT == *BUILDKIT_SYNTAX* ]]; then pass buildx-syntax-arg-refused; else
         fail buildx-syntax-arg-refused "$OUT"
     fi
+    # Git sources are cloned by dockerd as root: denied by the proxy's source policy.
+    if bk_build alice bkgit alice/bkgit "FROM $I
+ADD git@git.example.invalid:lab/repo.git /repo"; then fail buildx-git-source-refused "$OUT"
+    elif [[ $OUT == *"denied by policy"* ]]; then pass buildx-git-source-refused; else
+        fail buildx-git-source-refused "$OUT"
+    fi
     # Cache mounts are per user: alice plants a file in cache "shared", bob's build of the
     # same mount does not see it; alice's own next build does (the case can fail).
     local plant="FROM $I

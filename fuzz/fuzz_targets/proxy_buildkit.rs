@@ -5,7 +5,9 @@
 //! for no entitlement but the host network, which this caller may not have.
 #![no_main]
 
-use labgpu::proxy::buildkit::rules::{check_bridge_solve, check_solve, DOCKERFILE_FRONTEND};
+use labgpu::proxy::buildkit::rules::{
+    check_bridge_solve, check_solve, no_git_policy, DOCKERFILE_FRONTEND,
+};
 use labgpu::proxy::buildkit::wire::{self, BridgeSolveRequest, SolveRequest};
 use labgpu_fuzz::user_ctx;
 use libfuzzer_sys::fuzz_target;
@@ -31,6 +33,7 @@ fuzz_target!(|data: &[u8]| {
             assert!(out.frontend_attrs.contains_key("cmdline"));
             assert!(out.frontend.is_empty() || out.frontend == DOCKERFILE_FRONTEND);
             assert!(out.definition.is_none() && out.frontend_inputs.is_empty());
+            assert_eq!(out.source_policy, Some(no_git_policy()));
             assert!(out.entitlements.iter().all(|e| e == "network.host" && ctx.allow_host_network));
             let _ = wire::frame(&out);
         }
@@ -46,6 +49,7 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(out.frontend_opt["build-arg:BUILDKIT_CACHE_MOUNT_NS"], ns);
             assert_eq!(out.frontend, DOCKERFILE_FRONTEND);
             assert!(out.definition.is_none() && out.cache_imports.is_empty());
+            assert!(out.source_policies.is_empty());
             let _ = wire::frame(&out);
         }
     }

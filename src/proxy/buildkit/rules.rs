@@ -8,10 +8,18 @@
 //! - the frontend: dockerd's own Dockerfile frontend only, never a frontend image
 //!   (`# syntax=`, `BUILDKIT_SYNTAX`, `gateway.v0`) nor raw LLB, which could name any cache
 //!   mount; cache mounts are the caller's own through `BUILDKIT_CACHE_MOUNT_NS`;
+//! - sources: no git (BuildKit clones as root from the host, with root's ssh identity), by
+//!   a source policy the proxy sets (a user's own policy is refused: it could convert
+//!   sources around it);
 //! - caches: no cache imports (an imported cache is saved into the daemon's shared cache,
 //!   where another user's identical step would find a planted layer).
 
-use super::wire::{BridgeSolveRequest, CacheOptions, CacheOptionsEntry, Exporter, SolveRequest};
+use prost::Message;
+
+use super::wire::{
+    BridgeSolveRequest, CacheOptions, CacheOptionsEntry, Exporter, SolveRequest, SourcePolicy,
+    SourceRule, SourceSelector,
+};
 use crate::proxy::images::names;
 use crate::proxy::request::UserCtx;
 
@@ -57,6 +65,26 @@ pub enum BuildRuleError {
         "the build option {0:?} is not one the labgpu proxy knows; it refuses what it cannot check"
     )]
     UnknownOption(String),
+    #[error("source policies are not allowed through the labgpu proxy: the proxy sets the build's own (no git sources)")]
+    SourcePolicy,
+}
+
+/// Every git source (`ADD git@…`, `ADD https://…/x.git`, git build contexts; BuildKit names
+/// them all `git://…`): dockerd clones them as root, from the host's network, where root's
+/// ssh identity may reach what the user's does not. Clone the repository and send it as
+/// part of the context.
+pub fn no_git_policy() -> Vec<u8> {
+    SourcePolicy {
+        version: 1,
+        rules: vec![SourceRule {
+            action: 1,
+            selector: Some(SourceSelector {
+                identifier: "git://*".into(),
+                match_type: 0,
+            }),
+        }],
+    }
+    .encode_to_vec()
 }
 
 /// `Control/Solve`: the build as a whole. Returns the request to forward.
@@ -78,6 +106,10 @@ pub fn check_solve(
     if !req.frontend_inputs.is_empty() {
         return Err(BuildRuleError::FrontendInputs);
     }
+    if req.source_policy.is_some() {
+        return Err(BuildRuleError::SourcePolicy);
+    }
+    req.source_policy = Some(no_git_policy());
     if let Some(cache) = &req.cache {
         check_cache(cache)?;
     }
@@ -114,6 +146,9 @@ pub fn check_bridge_solve(
     }
     if let Some(first) = req.cache_imports.first() {
         return Err(BuildRuleError::CacheImport(first.r#type.clone()));
+    }
+    if !req.source_policies.is_empty() {
+        return Err(BuildRuleError::SourcePolicy);
     }
     check_frontend_opts(&mut req.frontend_opt, ctx, uid)?;
     Ok(req)

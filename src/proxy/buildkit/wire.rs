@@ -122,6 +122,34 @@ impl BridgeSolveRequest {
     pub const FIELDS: &'static [u32] = &[1, 2, 3, 5, 6, 10, 11, 12, 13, 14, 15];
 }
 
+/// `moby.buildkit.v1.sourcepolicy.Policy`: rules on the sources (images, git, http, local)
+/// a build may load; BuildKit applies the build's policy to every source it resolves.
+#[derive(Clone, PartialEq, Message)]
+pub struct SourcePolicy {
+    #[prost(int64, tag = "1")]
+    pub version: i64,
+    #[prost(message, repeated, tag = "2")]
+    pub rules: Vec<SourceRule>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct SourceRule {
+    /// PolicyAction: 0 allow, 1 deny, 2 convert.
+    #[prost(int32, tag = "1")]
+    pub action: i32,
+    #[prost(message, optional, tag = "2")]
+    pub selector: Option<SourceSelector>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct SourceSelector {
+    #[prost(string, tag = "1")]
+    pub identifier: String,
+    /// MatchType: 0 wildcard, 1 exact, 2 regex.
+    #[prost(int32, tag = "2")]
+    pub match_type: i32,
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum WireError {
     #[error("a gRPC request body must be one uncompressed message")]

@@ -258,3 +258,24 @@ fn cache_imports_are_refused_exports_limited() {
     });
     assert!(matches!(solve(m), Err(BuildRuleError::CacheExport(_))));
 }
+
+#[test]
+fn git_sources_are_denied_by_the_proxys_source_policy() {
+    let out = solve(buildx_solve()).unwrap();
+    let policy = wire::SourcePolicy::decode(out.source_policy.unwrap().as_slice()).unwrap();
+    assert_eq!(policy.version, 1);
+    let rule = &policy.rules[0];
+    assert_eq!(rule.action, 1, "deny");
+    let selector = rule.selector.as_ref().unwrap();
+    assert_eq!(
+        (selector.identifier.as_str(), selector.match_type),
+        ("git://*", 0)
+    );
+    // A user's own policy could allow or convert around it.
+    let mut m = buildx_solve();
+    m.source_policy = Some(vec![]);
+    assert_eq!(solve(m).unwrap_err(), BuildRuleError::SourcePolicy);
+    let mut b = buildx_bridge_solve();
+    b.source_policies.push(vec![]);
+    assert_eq!(bridge(b).unwrap_err(), BuildRuleError::SourcePolicy);
+}
