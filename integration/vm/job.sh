@@ -121,12 +121,20 @@ check "root through the proxy reaches Docker" \
     eventually 10 curl -sf --unix-socket /run/labgpu/docker.sock http://docker/_ping
 package_install_pass=$pass package_install_fail=$fail
 
+# The lane's LABGPU_VM_SUITES and LABGPU_VM_ONLY (lane.sh writes them into the share).
+SUITES="$(cat "$SHARE/suites" 2>/dev/null || echo e2e proxy)"
+ONLY="$(cat "$SHARE/only" 2>/dev/null)"
+
 # suite NAME SCRIPT: one suite against the system Docker; its summary line is kept.
 suite() {
     local name=$1 script=$2 t0=$SECONDS rc=0
-    section "$name suite (integration/$script, system Docker, /usr/bin/labgpu)"
+    if [[ " $SUITES " != *" $name "* ]]; then
+        echo "$name: skipped (LABGPU_VM_SUITES=$SUITES)" >>"$TMP/times"
+        return 0
+    fi
+    section "$name suite (integration/$script, system Docker, /usr/bin/labgpu)${ONLY:+, groups: $ONLY}"
     LABGPU_E2E_SYSTEM_DOCKER=1 LABGPU_E2E_BIN=/usr/bin/labgpu LABGPU_E2E_HOOK_LOG="$HOOK_LOG" \
-        LABGPU_E2E_TIMEOUT=120 \
+        LABGPU_E2E_TIMEOUT=120 LABGPU_E2E_ONLY="$ONLY" \
         timeout 1200 bash "$SHARE/integration/$script" 2>&1 | tee "$TMP/$name.log" || rc=$?
     local line
     line="$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$TMP/$name.log" | tail -n 1)"
