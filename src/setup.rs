@@ -477,6 +477,13 @@ pub fn docker_cli(
 ) -> anyhow::Result<i32> {
     let code = daemon_json_cli(config, make_default, dry_run, remove, path.clone())?;
     if dry_run {
+        if with_buildkit {
+            print!("{}", buildkit::render(&runtime_path(path)?)?);
+            eprintln!(
+                "labgpu: dry run: {} would hold the content above; nothing was written",
+                buildkit::drop_in_path(systemd_dir).display()
+            );
+        }
         return Ok(code);
     }
     let drop_in = buildkit::drop_in_path(systemd_dir);
