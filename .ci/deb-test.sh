@@ -220,7 +220,7 @@ if command -v systemd-analyze >/dev/null; then
     systemd-analyze verify --man=no /lib/systemd/system/labgpu-proxy.service
 fi
 check "README, copyright and changelog in /usr/share/doc/labgpu" \
-  test -f /usr/share/doc/labgpu/README.md -a -f /usr/share/doc/labgpu/copyright -a -f /usr/share/doc/labgpu/changelog.Debian.gz
+  test -f /usr/share/doc/labgpu/README.md -a -f /usr/share/doc/labgpu/docs/policy.md -a -f /usr/share/doc/labgpu/copyright -a -f /usr/share/doc/labgpu/changelog.Debian.gz
 check "postinst registered runtimes.labgpu.path = /usr/bin/labgpu" \
   jqt '.runtimes.labgpu == {"path": "/usr/bin/labgpu"}' "$cfg"
 check "every other key and value kept (features, nvidia, default-runtime nvidia)" \
