@@ -363,6 +363,15 @@ pub enum SetupCommand {
         /// Runtime path to register (default: the path of this labgpu binary).
         #[arg(long, value_name = "P", conflicts_with = "remove")]
         path: Option<PathBuf>,
+        /// Also write the systemd drop-in docker.service.d/labgpu-buildkit.conf, which makes
+        /// dockerd 26 and later run BuildKit's RUN steps through labgpu
+        /// (DOCKER_BUILDKIT_RUNC_COMMAND); the proxy lets users' BuildKit builds through only
+        /// then. Applies when Docker restarts. --remove deletes it.
+        #[arg(long, conflicts_with = "remove")]
+        buildkit: bool,
+        /// Where systemd unit drop-ins live.
+        #[arg(long, value_name = "DIR", default_value = "/etc/systemd/system")]
+        systemd_dir: PathBuf,
     },
 }
 

@@ -89,6 +89,9 @@ pub struct Decision {
     pub docker_cdi: cdi::DockerApplied,
     pub container_id: String,
     pub policy_sha256: String,
+    /// A `RUN` step of dockerd's BuildKit (`crate::buildkit_step`): `[defaults]`, no GPU,
+    /// no-new-privileges, and BuildKit's own directories as bind sources.
+    pub build_step: bool,
 }
 
 /// Architecture and kernel, which Docker's default seccomp profile depends on.
@@ -333,6 +336,7 @@ pub fn decide_for_user(
         docker_cdi: cdi::DockerApplied::default(),
         container_id: container_id.to_string(),
         policy_sha256: policy.sha256.clone(),
+        build_step: false,
     })
 }
 

@@ -10,7 +10,9 @@
 //! grants that job's GPUs on this node, and `labgpu slurm epilog` removes the containers
 //! when the job ends. `fairshare` caps each user rather than each container: the runtime
 //! puts a container under its owner's parent cgroup and cuts its limits to the owner's
-//! ceilings, and the proxy keeps the parents on the policy and checks host ports. `seccomp` models Docker's
+//! ceilings, and the proxy keeps the parents on the policy and checks host ports. BuildKit
+//! builds: the proxy checks each gRPC call of a build (`proxy::buildkit`), and their `RUN`
+//! steps reach the runtime face as build steps (`runtime`, `edits::build_step`). `seccomp` models Docker's
 //! default seccomp profiles, so that a default resolved for capabilities labgpu cuts is
 //! replaced, and a custom profile allows no more than the default would. `top` shows who
 //! uses which GPU (`labgpu top`, and the proxy's `/labgpu/top` for users) and writes the

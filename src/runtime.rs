@@ -204,6 +204,11 @@ fn prepare_create(
     let config = bundle.join("config.json");
     let mut spec = spec::load(&config)?;
     let root = owner::docker_root(policy.runtime.docker_root.as_ref().map(|r| r.as_path()));
+    if is_buildkit_step(&bundle, &root) {
+        prepare_build_step(&policy, &mut spec, root, &id)?;
+        spec::write_atomic(&config, &spec)?;
+        return Ok(runc);
+    }
     let ownership = owner::resolve(&policy, &spec, &id, &root)?;
     if let (None, Some(label)) = (&ownership.owner, &ownership.ignored_label) {
         if policy.runtime.unlabeled == Unlabeled::Deny {
@@ -277,6 +282,44 @@ fn prepare_create(
         inv.subcommand
     );
     Ok(runc)
+}
+
+/// Where dockerd's BuildKit puts a `RUN` step's bundle: `<data-root>/buildkit/executor/<id>`.
+/// Only dockerd writes there, and only BuildKit runs runc (this binary, when
+/// `DOCKER_BUILDKIT_RUNC_COMMAND` names it) with a bundle there.
+const BUILDKIT_EXECUTOR: &str = "buildkit/executor";
+
+/// Whether this create is a BuildKit `RUN` step of the pinned Docker data root.
+fn is_buildkit_step(bundle: &Path, docker_root: &Path) -> bool {
+    let executor = decide::resolve_host(&docker_root.join(BUILDKIT_EXECUTOR));
+    bundle
+        .parent()
+        .is_some_and(|p| decide::resolve_host(p) == executor)
+}
+
+/// A BuildKit `RUN` step: nobody's container (a build's user is the proxy's to check, on
+/// `/grpc`), so `[defaults]` without GPUs whatever `unlabeled` says, always with
+/// no-new-privileges, and binds from BuildKit's own directories.
+fn prepare_build_step(
+    policy: &Policy,
+    spec: &mut serde_json::Value,
+    root: PathBuf,
+    id: &str,
+) -> Result<(), RuntimeError> {
+    let inventory = inventory_for(&policy.gpus, &[], Purpose::Runtime)?;
+    let mut decision = decide::decide_for_user(policy, None, None, &inventory, root, id)?;
+    decision.build_step = true;
+    decision.process.no_new_privileges = true;
+    decision.runc_root = Some(PathBuf::from(RUNC_DEFAULT_ROOT));
+    let mut report = Report::default();
+    edits::apply_all(spec, &decision, &mut report)?;
+    tracing::info!(
+        container = %id,
+        removed = ?report.removed,
+        added = ?report.added,
+        "BuildKit build step allowed"
+    );
+    Ok(())
 }
 
 /// exec: cut the process file to the owner's rules, read from runc's state of the container.
@@ -533,6 +576,23 @@ fn replay_stdin(bytes: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn buildkit_steps_are_told_by_their_bundle_directory() {
+        let root = Path::new("/var/lib/docker");
+        assert!(is_buildkit_step(
+            Path::new("/var/lib/docker/buildkit/executor/k3j2h1"),
+            root
+        ));
+        for bundle in [
+            "/run/docker/containerd/daemon/io.containerd.runtime.v2.task/moby/abc",
+            "/var/lib/docker/buildkit/executor",
+            "/var/lib/docker/buildkit/executor/x/y",
+            "/var/lib/other/buildkit/executor/k3j2h1",
+        ] {
+            assert!(!is_buildkit_step(Path::new(bundle), root), "{bundle}");
+        }
+    }
 
     #[test]
     fn update_device_detection() {

@@ -136,6 +136,7 @@ pub fn decision() -> Decision {
         cgroup_driver: labgpu::fairshare::cgroup::Driver::Cgroupfs,
         container_id: "cid".into(),
         policy_sha256: "00".repeat(32),
+        build_step: false,
     }
 }
 

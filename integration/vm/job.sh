@@ -130,12 +130,20 @@ check "docker info lists CDI spec directories" \
 pid_before="$(docker_pid)"
 package_install_pass=$pass package_install_fail=$fail
 
+# The lane's LABGPU_VM_SUITES and LABGPU_VM_ONLY (lane.sh writes them into the share).
+SUITES="$(cat "$SHARE/suites" 2>/dev/null || echo e2e proxy fairshare)"
+ONLY="$(cat "$SHARE/only" 2>/dev/null)"
+
 # suite NAME SCRIPT: one suite against the system Docker; its summary line is kept.
 suite() {
     local name=$1 script=$2 t0=$SECONDS rc=0
-    section "$name suite (integration/$script, system Docker, /usr/bin/labgpu)"
+    if [[ " $SUITES " != *" $name "* ]]; then
+        echo "$name: skipped (LABGPU_VM_SUITES=$SUITES)" >>"$TMP/times"
+        return 0
+    fi
+    section "$name suite (integration/$script, system Docker, /usr/bin/labgpu)${ONLY:+, groups: $ONLY}"
     LABGPU_E2E_SYSTEM_DOCKER=1 LABGPU_E2E_BIN=/usr/bin/labgpu LABGPU_E2E_HOOK_LOG="$HOOK_LOG" \
-        LABGPU_E2E_TIMEOUT=120 \
+        LABGPU_E2E_TIMEOUT=120 LABGPU_E2E_ONLY="$ONLY" \
         timeout 1200 bash "$SHARE/integration/$script" 2>&1 | tee "$TMP/$name.log" || rc=$?
     local line
     line="$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$TMP/$name.log" | tail -n 1)"
@@ -146,17 +154,20 @@ suite() {
 }
 : >"$TMP/summary"
 : >"$TMP/times"
-# $SHARE/suites (lane.sh's LABGPU_VM_SUITES) names the suites to run; all by default.
-SUITES="$(cat "$SHARE/suites" 2>/dev/null || echo "e2e proxy fairshare")"
-want() { [[ " $SUITES " == *" $1 "* ]]; }
-want e2e && suite e2e e2e.sh
-# Builds through the proxy run their steps under labgpu only as Docker's default runtime.
-check "labgpu setup docker --default, systemctl reload docker (for builds)" \
-    sh -c 'labgpu setup docker --default && systemctl reload docker'
+suite e2e e2e.sh
+# Builds through the proxy run their steps under labgpu only as Docker's default runtime
+# (classic builder) and with the BuildKit drop-in (BuildKit), whose environment applies when
+# dockerd starts: this job restarts Docker, the package never does.
+check "labgpu setup docker --default --buildkit, daemon-reload, restart docker (for builds)" \
+    sh -c 'labgpu setup docker --default --buildkit && systemctl daemon-reload && systemctl restart docker'
+check "docker.service is active again" eventually 30 systemctl is-active --quiet docker.service
 check "docker info: default runtime labgpu" eventually 15 default_runtime_is labgpu
-want proxy && suite proxy proxy.sh
+check "dockerd runs BuildKit's steps with labgpu (DOCKER_BUILDKIT_RUNC_COMMAND)" \
+    sh -c 'tr "\0" "\n" <"/proc/$(systemctl show -p MainPID --value docker.service)/environ" | grep -qx DOCKER_BUILDKIT_RUNC_COMMAND=/usr/bin/labgpu'
+pid_before="$(docker_pid)"
+suite proxy proxy.sh
 # Per-user parents as systemd slices (cgroup v2), through labgpu-proxy.service.
-want fairshare && suite fairshare fairshare.sh
+suite fairshare fairshare.sh
 
 section "a login through labgpu-shell (the installed proxy, Docker's own CLI)"
 pass_before=$pass fail_before=$fail
@@ -192,6 +203,8 @@ if apt purge -y labgpu >"$TMP/purge.log" 2>&1; then ok "apt purge succeeds"; els
 grep -E 'labgpu|rror' "$TMP/purge.log" | grep -v '^WARNING: apt does not' | sed 's/^/     | /'
 check "package is gone" sh -c '! dpkg -s labgpu >/dev/null 2>&1'
 check "prerm says it reloaded Docker" grep -q 'labgpu: reloaded Docker' "$TMP/purge.log"
+check "the BuildKit drop-in is gone" test ! -e /etc/systemd/system/docker.service.d/labgpu-buildkit.conf
+check "prerm says BuildKit builds fail until Docker restarts" grep -q 'BuildKit builds on this Docker fail until it restarts' "$TMP/purge.log"
 check "no runtimes.labgpu left in daemon.json" jqt '(.runtimes // {}) | has("labgpu") | not' "$DAEMON_JSON"
 check "docker info no longer lists labgpu" eventually 15 lacks_runtime labgpu
 check "docker info: default runtime runc again" eventually 15 default_runtime_is runc

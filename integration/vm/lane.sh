@@ -13,8 +13,9 @@
 # times slower than on the host.
 #
 # Knobs: LABGPU_VM_DEB=FILE (use this .deb, do not build one), LABGPU_VM_TIMEOUT (seconds the VM
-# may run, 1800), LABGPU_VM_REBUILD=1, LABGPU_VM_SUITES (the suites to run, default
-# "e2e proxy fairshare"), and those of common.sh and run.sh.
+# may run, 1800), LABGPU_VM_REBUILD=1, LABGPU_VM_SUITES="proxy" (only these of the job's
+# suites: e2e, proxy, fairshare) and LABGPU_VM_ONLY="build buildkit" (only these case groups in them),
+# for a quick look at one feature, and those of common.sh and run.sh.
 # Prints "vm: N passed, N failed" (the sum of the job's parts) last; exits 1 if any failed,
 # 2 if the lane could not run.
 set -uo pipefail
@@ -90,8 +91,8 @@ SHARE="$(mktemp -d /tmp/labgpu-vm-share.XXXX)"
 cp "$deb" "$SHARE/"
 cp -r "$REPO/integration" "$SHARE/integration"
 cp "$VM_DIR/job.sh" "$SHARE/job.sh"
-# LABGPU_VM_SUITES: the suites the job runs (default all: e2e proxy fairshare).
-[[ -z ${LABGPU_VM_SUITES:-} ]] || printf '%s\n' "$LABGPU_VM_SUITES" >"$SHARE/suites"
+printf '%s\n' "${LABGPU_VM_SUITES:-e2e proxy fairshare}" >"$SHARE/suites"
+printf '%s\n' "${LABGPU_VM_ONLY:-}" >"$SHARE/only"
 # mktemp made the share 0700; the proxy suite runs its flood client as alice and nobody.
 chmod -R a+rX "$SHARE"
 

@@ -4,6 +4,7 @@
 //! is refused as such rather than by whichever of its parts another edit meets first.
 
 pub mod annotations;
+pub mod build_step;
 pub mod cdi;
 pub mod devices;
 pub mod fairshare;
@@ -100,6 +101,7 @@ impl Report {
 /// Every create-time edit, in order.
 pub fn apply_all(spec: &mut Value, d: &Decision, report: &mut Report) -> Result<(), EditError> {
     security::check_privileged(spec, d)?;
+    build_step::apply(spec, d, report)?;
     security::apply(spec, d, report)?;
     seccomp::apply(spec, d, report)?;
     system_paths::apply(spec, d, report)?;
@@ -176,6 +178,7 @@ pub(crate) mod testing {
             userns: None,
             docker_cdi: Default::default(),
             container_id: "cid".into(),
+            build_step: false,
             policy_sha256: "00".repeat(32),
         }
     }

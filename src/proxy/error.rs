@@ -77,7 +77,7 @@ pub enum RuleError {
     BuildRemote(String),
     #[error("container name {0:?} is not a valid container name or id")]
     BadContainerRef(String),
-    #[error("BuildKit builds run their steps outside the labgpu runtime and are not allowed through the labgpu proxy; build with the classic builder: DOCKER_BUILDKIT=0 docker build …")]
+    #[error("BuildKit builds through POST /build (version=2, what Docker CLIs before 23 send) are not allowed through the labgpu proxy, which checks BuildKit builds on /grpc (docker buildx, with Docker 26 or later); build with the classic builder: DOCKER_BUILDKIT=0 docker build …")]
     BuildKit,
     #[error("{field} is not a field the labgpu proxy knows; it refuses what it cannot check")]
     UnknownField { field: String },
@@ -196,6 +196,12 @@ pub enum ProxyError {
     BuildsNeedNoGpu { policy: PathBuf },
     #[error("builds are not allowed: dockerd's default runtime is {default:?}, so build steps would run without labgpu; the administrator runs `labgpu setup docker --default` (runtime {runtime:?})")]
     BuildsNeedDefaultRuntime { default: String, runtime: String },
+    #[error("BuildKit builds are not allowed: dockerd {version} runs BuildKit's build steps with plain runc, outside labgpu (Docker 26 or later lets labgpu run them); build with the classic builder: DOCKER_BUILDKIT=0 docker build …")]
+    BuildKitOldDocker { version: String },
+    #[error("BuildKit builds are not allowed: dockerd's DOCKER_BUILDKIT_RUNC_COMMAND is {found}, not labgpu ({}), so build steps would run outside labgpu; the administrator runs `labgpu setup docker` and restarts Docker", labgpu.display())]
+    BuildKitRunc { found: String, labgpu: PathBuf },
+    #[error("BuildKit session refused: {0}")]
+    BuildKitSession(String),
 }
 
 // These three say their cause in their own sentence, so they do not also hand it out as
@@ -237,6 +243,10 @@ impl ProxyError {
             ProxyError::Record(_) => "record_failed",
             ProxyError::Slurm(_) => "slurm",
             ProxyError::Session(_) => "session",
+            ProxyError::BuildKitOldDocker { .. } | ProxyError::BuildKitRunc { .. } => {
+                "buildkit_disabled"
+            }
+            ProxyError::BuildKitSession(_) => "buildkit_session",
             ProxyError::BuildsNeedNoGpu { .. } | ProxyError::BuildsNeedDefaultRuntime { .. } => {
                 "builds_disabled"
             }
@@ -268,9 +278,11 @@ impl ProxyError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ProxyError::Slurm(_) => StatusCode::FORBIDDEN,
-            ProxyError::BuildsNeedNoGpu { .. } | ProxyError::BuildsNeedDefaultRuntime { .. } => {
-                StatusCode::FORBIDDEN
-            }
+            ProxyError::BuildsNeedNoGpu { .. }
+            | ProxyError::BuildsNeedDefaultRuntime { .. }
+            | ProxyError::BuildKitOldDocker { .. }
+            | ProxyError::BuildKitRunc { .. }
+            | ProxyError::BuildKitSession(_) => StatusCode::FORBIDDEN,
         }
     }
 }

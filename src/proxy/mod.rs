@@ -15,6 +15,7 @@
 
 pub mod archive;
 pub mod body;
+pub mod buildkit;
 pub mod cgroups;
 pub mod containers;
 pub mod error;

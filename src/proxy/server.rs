@@ -27,7 +27,7 @@ use super::observe::{self, Refusals};
 use super::request::{check_content_types, user_ctx, UserCtx};
 use super::routes::{self, Route};
 use super::upstream::forward;
-use super::{containers, exec, images, networks, session, system, volumes, Options};
+use super::{buildkit, containers, exec, images, networks, session, system, volumes, Options};
 use crate::policy::Policy;
 
 pub struct State {
@@ -41,6 +41,8 @@ pub struct State {
     pub views: observe::ViewCache,
     /// runc state roots the metrics' verify audit scans.
     pub roots: Vec<PathBuf>,
+    /// Whose BuildKit builds and sessions are whose.
+    pub builds: Arc<super::buildkit::builds::Builds>,
 }
 
 pub async fn serve(opts: Options) -> anyhow::Result<()> {
@@ -58,6 +60,7 @@ pub async fn serve(opts: Options) -> anyhow::Result<()> {
         refusals: Arc::new(Refusals::default()),
         views: observe::ViewCache::default(),
         roots: opts.roots.clone(),
+        builds: Arc::default(),
     });
     if let Some((l, addr)) = metrics {
         tokio::spawn(observe::serve_metrics(state.clone(), l, addr));
@@ -393,6 +396,8 @@ async fn route(
         Route::Exec { id } => exec::by_id(&call, &id, req).await,
         Route::Commit => images::commit(&call, req).await,
         Route::Build => images::build(&call, req).await,
+        Route::BuildKitSession => buildkit::session(&call, req).await,
+        Route::BuildKit => buildkit::grpc(&call, req).await,
         Route::Images(r) => images::handle(&call, r, req).await,
         Route::Volumes(r) => volumes::handle(&call, r, req).await,
         Route::Networks(r) => networks::handle(&call, r, req).await,
