@@ -96,7 +96,7 @@ pub enum RuntimeError {
         owner: String,
         cause: crate::fairshare::cgroup::CgroupError,
     },
-    #[error("{0}")]
+    #[error(transparent)]
     UpdateCap(#[from] crate::fairshare::cap::CapError),
     #[error("update flag {flag} is not allowed for {owner}'s containers: their limits are capped by the policy (cpus, memory, pids in [defaults] or [users.{owner}]); pass --resources")]
     UpdateFlag { flag: String, owner: String },

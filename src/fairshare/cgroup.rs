@@ -34,11 +34,11 @@ pub enum Driver {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
-    #[error("cannot {what} {path}: {source}")]
+    #[error("cannot {what} {path}: {cause}")]
     Io {
         what: &'static str,
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("systemctl set-property {unit} failed: {output}")]
     Systemctl { unit: String, output: String },
@@ -52,7 +52,7 @@ fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> 
     move |source| CgroupError::Io {
         what,
         path: path.to_path_buf(),
-        source,
+        cause: source,
     }
 }
 

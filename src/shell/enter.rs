@@ -57,7 +57,7 @@ pub fn enter(socket: &Path, session: &Session, mode: &Mode) -> Result<i32, Shell
         let source = cmd.exec();
         return Err(ShellError::Spawn {
             path: docker,
-            source,
+            cause: source,
         });
     }
     let code = run_forwarding_signals(&mut cmd, &docker)?;
@@ -151,7 +151,7 @@ extern "C" fn forward(sig: libc::c_int) {
 fn run_forwarding_signals(cmd: &mut Command, docker: &Path) -> Result<i32, ShellError> {
     let mut child = cmd.spawn().map_err(|source| ShellError::Spawn {
         path: docker.to_path_buf(),
-        source,
+        cause: source,
     })?;
     CHILD.store(child.id() as i32, Ordering::SeqCst);
     for sig in [libc::SIGHUP, libc::SIGTERM, libc::SIGINT, libc::SIGQUIT] {
@@ -166,7 +166,7 @@ fn run_forwarding_signals(cmd: &mut Command, docker: &Path) -> Result<i32, Shell
     }
     let status = child.wait().map_err(|source| ShellError::Spawn {
         path: docker.to_path_buf(),
-        source,
+        cause: source,
     })?;
     CHILD.store(0, Ordering::SeqCst);
     Ok(status

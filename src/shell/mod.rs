@@ -51,10 +51,10 @@ pub enum ShellError {
     Start { id: String, reason: String },
     #[error("the docker client is not installed (looked for {looked}); ask the administrator to install docker-cli or docker.io")]
     NoDockerCli { looked: String },
-    #[error("cannot run the docker client {path}: {source}")]
+    #[error("cannot run the docker client {path}: {cause}")]
     Spawn {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{0}")]
     Usage(String),

@@ -12,20 +12,20 @@ use nix::fcntl::{Flock, FlockArg};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
-    #[error("cannot read policy file {path}: {source}")]
+    #[error("cannot read policy file {path}: {cause}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("cannot lock {path}: {source}")]
+    #[error("cannot lock {path}: {cause}")]
     Lock {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("cannot write policy file {path}: {source}")]
+    #[error("cannot write policy file {path}: {cause}")]
     Write {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -40,12 +40,12 @@ pub struct Locked {
 pub fn lock(path: &Path) -> Result<Locked, FileError> {
     let real = std::fs::canonicalize(path).map_err(|source| FileError::Read {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     })?;
     let lock_path = lock_path(&real);
     let lock_err = |source| FileError::Lock {
         path: lock_path.clone(),
-        source,
+        cause: source,
     };
     let file = OpenOptions::new()
         .read(true)
@@ -79,7 +79,7 @@ impl Locked {
     pub fn read(&self) -> Result<String, FileError> {
         std::fs::read_to_string(&self.path).map_err(|source| FileError::Read {
             path: self.path.clone(),
-            source,
+            cause: source,
         })
     }
 
@@ -87,7 +87,7 @@ impl Locked {
     pub fn replace(&self, text: &str) -> Result<(), FileError> {
         let write_err = |source| FileError::Write {
             path: self.path.clone(),
-            source,
+            cause: source,
         };
         let meta = std::fs::metadata(&self.path).map_err(write_err)?;
         let dir = self.path.parent().unwrap_or(Path::new("/"));

@@ -25,7 +25,7 @@ use host::HostError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UserError {
-    #[error("{0}")]
+    #[error(transparent)]
     Edit(#[from] EditError),
     #[error(transparent)]
     File(#[from] file::FileError),
@@ -35,8 +35,8 @@ pub enum UserError {
     Broken(PolicyError),
     #[error("the change was not made, the result would not load: {0}")]
     Invalid(PolicyError),
-    #[error("the change was not made: [users.{user}] gpus: {source}")]
-    Gpu { user: String, source: GpuError },
+    #[error("the change was not made: [users.{user}] gpus: {cause}")]
+    Gpu { user: String, cause: GpuError },
     #[error("the change was not made: cannot read this host's GPUs: {0}")]
     Inventory(GpuError),
     #[error("the change was not made: uid {uid} is already [users.{other}]'s")]
@@ -51,13 +51,10 @@ pub enum UserError {
     BadSet(String),
     #[error("[users.{0}] gpus is \"slurm\": give a whole list with --gpus instead")]
     SlurmList(String),
-    #[error("nothing was changed: cannot stop {user}'s containers: {source} (--containers keep takes the user out anyway)")]
-    Docker {
-        user: String,
-        source: DockerApiError,
-    },
-    #[error("[users.{user}] was written, but its login shell was not set: {source}")]
-    LoginAfterWrite { user: String, source: HostError },
+    #[error("nothing was changed: cannot stop {user}'s containers: {cause} (--containers keep takes the user out anyway)")]
+    Docker { user: String, cause: DockerApiError },
+    #[error("[users.{user}] was written, but its login shell was not set: {cause}")]
+    LoginAfterWrite { user: String, cause: HostError },
 }
 
 /// `labgpu user …`; the exit status (1 with one sentence on stderr when refused).
@@ -241,7 +238,7 @@ fn check_gpus(policy: &Policy, name: &str) -> Result<Vec<String>, UserError> {
             .resolve(r)
             .map_err(|source| UserError::Gpu {
                 user: name.to_string(),
-                source,
+                cause: source,
             })?
             .minor;
         let sharing: Vec<&str> = policy
@@ -316,7 +313,7 @@ fn apply(
         host::set_login_shell(&l.account, &l.shell).map_err(|source| {
             UserError::LoginAfterWrite {
                 user: name.to_string(),
-                source,
+                cause: source,
             }
         })?;
         println!(
@@ -638,7 +635,7 @@ fn handle_containers(
     }
     let fail = |source| UserError::Docker {
         user: name.to_string(),
-        source,
+        cause: source,
     };
     let found = containers::owned(docker, policy, Some(name)).map_err(fail)?;
     let mut done = Vec::new();
