@@ -226,6 +226,11 @@ fn check_frontend_opts(
     }
     opts.insert(NO_FORWARD_KEY.into(), "labgpu".into());
     opts.insert(CACHE_NS_KEY.into(), cache_namespace(uid));
+    // BuildKit leaves cache mount ids out of a step's cache key: without this, a user's
+    // step whose output came from their own cache mount would be reused for another user's
+    // identical step. The steps' hostname is in the key, so each uid's RUN steps are cached
+    // apart (COPY, ADD and FROM, which no cache mount feeds, stay shared).
+    opts.insert("hostname".into(), cache_namespace(uid));
     Ok(())
 }
 

@@ -85,6 +85,8 @@ fn cache_mounts_are_namespaced_per_uid_and_frontend_images_are_off() {
         "labgpu-uid-1001"
     );
     assert!(out.frontend_opt.contains_key("cmdline"));
+    // RUN steps are cached per uid: cache mount ids are not in BuildKit's cache keys.
+    assert_eq!(out.frontend_opt["hostname"], "labgpu-uid-1001");
     let other = check_bridge_solve(buildx_bridge_solve(), &ctx(), 1002).unwrap();
     assert_ne!(
         other.frontend_opt["build-arg:BUILDKIT_CACHE_MOUNT_NS"],
