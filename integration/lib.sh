@@ -186,6 +186,13 @@ lg_mktmp() {
 lg_make_fake_gpus() {
     local d="$1" i
     mkdir -p "$d"
+    # userns = "owner": runc binds the nodes inside the container's user namespace, where a
+    # source mount's nodev is locked and the bind's remount fails with EPERM. A real /dev is
+    # not nodev, a systemd host's /tmp is: the fake nodes get a tmpfs of their own there
+    # (teardown_all's lg_unmount_all takes it away).
+    if findmnt -no OPTIONS --target "$d" | tr ',' '\n' | grep -qx nodev; then
+        mount -t tmpfs -o mode=0755,size=1m labgpu-fake-dev "$d" || return 1
+    fi
     for i in 0 1 2 3; do
         mknod -m 666 "$d/nvidia$i" c 195 "$i"
     done
