@@ -1305,7 +1305,9 @@ un_cleanup() {
         fail userns-dockerd-restart "container not running again: $(docker inspect -f '{{.State.Status}} {{.State.Error}}' "$c" 2>&1)"
     fi
     docker rm -f "$c" >/dev/null 2>&1
-    expect_eq userns-dockerd-restart-mounts "$before" "$(un_mounts)"
+    # Nothing new is left mounted (with the system's Docker, its other containers' overlays
+    # may go with the restart: fewer is fine).
+    expect_eq userns-dockerd-restart-mounts "" "$(LC_ALL=C comm -13 <(printf '%s\n' "$before") <(un_mounts))"
 }
 
 case_userns() {
