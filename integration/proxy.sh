@@ -95,32 +95,6 @@ proxy_teardown() {
     teardown_all
 }
 
-# expect_fail NAME PATTERN CMD...: CMD must fail and its output contain PATTERN.
-expect_fail() {
-    local name="$1" pattern="$2" out rc=0
-    shift 2
-    out="$("$@" 2>&1)" || rc=$?
-    if [[ $rc -eq 0 ]]; then
-        fail "$name" "succeeded, expected a refusal: $out"
-    elif [[ $out != *"$pattern"* ]]; then
-        fail "$name" "exit $rc without '$pattern': $out"
-    else
-        pass "$name"
-    fi
-}
-
-# expect_ok NAME CMD...: CMD must succeed; its output is left in OUT.
-expect_ok() {
-    local name="$1" rc=0
-    shift
-    OUT="$("$@" 2>&1)" || rc=$?
-    if [[ $rc -ne 0 ]]; then
-        fail "$name" "exit $rc: $OUT"
-        return 1
-    fi
-    return 0
-}
-
 # ---------------------------------------------------------------------------------------------
 # Cases
 

@@ -35,32 +35,6 @@ SHELL_BIN="" # labgpu-shell as the accounts get it: a copy of labgpu any user ca
 lgu() { timeout "$LG_TIMEOUT" "$LG_BIN" user "$@" --policy "$LG_POLICY" --docker "$LG_SOCK"; }
 real() { lg_docker "$@"; }
 
-# expect_fail NAME PATTERN CMD...: CMD must fail and its output contain PATTERN.
-expect_fail() {
-    local name="$1" pattern="$2" out rc=0
-    shift 2
-    out="$("$@" 2>&1)" || rc=$?
-    if [[ $rc -eq 0 ]]; then
-        fail "$name" "succeeded, expected a refusal: $out"
-    elif [[ $out != *"$pattern"* ]]; then
-        fail "$name" "exit $rc without '$pattern': $out"
-    else
-        pass "$name"
-    fi
-}
-
-# expect_ok NAME CMD...: CMD must succeed; its output is left in OUT.
-expect_ok() {
-    local name="$1" rc=0
-    shift
-    OUT="$("$@" 2>&1)" || rc=$?
-    if [[ $rc -ne 0 ]]; then
-        fail "$name" "exit $rc: $OUT"
-        return 1
-    fi
-    return 0
-}
-
 # The policy's diff, as `diff` prints it, since the last snapshot.
 snap() { cp -p "$LG_POLICY" "$LG_TMP/policy.snap"; }
 # Only the changed lines (< removed, > added), without diff's line numbers.
