@@ -51,6 +51,8 @@ not_installed() { case "$(pkg_status)" in "" | not-installed) return 0 ;; *) ret
 command -v dpkg >/dev/null || die "dpkg not found: this test needs Debian or Ubuntu"
 not_installed || die "package labgpu is on this machine ($(pkg_status)); purge it first: dpkg --purge labgpu"
 [ ! -e /usr/bin/labgpu ] || die "/usr/bin/labgpu exists and is not from the package; remove it first"
+[ ! -e /usr/bin/labgpu-shell ] || die "/usr/bin/labgpu-shell exists and is not from the package; remove it first"
+! grep -qx /usr/bin/labgpu-shell /etc/shells 2>/dev/null || die "/etc/shells lists /usr/bin/labgpu-shell, but labgpu is not installed; take the line out first"
 [ ! -e /etc/labgpu ] || die "/etc/labgpu exists and is not from the package; move it away first"
 
 tmp=$(mktemp -d /tmp/labgpu-deb-test.XXXXXX)
@@ -201,6 +203,11 @@ check "package is installed" test "$(pkg_status)" = installed
 check "/usr/bin/labgpu is an executable" test -x /usr/bin/labgpu
 check "labgpu --help runs" /usr/bin/labgpu --help
 check "labgpu setup docker --help runs" /usr/bin/labgpu setup docker --help
+check "/usr/bin/labgpu-shell is a symlink to labgpu" test "$(readlink /usr/bin/labgpu-shell)" = labgpu
+check "postinst listed /usr/bin/labgpu-shell in /etc/shells" grep -qx /usr/bin/labgpu-shell /etc/shells
+check "labgpu-shell answers root with one sentence and exit 1, no shell" \
+  sh -c 'out=$(/usr/bin/labgpu-shell -c "echo SHELL-RAN" 2>&1); [ $? = 1 ] && [ "$out" = "labgpu-shell: root is the administrator, not a lab user: labgpu-shell is for the users in the policy" ]'
+check "labgpu user list reads the shipped policy" /usr/bin/labgpu user list --docker "$tmp/no-docker.sock"
 check "conffile /etc/labgpu/policy.toml registered with dpkg" \
   sh -c "dpkg-query -W -f='\${Conffiles}' labgpu | grep -q '^ /etc/labgpu/policy.toml '"
 check "policy.toml is config/policy.toml, mode 644" \
@@ -252,6 +259,7 @@ check "dpkg -i again succeeds" dpkg_cfg "$cfg" -i "$deb"
 check "daemon.json unchanged, byte for byte" cmp -s "$cfg" "$tmp/after-install.json"
 check "no second backup" test "$(backups "$cfg")" = 1
 check "admin's edit of policy.toml kept" grep -q '^# local edit$' /etc/labgpu/policy.toml
+check "/etc/shells lists labgpu-shell once" test "$(grep -cx /usr/bin/labgpu-shell /etc/shells)" = 1
 
 check "setup docker --dry-run --default prints the result" \
   sh -c "/usr/bin/labgpu setup docker --config '$cfg' --dry-run --default | jq -e '.\"default-runtime\" == \"labgpu\"'"
@@ -262,6 +270,8 @@ step "remove (dpkg -r)"
 check "dpkg -r succeeds" dpkg_cfg "$cfg" -r labgpu
 check "package state is config-files" test "$(pkg_status)" = config-files
 check "/usr/bin/labgpu removed" test ! -e /usr/bin/labgpu
+check "/usr/bin/labgpu-shell removed, and from /etc/shells" \
+  sh -c '! test -e /usr/bin/labgpu-shell && ! test -L /usr/bin/labgpu-shell && ! grep -qx /usr/bin/labgpu-shell /etc/shells'
 check "man page and completions removed" \
   test ! -e /usr/share/man/man1/labgpu.1.gz -a ! -e "$bash_comp" -a ! -e "$zsh_comp" -a ! -e "$fish_comp"
 check "policy.toml kept, with the admin's edit" grep -q '^# local edit$' /etc/labgpu/policy.toml
@@ -277,6 +287,8 @@ check "policy.toml edit survived remove + install" grep -q '^# local edit$' /etc
 check "runtime registered again" jqt '.runtimes.labgpu.path == "/usr/bin/labgpu"' "$cfg"
 check "labgpu setup docker --default succeeds" /usr/bin/labgpu setup docker --config "$cfg" --default
 check "default-runtime is labgpu" jqt '."default-runtime" == "labgpu"' "$cfg"
+check "labgpu user add edits the installed policy (leaving its lock file)" \
+  sh -c '/usr/bin/labgpu user add deb-test-user --uid 65533 --gid 65533 && grep -qx "\[users.deb-test-user\]" /etc/labgpu/policy.toml && test -e /etc/labgpu/.policy.toml.lock'
 [ "$touch_log" = 1 ] && echo "create allowed (test line)" >/var/log/labgpu.log
 state_made=0
 if [ ! -e /var/lib/labgpu ]; then
@@ -286,7 +298,8 @@ fi
 check "dpkg --purge succeeds" dpkg_cfg "$cfg" --purge labgpu
 check "package is gone from dpkg" not_installed
 check "/usr/bin/labgpu removed" test ! -e /usr/bin/labgpu
-check "/etc/labgpu removed" test ! -e /etc/labgpu
+check "/etc/labgpu removed (user edits' lock file too)" test ! -e /etc/labgpu
+check "/etc/shells does not list labgpu-shell" sh -c '! grep -qx /usr/bin/labgpu-shell /etc/shells'
 check "no runtimes.labgpu left in daemon.json" jqt '(.runtimes // {}) | has("labgpu") | not' "$cfg"
 check "default-runtime labgpu (ours) reset to runc (a reload applies only keys the file sets)" jqt '."default-runtime" == "runc"' "$cfg"
 check "nvidia runtime and features still there" \

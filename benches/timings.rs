@@ -6,6 +6,7 @@
 //!   timings policy  --users 8 --dev DIR --out FILE
 //!   timings create  --labgpu BIN --tmp DIR --runs 100 --results FILE
 //!   timings verify  --labgpu BIN --tmp DIR --counts 10,50,200 --results FILE
+//!   timings userns  --labgpu BIN --tmp DIR --runs 100 --layers 1,10 --owner-uid UID --results FILE
 //!   timings docker  --runs 100 --image IMG --results FILE      (DOCKER_HOST: the private dockerd)
 //!   timings summary --results FILE --criterion target/criterion
 //!
@@ -67,6 +68,7 @@ fn main() {
         }
         "create" => create(&o),
         "verify" => verify(&o),
+        "userns" => userns(&o),
         "docker" => docker(&o),
         "callgrind" => callgrind(&o),
         "proxy" => proxy::run(&o),
@@ -730,6 +732,227 @@ fn verify_fixtures(
 }
 
 // ---------------------------------------------------------------------------------------------
+// userns = "owner": create on an overlay2 layout of N layers, bare runc vs labgpu
+
+/// A Docker-shaped data root: `overlay2/<layer>/diff` for `layers` image layers (the first
+/// the busybox rootfs, each other one file), `l/` short links, and the container layer `ctr`
+/// with `lower`, `diff`, `work` and `merged`. Returns (data root, merged, lowerdir option).
+fn overlay2_layout(dir: &Path, layers: usize) -> (PathBuf, PathBuf, String) {
+    let root = dir.join(format!("docker-{layers}"));
+    let o2 = root.join("overlay2");
+    std::fs::create_dir_all(o2.join("l")).unwrap();
+    let mut shorts = Vec::new();
+    for i in 0..layers {
+        let layer = o2.join(format!("layer{i}"));
+        if i == 0 {
+            let rootfs = busybox_rootfs(&layer);
+            std::fs::rename(rootfs, layer.join("diff")).unwrap();
+        } else {
+            std::fs::create_dir_all(layer.join("diff/etc")).unwrap();
+            std::fs::write(layer.join(format!("diff/etc/layer{i}")), "x").unwrap();
+        }
+        let short = format!("SHORT{i:02}");
+        std::os::unix::fs::symlink(format!("../layer{i}/diff"), o2.join("l").join(&short)).unwrap();
+        shorts.push(short);
+    }
+    let ctr = o2.join("ctr");
+    for d in ["diff", "work", "merged"] {
+        std::fs::create_dir_all(ctr.join(d)).unwrap();
+    }
+    shorts.reverse();
+    let lower: Vec<String> = shorts.iter().map(|s| format!("l/{s}")).collect();
+    std::fs::write(ctr.join("lower"), lower.join(":")).unwrap();
+    let abs: Vec<String> = shorts
+        .iter()
+        .map(|s| o2.join("l").join(s).display().to_string())
+        .collect();
+    let opts = format!(
+        "index=off,lowerdir={},upperdir={},workdir={}",
+        abs.join(":"),
+        ctr.join("diff").display(),
+        ctr.join("work").display()
+    );
+    (root, ctr.join("merged"), opts)
+}
+
+/// Mounts Docker's overlay on `merged`, as dockerd does before `create`.
+fn docker_mount(merged: &Path, opts: &str) {
+    nix::mount::mount(
+        Some("overlay"),
+        merged,
+        Some("overlay"),
+        nix::mount::MsFlags::empty(),
+        Some(opts),
+    )
+    .unwrap_or_else(|e| panic!("mount overlay on {}: {e}", merged.display()));
+}
+
+/// Unmounts whatever is on `merged`, as dockerd does at stop.
+fn docker_unmount(merged: &Path) {
+    while nix::mount::umount2(merged, nix::mount::MntFlags::MNT_DETACH).is_ok() {}
+}
+
+fn userns(o: &Opts) {
+    let runc = runc_path().expect("runc is not installed");
+    let labgpu = o.path("labgpu");
+    let runs = o.num("runs", 100);
+    let owner_uid = o.num("owner-uid", 0) as u32;
+    let dir = o.path("tmp").join("userns");
+    let dev = fake_gpus(&dir);
+    let mut res = Results::open(o);
+    let counts: Vec<usize> = o
+        .get("layers")
+        .split(',')
+        .map(|c| c.parse().unwrap())
+        .collect();
+    let mut overhead = Vec::new();
+    for &layers in &counts {
+        let (root, merged, opts) = overlay2_layout(&dir, layers);
+        let policy = |name: &str, userns: &str| {
+            let text = policy_text(8, &dev, &dir.join("labgpu.log"), Some(&runc))
+                .replace(
+                    "unlabeled = \"deny\"\n",
+                    &format!("unlabeled = \"deny\"\ndocker_root = \"{}\"\n", root.display()),
+                )
+                .replace(
+                    &format!("[users.{OWNER}]\nuid = 20001\ngid = 20001\n"),
+                    &format!("[users.{OWNER}]\nuid = {owner_uid}\ngid = {owner_uid}\nuserns = \"{userns}\"\n"),
+                );
+            let p = dir.join(format!("{name}-{layers}.toml"));
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        let truth = Path::new("/bin/true");
+        let policy_with = |name: &str, userns: &str, runc_bin: &Path| {
+            let p = policy(name, userns);
+            let text = std::fs::read_to_string(&p).unwrap().replace(
+                &format!("runc = \"{}\"", runc.display()),
+                &format!("runc = \"{}\"", runc_bin.display()),
+            );
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        let (p_off, p_on) = (policy("off", "off"), policy("owner", "owner"));
+        let (n_off, n_on) = (
+            policy_with("null-off", "off", truth),
+            policy_with("null-owner", "owner", truth),
+        );
+        let bundle = dir.join(format!("bundle-{layers}"));
+        std::fs::create_dir_all(&bundle).unwrap();
+        let mut spec: Value =
+            serde_json::from_slice(&bundle_spec(&bundle, &runc, &["true"])).unwrap();
+        spec["root"] = serde_json::json!({"path": merged, "readonly": false});
+        let original = serde_json::to_vec(&spec).unwrap();
+        // Kept for profiling one create by hand (strace, perf) after the run.
+        std::fs::write(bundle.join("config.orig.json"), &original).unwrap();
+        let config = bundle.join("config.json");
+        let rroot = dir.join(format!("runc-root-{layers}"));
+        let errfile = dir.join("stderr");
+        let mut live = Containers {
+            runc: runc.clone(),
+            root: rroot.clone(),
+            ids: Vec::new(),
+        };
+        // One Docker-style start: mount, create (timed), delete -f, unmount.
+        let mut once = |prog: &Path, policy: &Path, id: &str| -> Duration {
+            std::fs::write(&config, &original).unwrap();
+            docker_mount(&merged, &opts);
+            let r = rroot.as_os_str();
+            let c = timed(
+                prog,
+                policy,
+                &[
+                    "--root".as_ref(),
+                    r,
+                    "create".as_ref(),
+                    "--bundle".as_ref(),
+                    bundle.as_os_str(),
+                    id.as_ref(),
+                ],
+                &errfile,
+            );
+            live.ids.push(id.to_string());
+            timed(
+                prog,
+                policy,
+                &[
+                    "--root".as_ref(),
+                    r,
+                    "delete".as_ref(),
+                    "-f".as_ref(),
+                    id.as_ref(),
+                ],
+                &errfile,
+            );
+            live.ids.pop();
+            docker_unmount(&merged);
+            c
+        };
+        // [bare runc, labgpu userns = "off", labgpu userns = "owner", and the two labgpu arms
+        // again with `[runtime] runc = /bin/true`: labgpu's own share without runc's].
+        let arms: [(&Path, &Path); 5] = [
+            (&runc, &p_off),
+            (&labgpu, &p_off),
+            (&labgpu, &p_on),
+            (&labgpu, &n_off),
+            (&labgpu, &n_on),
+        ];
+        for (k, (prog, pol)) in arms.iter().enumerate() {
+            for w in 0..3 {
+                once(prog, pol, &format!("bench-u{layers}-w{k}{w}"));
+            }
+        }
+        let mut t: [Vec<Duration>; 5] = Default::default();
+        for i in 0..runs {
+            for k in 0..5 {
+                // Rotated each run and reversed every other one: no arm always follows another.
+                let arm = if i % 2 == 0 {
+                    (i + k) % 5
+                } else {
+                    (i + 5 - k) % 5
+                };
+                let (prog, pol) = arms[arm];
+                t[arm].push(once(prog, pol, &format!("bench-u{layers}-{arm}-{i}")));
+            }
+        }
+        drop(live);
+        println!("\n== userns = \"owner\": create alone on a {layers}-layer overlay2 rootfs, {runs} interleaved runs each");
+        let key = format!("userns.{layers}");
+        compare(&mut res, &key, "create (userns owner)", &t[0], &t[2]);
+        let names = ["off", "owner"];
+        compare_named(
+            &mut res,
+            &format!("{key}.vs_off"),
+            "labgpu userns off/owner",
+            names,
+            &t[1],
+            &t[2],
+        );
+        compare_named(
+            &mut res,
+            &format!("{key}.labgpu_only"),
+            "runc=/bin/true off/owner",
+            names,
+            &t[3],
+            &t[4],
+        );
+        let (b, _) = stats(&t[3]);
+        let (u, _) = stats(&t[4]);
+        overhead.push((layers, u - b));
+    }
+    if let (Some(first), Some(last)) = (overhead.first(), overhead.last()) {
+        if last.0 > first.0 {
+            let per = (last.1 - first.1) / (last.0 - first.0) as f64;
+            println!(
+                "labgpu's own userns cost grows by {per:+.3} ms per layer ({} -> {} layers)",
+                first.0, last.0
+            );
+            res.put("userns.per_layer_ms", per);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // docker run --rm, --runtime runc vs --runtime labgpu
 
 fn docker(o: &Opts) {
@@ -1000,6 +1223,47 @@ fn summary(o: &Opts) {
             format!("{x:.3} ({d:+.1} ms)"),
             "<= 1.02".into(),
             verdict(*x <= 1.02).into(),
+        ]);
+    }
+    for layers in [1, 10] {
+        if let (Some(d), Some(b), Some(x)) = (
+            r.get(format!("userns.{layers}.diff_p50_ms").as_str()),
+            r.get(format!("userns.{layers}.runc.p50_ms").as_str()),
+            r.get(format!("userns.{layers}.ratio_p50").as_str()),
+        ) {
+            let (target, ok) = if layers == 10 {
+                ("< 5 ms", *d < 5.0)
+            } else {
+                ("-", true)
+            };
+            rows.push([
+                format!("userns create overhead, {layers} layers, p50"),
+                format!("{d:+.2} ms (runc {b:.1} ms, x{x:.3})"),
+                target.into(),
+                if layers == 10 {
+                    verdict(ok).into()
+                } else {
+                    "info".into()
+                },
+            ]);
+        }
+    }
+    for layers in [1, 10] {
+        if let Some(d) = r.get(format!("userns.{layers}.labgpu_only.diff_p50_ms").as_str()) {
+            rows.push([
+                format!("  labgpu's own share, {layers} layers"),
+                format!("{d:+.2} ms"),
+                "-".into(),
+                "info".into(),
+            ]);
+        }
+    }
+    if let Some(p) = r.get("userns.per_layer_ms") {
+        rows.push([
+            "  labgpu's userns cost per layer".into(),
+            format!("{p:+.3} ms"),
+            "-".into(),
+            "info".into(),
         ]);
     }
     for (key, label) in [

@@ -21,7 +21,9 @@
 # LABGPU_BENCH_COUNTS (10,50), LABGPU_BENCH_FIXTURES (1000), LABGPU_BENCH_CP_MIB (1024),
 # LABGPU_BENCH_SKIP_DOCKER=1 (no docker run, no proxy), LABGPU_BENCH_SKIP_PROXY=1,
 # LABGPU_BENCH_ONLY=proxy (the proxy's part alone),
-# LABGPU_E2E_SKIP_BUILD=1, LABGPU_BENCH_DISK=1 (bundles on disk, not on a tmpfs like
+# LABGPU_BENCH_USERNS_LAYERS (1,10: `runc create` vs labgpu with userns = "owner" on an
+# overlay2 layout of that many layers, as a test account with a subordinate range),
+# LABGPU_BENCH_SKIP_USERNS=1, LABGPU_E2E_SKIP_BUILD=1, LABGPU_BENCH_DISK=1 (bundles on disk, not on a tmpfs like
 # Docker's /run).
 # Everything lives in /tmp/labgpu-bench.XXXX and is removed at the end, containers included.
 set -euo pipefail
@@ -53,6 +55,7 @@ bench_teardown() {
     [[ -n $LG_TMP && -d $LG_TMP ]] || exit "$rc"
     lg_stop_own_proxy
     lg_stop_dockerd
+    lg_remove_bench_user
     # timings.rs deletes its containers itself; this is for a run killed midway.
     for root in "$LG_TMP"/*/runc-root "$LG_TMP"/run/*/runc-root; do
         [[ -d $root ]] || continue
@@ -92,11 +95,20 @@ proxy_bench() {
     lg_stop_own_proxy
 }
 
+# The owner of the userns benchmark: a host account of this run with a subordinate range.
+BENCH_USER=""
+lg_remove_bench_user() {
+    [[ -n $BENCH_USER ]] || return 0
+    [[ $(getent passwd "$BENCH_USER" | cut -d: -f5) == "$(lg_user_mark "$LG_TMP")" ]] &&
+        userdel -r "$BENCH_USER" >/dev/null 2>&1
+    BENCH_USER=""
+}
+
 lg_require_root
 trap bench_teardown EXIT
 trap 'exit 130' INT TERM
 lg_install_packages
-lg_find_cargo || lg_die "cargo not found (install Rust >= 1.85 with rustup)"
+lg_check_toolchain
 cd "$LG_REPO"
 lg_build
 lg_say "cargo bench --no-run"
@@ -154,6 +166,16 @@ else
     lg_say "valgrind not installed (apt-get install valgrind): no instruction counts"
 fi
 timings verify --labgpu "$LG_BIN" --tmp "$BENCH_DIR" --counts "$COUNTS" --fixtures "$FIXTURES"
+if [[ ${LABGPU_BENCH_SKIP_USERNS:-0} != 1 ]]; then
+    # Layers on disk as Docker keeps them ($LG_TMP, not the tmpfs: tmpfs layers would flatter).
+    BENCH_USER="lgt-$LG_RUN_ID-bench"
+    lg_useradd "$BENCH_USER" || lg_die "useradd $BENCH_USER failed"
+    lg_ensure_subids "$BENCH_USER"
+    mkdir -p "$LG_TMP/layers"
+    timings userns --labgpu "$LG_BIN" --tmp "$LG_TMP/layers" --runs "$RUNS" \
+        --layers "${LABGPU_BENCH_USERNS_LAYERS:-1,10}" --owner-uid "$(id -u "$BENCH_USER")"
+    lg_remove_bench_user
+fi
 fi
 
 if [[ ${LABGPU_BENCH_SKIP_DOCKER:-0} != 1 ]]; then

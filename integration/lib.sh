@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# integration/lib.sh: helpers sourced by e2e.sh, demo.sh and capture-fixtures.sh.
+# integration/lib.sh: helpers sourced by e2e.sh, proxy.sh, shell.sh, demo.sh and capture-fixtures.sh.
 #
 # Everything a run creates lives in one temp dir, $LG_TMP (/tmp/labgpu-e2e.XXXX), served by a
 # private dockerd (own data root, exec root, socket, pid file, containerd) in a network
@@ -47,6 +47,7 @@ LG_CONTAINERD_PID=""
 LG_NETNS_PID=""
 LG_DOCKER_CLI=""
 LG_RUN_DOCKER_EXISTED=1
+LG_CDI_FILE="" # e2e.sh docker_cdi: its CDI spec in Docker's spec directory, removed at teardown
 LG_SYS_PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Extra NAME=value pairs for the private dockerd's and containerd's environment, which the
 # shims and so the runtimes inherit (bench.sh: LABGPU_POLICY, with labgpu registered directly).
@@ -117,12 +118,38 @@ lg_find_cargo() {
     return 1
 }
 
+# The one command that installs a current Rust toolchain (rustup, as root's).
+LG_RUSTUP_CMD="curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c rustfmt -c clippy"
+
+# Dies, naming the one command that fixes it, unless cargo is there and its rustc is at least
+# Cargo.toml's rust-version (Debian 12's cargo is older: the build would fail part-way).
+lg_check_toolchain() {
+    local need have="no cargo" dir
+    need="$(sed -n 's/^rust-version *= *"\([0-9.]*\)".*/\1/p' "$LG_REPO/Cargo.toml" | head -n 1)"
+    lg_find_cargo || true
+    # The cargo on PATH first, then rustup's (a Debian cargo may shadow a newer rustup one).
+    for dir in "$(dirname "$(command -v cargo 2>/dev/null || echo /nonexistent/cargo)")" \
+        "${CARGO_HOME:-$HOME/.cargo}/bin"; do
+        [[ -x $dir/cargo ]] || continue
+        have="$("$dir/rustc" --version 2>/dev/null || rustc --version 2>/dev/null)"
+        have="$(awk '{ print $2 }' <<<"$have")"
+        if [[ -n $have ]] && printf '%s\n%s\n' "$need" "${have%%-*}" | sort -V -C; then
+            [[ $(command -v cargo) == "$dir/cargo" ]] || export PATH="$dir:$PATH"
+            return 0
+        fi
+        have="rustc ${have:-missing} (in $dir)"
+    done
+    lg_die "labgpu needs Rust >= $need (Cargo.toml rust-version); this machine has $have.
+Install a current toolchain with rustup, then run this command again:
+    $LG_RUSTUP_CMD"
+}
+
 lg_build() {
     if [[ ${LABGPU_E2E_SKIP_BUILD:-0} == 1 || -n ${LABGPU_E2E_BIN:-} || $LG_SYSTEM_DOCKER == 1 ]]; then
         [[ -x $LG_BIN ]] || lg_say "warning: LABGPU_E2E_SKIP_BUILD=1 but $LG_BIN is missing"
         return 0
     fi
-    lg_find_cargo || lg_die "cargo not found (install Rust >= 1.85 with rustup)"
+    lg_check_toolchain
     lg_say "cargo build --release"
     (cd "$LG_REPO" && cargo build --release --quiet) || lg_die "cargo build --release failed"
     [[ -x $LG_BIN ]] || lg_die "$LG_BIN was not built"
@@ -159,6 +186,13 @@ lg_mktmp() {
 lg_make_fake_gpus() {
     local d="$1" i
     mkdir -p "$d"
+    # userns = "owner": runc binds the nodes inside the container's user namespace, where a
+    # source mount's nodev is locked and the bind's remount fails with EPERM. A real /dev is
+    # not nodev, a systemd host's /tmp is: the fake nodes get a tmpfs of their own there
+    # (teardown_all's lg_unmount_all takes it away).
+    if findmnt -no OPTIONS --target "$d" | tr ',' '\n' | grep -qx nodev; then
+        mount -t tmpfs -o mode=0755,size=1m labgpu-fake-dev "$d" || return 1
+    fi
     for i in 0 1 2 3; do
         mknod -m 666 "$d/nvidia$i" c 195 "$i"
     done
@@ -213,6 +247,31 @@ lg_useradd() {
     return 1
 }
 
+# Subordinate uid and gid ranges (65536 ids) for account $1, unless useradd gave it some
+# (login.defs SUB_UID_COUNT): after every existing range, under a lock so that concurrent
+# runs never pick the same one. userdel removes them with the account.
+lg_ensure_subids() {
+    local name="$1" start
+    grep -q "^$name:" /etc/subuid 2>/dev/null && grep -q "^$name:" /etc/subgid 2>/dev/null && return 0
+    (
+        flock 9
+        start="$(cat /etc/subuid /etc/subgid 2>/dev/null |
+            awk -F: 'NF == 3 { e = $2 + $3; if (e > m) m = e } END { if (m < 100000) m = 100000; print int((m + 65535) / 65536) * 65536 }')"
+        usermod --add-subuids "$start-$((start + 65535))" --add-subgids "$start-$((start + 65535))" "$name"
+    ) 9>/run/labgpu-e2e-subid.lock || lg_die "could not give $name subordinate ids"
+}
+
+# The first subordinate uid (or gid, $2 = gid) range of policy user $1's account.
+lg_subid_start() {
+    local file=/etc/subuid
+    [[ ${2:-uid} == gid ]] && file=/etc/subgid
+    awk -F: -v n="$(lg_user "$1")" '$1 == n && $3 >= 65535 { print $2; exit }' "$file"
+}
+
+# Host groups a run makes (`lg_group lab`: lgt-<run>-lab), removed by lg_remove_users.
+LG_TEST_GROUPS="lab"
+lg_group() { printf 'lgt-%s-%s\n' "$LG_RUN_ID" "$1"; }
+
 # alice, bob, carol: fresh host accounts, homes 0700; data dirs under $LG_TMP.
 lg_make_users() {
     local u name home
@@ -224,6 +283,7 @@ lg_make_users() {
         home="$(lg_home "$u")"
         [[ -n $home && $home != / && -d $home ]] || lg_die "account $name has no usable home ($home)"
         chmod 700 "$home"
+        lg_ensure_subids "$name"
     done
     for u in alice bob; do
         mkdir -p "$LG_TMP/data/$u"
@@ -242,6 +302,10 @@ lg_remove_users() {
         [[ $(getent passwd "$name" | cut -d: -f5) == "$(lg_user_mark "$LG_TMP")" ]] || continue
         userdel -r "$name" >/dev/null 2>&1 || lg_say "warning: userdel -r $name failed"
     done
+    for u in $LG_TEST_GROUPS; do
+        getent group "$(lg_group "$u")" >/dev/null && groupdel "$(lg_group "$u")" 2>/dev/null
+    done
+    return 0
 }
 
 # The test image: static busybox, one symlink per applet, passwd with root and the test users.
@@ -289,6 +353,7 @@ docker_root = "$LG_DATA_ROOT"
 
 [gpus]
 dev_root = "$LG_TMP/dev"
+${LG_POLICY_GPUS_EXTRA:-}
 
 [defaults]
 capabilities = ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL",
@@ -348,6 +413,10 @@ lg_write_daemon_json() {
     local key=""
     if grep -qa 'deprecated-key-path' "$(command -v dockerd)"; then
         key=", \"deprecated-key-path\": \"$LG_TMP/key.json\""
+    fi
+    # Docker 25+ applies CDI devices itself when asked to (e2e.sh's docker_cdi case).
+    if grep -qa 'cdi-spec-dirs' "$(command -v dockerd)"; then
+        key+=', "features": {"cdi": true}'
     fi
     # LG_DEFAULT_RUNTIME: dockerd's default runtime (proxy.sh: builds need labgpu's).
     if [[ -n ${LG_DEFAULT_RUNTIME:-} ]]; then
@@ -445,13 +514,19 @@ lg_start_dockerd() {
         --pidfile "$LG_TMP/docker.pid" -H "unix://$LG_SOCK"
         --bridge=none --iptables=false --ip6tables=false --ip-masq=false
         --userland-proxy=false --storage-driver="$driver")
-    if [[ -S /run/containerd/containerd.sock || ${LABGPU_E2E_OWN_CONTAINERD:-0} == 1 ]]; then
+    if [[ -n $LG_CONTAINERD_PID ]] && kill -0 "$LG_CONTAINERD_PID" 2>/dev/null; then
+        # A restart (lg_restart_dockerd): the private containerd, and its shims, carry on.
+        args+=(--containerd "$LG_TMP/ctd/containerd.sock")
+    elif [[ -S /run/containerd/containerd.sock || ${LABGPU_E2E_OWN_CONTAINERD:-0} == 1 ]]; then
         lg_start_containerd
         args+=(--containerd "$LG_TMP/ctd/containerd.sock")
     fi
     # dockerd creates /run/docker/plugins (plugin discovery, not configurable): remember
     # whether it was there, so teardown removes only what this run made.
-    [[ -e /run/docker ]] && LG_RUN_DOCKER_EXISTED=1 || LG_RUN_DOCKER_EXISTED=0
+    if [[ -z ${LG_DOCKERD_STARTED:-} ]]; then
+        [[ -e /run/docker ]] && LG_RUN_DOCKER_EXISTED=1 || LG_RUN_DOCKER_EXISTED=0
+        LG_DOCKERD_STARTED=1
+    fi
     lg_say "starting dockerd (storage driver $driver) on $LG_SOCK"
     # A clean environment: dockerd copies its own into hooks it adds (--gpus), and nothing of
     # the caller's (DOCKER_HOST, proxies, ...) should reach containerd or the runtime.
@@ -584,6 +659,25 @@ lg_stop_dockerd() {
     fi
 }
 
+# Restarts the dockerd the run uses, its running containers with it (live-restore is off:
+# dockerd stops them at shutdown; --restart always brings them back).
+lg_restart_dockerd() {
+    if [[ $LG_SYSTEM_DOCKER == 1 ]]; then
+        systemctl restart docker || return 1
+        local i
+        for ((i = 0; i < 60; i++)); do
+            lg_docker info >/dev/null 2>&1 && return 0
+            sleep 1
+        done
+        return 1
+    fi
+    lg_stop_pid "$LG_DOCKERD_PID" 60
+    wait "$LG_DOCKERD_PID" 2>/dev/null
+    # The netns goes with dockerd unless a private containerd holds it.
+    [[ -n $LG_CONTAINERD_PID ]] || LG_NETNS_PID=""
+    lg_start_dockerd "$LG_TMP/hookbin"
+}
+
 lg_unmount_all() {
     [[ -n $LG_TMP ]] || return 0
     local mp
@@ -593,17 +687,18 @@ lg_unmount_all() {
 }
 
 # ---------------------------------------------------------------------------------------------
-# labgpu proxy in front of the private dockerd (proxy.sh, slurm.sh)
+# labgpu proxy in front of the private dockerd (proxy.sh, slurm.sh, shell.sh)
 
 LG_PSOCK=""
 LG_PROXY_PID=""
+LG_PROXY_EXTRA=() # more `labgpu proxy` arguments (top.sh: --metrics, --root)
 
 # Starts `labgpu proxy` on $LG_TMP/proxy/docker.sock (LG_PSOCK), logging to $LG_TMP/proxy.log;
 # arguments, if any, are a command prefix to start it under (slurm.sh: nsenter).
 lg_start_own_proxy() {
     LG_PSOCK="$LG_TMP/proxy/docker.sock"
     "$@" "$LG_BIN" proxy --listen "$LG_PSOCK" --upstream "$LG_SOCK" --policy "$LG_POLICY" \
-        >"$LG_TMP/proxy.log" 2>&1 &
+        ${LG_PROXY_EXTRA[@]+"${LG_PROXY_EXTRA[@]}"} >"$LG_TMP/proxy.log" 2>&1 &
     LG_PROXY_PID=$!
     local i
     for ((i = 0; i < 50; i++)); do
@@ -670,6 +765,8 @@ teardown_all() {
     local rc=$?
     trap - EXIT INT TERM
     [[ -n $LG_TMP && -d $LG_TMP ]] || exit "$rc"
+    # e2e.sh's docker_cdi case: a CDI spec in Docker's spec directory.
+    [[ -n ${LG_CDI_FILE:-} ]] && rm -f "$LG_CDI_FILE"
     if [[ $LG_SYSTEM_DOCKER == 1 ]]; then
         lg_release_system_docker
     else
@@ -697,6 +794,32 @@ teardown_all() {
 LG_PASSED=0
 LG_FAILED=0
 LG_FAILURES=()
+
+# expect_fail NAME PATTERN CMD...: CMD must fail and its output contain PATTERN.
+expect_fail() {
+    local name="$1" pattern="$2" out rc=0
+    shift 2
+    out="$("$@" 2>&1)" || rc=$?
+    if [[ $rc -eq 0 ]]; then
+        fail "$name" "succeeded, expected a refusal: $out"
+    elif [[ $out != *"$pattern"* ]]; then
+        fail "$name" "exit $rc without '$pattern': $out"
+    else
+        pass "$name"
+    fi
+}
+
+# expect_ok NAME CMD...: CMD must succeed; its output is left in OUT.
+expect_ok() {
+    local name="$1" rc=0
+    shift
+    OUT="$("$@" 2>&1)" || rc=$?
+    if [[ $rc -ne 0 ]]; then
+        fail "$name" "exit $rc: $OUT"
+        return 1
+    fi
+    return 0
+}
 
 pass() {
     LG_PASSED=$((LG_PASSED + 1))

@@ -95,32 +95,6 @@ proxy_teardown() {
     teardown_all
 }
 
-# expect_fail NAME PATTERN CMD...: CMD must fail and its output contain PATTERN.
-expect_fail() {
-    local name="$1" pattern="$2" out rc=0
-    shift 2
-    out="$("$@" 2>&1)" || rc=$?
-    if [[ $rc -eq 0 ]]; then
-        fail "$name" "succeeded, expected a refusal: $out"
-    elif [[ $out != *"$pattern"* ]]; then
-        fail "$name" "exit $rc without '$pattern': $out"
-    else
-        pass "$name"
-    fi
-}
-
-# expect_ok NAME CMD...: CMD must succeed; its output is left in OUT.
-expect_ok() {
-    local name="$1" rc=0
-    shift
-    OUT="$("$@" 2>&1)" || rc=$?
-    if [[ $rc -ne 0 ]]; then
-        fail "$name" "exit $rc: $OUT"
-        return 1
-    fi
-    return 0
-}
-
 # ---------------------------------------------------------------------------------------------
 # Cases
 
@@ -381,13 +355,33 @@ case_build() {
     lg_write_policy
 }
 
+# Whether this dockerd runs BuildKit's RUN steps through labgpu (Docker 26 and later with
+# `labgpu setup docker --buildkit`'s DOCKER_BUILDKIT_RUNC_COMMAND; the VM lane's job sets it)
+# and users have buildx: then BuildKit builds go through the proxy, checked.
+buildkit_through_labgpu() {
+    local server p
+    server="$(real version --format '{{.Server.Version}}' 2>/dev/null)"
+    ((${server%%.*} >= 26)) || return 1
+    as alice "$LG_DOCKER_CLI" buildx version >/dev/null 2>&1 || return 1
+    for p in $(pidof dockerd); do
+        tr '\0' '\n' <"/proc/$p/environ" | grep -q '^DOCKER_BUILDKIT_RUNC_COMMAND=/' && return 0
+    done
+    return 1
+}
+
 case_buildkit() {
-    # BuildKit runs RUN steps with runc directly, outside labgpu: refused, with the way to
-    # build meanwhile (DOCKER_BUILDKIT=0).
     local ctx="$LG_TMP/build-bk" cli out rc=0
     mkdir -p "$ctx"
     printf 'FROM %s\nRUN echo bk > /bk\n' "$I" >"$ctx/Dockerfile"
     chown -R "$(lg_user alice)" "$ctx"
+    # Docker CLIs before 23 send BuildKit builds as POST /build?version=2, which carries
+    # none of what the proxy checks on /grpc.
+    expect_status build-version-2 403 "BuildKit builds through POST /build" \
+        "$(api alice POST '/v1.41/build?version=2&remote=client-session' 2>&1)"
+    if buildkit_through_labgpu; then
+        buildkit_builds
+        return
+    fi
     cli="$("$LG_DOCKER_CLI" version --format '{{.Client.Version}}' 2>/dev/null)"
     if ((${cli%%.*} < 23)); then
         # Docker 20.10's CLI with DOCKER_BUILDKIT=1: /session, then /build?version=2, whose
@@ -395,15 +389,14 @@ case_buildkit() {
         expect_fail build-buildkit-refused "DOCKER_BUILDKIT=0 docker build" \
             as alice env DOCKER_BUILDKIT=1 "$LG_DOCKER_CLI" build --progress plain --network none -t alice/bk "$ctx"
     elif as alice "$LG_DOCKER_CLI" buildx version >/dev/null 2>&1; then
-        # CLI 23 and later build with BuildKit through buildx, which drives BuildKit's
-        # controller over /grpc: refused. buildx then falls back to a BuildKit container of
-        # its own (which the proxy would refuse as privileged, and which cannot be pulled
-        # here): the build must fail, and the proxy must have refused /grpc.
+        # buildx drives BuildKit's controller over /grpc: refused where BuildKit's steps
+        # would run outside labgpu. buildx then falls back to a BuildKit container of its own
+        # (which the proxy would refuse as privileged, and which cannot be pulled here).
         out="$(as alice env DOCKER_BUILDKIT=1 "$LG_DOCKER_CLI" build --progress plain --network none \
             -t alice/bk "$ctx" 2>&1)" || rc=$?
         if ((rc == 0)); then
             fail build-buildx-refused "a BuildKit build through buildx succeeded: $out"
-        elif ! proxy_log_tail 100 | grep -q "refused: the BuildKit gRPC API (/grpc).*$(lg_user alice)"; then
+        elif ! proxy_log_tail 100 | grep -q "$(lg_user alice).*refused: BuildKit builds are not allowed"; then
             fail build-buildx-refused "no /grpc refusal for alice in the proxy's log; the build said: $out"
         else
             pass build-buildx-refused
@@ -411,13 +404,104 @@ case_buildkit() {
     else
         printf 'skip build-buildkit (docker CLI %s builds with BuildKit only through buildx, not installed)\n' "$cli"
     fi
-    expect_status build-version-2 403 "BuildKit builds run their steps outside the labgpu runtime" \
-        "$(api alice POST '/v1.41/build?version=2&remote=client-session' 2>&1)"
-    # The h2c upgrade to /grpc that buildx's docker driver makes.
+    # The h2c upgrade to /grpc that buildx's docker driver makes: refused before any gRPC,
+    # with the reason (Docker 20.10 runs BuildKit's steps with the runc on its PATH).
     out="$(as alice curl -sS --unix-socket "$PSOCK" -X POST -H 'Connection: Upgrade' -H 'Upgrade: h2c' \
         -w '\n%{http_code}\n' http://docker/grpc 2>&1)"
-    if [[ $out == *"only the administrator"* && $out == *$'\n403' ]]; then pass build-grpc-refused; else
-        fail build-grpc-refused "$out"
+    expect_status build-grpc-refused 403 "BuildKit builds are not allowed: dockerd" "$out"
+}
+
+# bk_build USER NAME TAG DOCKERFILE-TEXT [BUILD ARGS...]: a buildx build of DOCKERFILE-TEXT
+# as USER through the proxy; the output is left in OUT, the exit status returned.
+bk_build() {
+    local u="$1" name="$2" tag="$3" text="$4" ctx="$LG_TMP/bk-$2" rc=0
+    shift 4
+    mkdir -p "$ctx"
+    printf '%s\n' "$text" >"$ctx/Dockerfile"
+    chown -R "$(lg_user "$u")" "$ctx"
+    OUT="$(as "$u" env DOCKER_BUILDKIT=1 "$LG_DOCKER_CLI" build --progress plain -t "$tag" "$@" "$ctx" 2>&1)" || rc=$?
+    return "$rc"
+}
+
+# BuildKit builds through the proxy, where their RUN steps run under labgpu.
+buildkit_builds() {
+    local status='^(CapBnd|NoNewPrivs):' token="$RANDOM$RANDOM" step run
+    if bk_build alice bk alice/bk "FROM $I
+RUN echo $token; grep -E '$status' /proc/self/status >/step-status; ls /dev >/devs"; then
+        pass buildx-build
+        step="$(dk alice run --rm alice/bk cat /step-status 2>&1)"
+        run="$(dk alice run --rm alice/bk grep -E "$status" /proc/self/status 2>&1)"
+        if [[ -n $step && $step == "$run" && $step == *"NoNewPrivs:"*1* ]]; then
+            pass buildx-step-confined-as-a-container
+        else
+            fail buildx-step-confined-as-a-container "RUN step: $step; container: $run"
+        fi
+        out="$(dk alice run --rm alice/bk cat /devs 2>&1)"
+        if [[ $out == *nvidia* || -z $out ]]; then fail buildx-step-no-gpu "$out"; else pass buildx-step-no-gpu; fi
+        if grep -q 'BuildKit build step allowed' "$LG_TMP/labgpu.log"; then pass buildx-step-through-labgpu; else
+            fail buildx-step-through-labgpu "no 'BuildKit build step allowed' in labgpu.log: $(tail -n 3 "$LG_TMP/labgpu.log")"
+        fi
+    else
+        fail buildx-build "$OUT"
+    fi
+    # Entitlements: the host network only with allow_host_network, insecure never.
+    if bk_build alice bkhost alice/bkhost "FROM $I
+RUN true" --allow network.host --network host; then
+        fail buildx-host-network-refused "$OUT"
+    elif [[ $OUT == *"network.host is not allowed for alice (allow_host_network"* ]]; then
+        pass buildx-host-network-refused
+    else
+        fail buildx-host-network-refused "$OUT"
+    fi
+    if bk_build alice bkins alice/bkins "FROM $I
+RUN true" --allow security.insecure; then
+        fail buildx-insecure-refused "$OUT"
+    elif [[ $OUT == *'"security.insecure" is not allowed'* ]]; then pass buildx-insecure-refused; else
+        fail buildx-insecure-refused "$OUT"
+    fi
+    # -t obeys the image-name rule.
+    if bk_build alice bkname bob/bk "FROM $I"; then fail buildx-name-refused "$OUT"
+    elif [[ $OUT == *"only under their own prefix"* ]]; then pass buildx-name-refused; else
+        fail buildx-name-refused "$OUT"
+    fi
+    # A frontend image (# syntax=) is never pulled or run: dockerd's own frontend builds.
+    if bk_build alice bksyntax alice/bksyntax "# syntax=evil.invalid/frontend:1
+FROM $I
+RUN echo syntax-ignored >/s"; then pass buildx-syntax-ignored; else fail buildx-syntax-ignored "$OUT"; fi
+    if bk_build alice bksyntax2 alice/bksyntax2 "FROM $I" --build-arg BUILDKIT_SYNTAX=evil.invalid/f; then
+        fail buildx-syntax-arg-refused "$OUT"
+    elif [[ $OUT == *BUILDKIT_SYNTAX* ]]; then pass buildx-syntax-arg-refused; else
+        fail buildx-syntax-arg-refused "$OUT"
+    fi
+    # Git sources are cloned by dockerd as root: denied by the proxy's source policy.
+    if bk_build alice bkgit alice/bkgit "FROM $I
+ADD git@git.example.invalid:lab/repo.git /repo"; then fail buildx-git-source-refused "$OUT"
+    elif [[ $OUT == *"denied by policy"* ]]; then pass buildx-git-source-refused; else
+        fail buildx-git-source-refused "$OUT"
+    fi
+    # Cache mounts are per user: alice plants a file in cache "shared", bob's build of the
+    # same mount does not see it; alice's own next build does (the case can fail).
+    local plant="FROM $I
+RUN --mount=type=cache,target=/c,id=shared echo $token-planted >/c/planted"
+    local look="FROM $I
+RUN --mount=type=cache,target=/c,id=shared sh -c 'echo $token-look; cat /c/planted >/seen 2>&1 || true'"
+    if bk_build alice bkplant alice/bkplant "$plant" && bk_build bob bklook bob/bklook "$look"; then
+        out="$(dk bob run --rm bob/bklook cat /seen 2>&1)"
+        if [[ $out == *"$token-planted"* ]]; then fail buildx-cache-mount-per-user "bob's build saw: $out"; else
+            pass buildx-cache-mount-per-user
+        fi
+        # The very step bob ran: BuildKit keeps cache mount ids out of its cache keys, so
+        # without per-uid RUN caching alice would get bob's result (what his mount held).
+        if bk_build alice bklook2 alice/bklook "$look"; then
+            out="$(dk alice run --rm alice/bklook cat /seen 2>&1)"
+            if [[ $out == *"$token-planted"* ]]; then pass buildx-cache-mount-own; else
+                fail buildx-cache-mount-own "alice's identical step saw: $out"
+            fi
+        else
+            fail buildx-cache-mount-own "$OUT"
+        fi
+    else
+        fail buildx-cache-mount-per-user "$OUT"
     fi
 }
 
@@ -759,14 +843,13 @@ case_policy() {
 }
 
 case_keepalive() {
+    # Two requests on one curl command line: %{num_connects} is the number of new connections
+    # each transfer opened, so "1" then "0" means the proxy kept the first one open and
+    # served the second request on it (whatever curl's verbose wording of the day).
     local out
-    out="$(as alice curl -sv --unix-socket "$PSOCK" http://docker/_ping http://docker/v1.41/version 2>&1)"
-    # curl 7.88 says "Re-using existing connection", 8.14 "Re-using existing http: connection".
-    if [[ $out == *"Re-using existing "*connection* && $out == *OK* && $out == *ApiVersion* ]]; then
-        pass keepalive-two-requests
-    else
-        fail keepalive-two-requests "$out"
-    fi
+    out="$(as alice curl -sS --unix-socket "$PSOCK" -o /dev/null -o /dev/null \
+        -w '%{http_code} %{num_connects}\n' http://docker/_ping http://docker/v1.41/version 2>&1)"
+    expect_eq keepalive-two-requests $'200 1\n200 0' "$out"
 }
 
 case_load() {

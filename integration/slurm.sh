@@ -262,20 +262,6 @@ gone_within() {
     return 1
 }
 
-# expect_fail NAME PATTERN CMD...: CMD must fail and its output contain PATTERN.
-expect_fail() {
-    local name="$1" pattern="$2" out rc=0
-    shift 2
-    out="$("$@" 2>&1)" || rc=$?
-    if [[ $rc -eq 0 ]]; then
-        fail "$name" "succeeded, expected a refusal: $out"
-    elif [[ $out != *"$pattern"* ]]; then
-        fail "$name" "exit $rc without '$pattern': $out"
-    else
-        pass "$name"
-    fi
-}
-
 # ---------------------------------------------------------------------------------------------
 # Cases
 

@@ -33,7 +33,7 @@ const GLOBAL_VALUE_FLAGS: [&str; 5] = ["--root", "--log", "--log-format", "--cri
 
 /// Flags of the subcommands labgpu reads that take a value. Used only to skip values when
 /// looking for the container id, the last positional argument.
-const SUB_VALUE_FLAGS: [&str; 22] = [
+const SUB_VALUE_FLAGS: [&str; 38] = [
     "--bundle",
     "-b",
     "--pid-file",
@@ -56,6 +56,23 @@ const SUB_VALUE_FLAGS: [&str; 22] = [
     "--resources",
     "-r",
     "--image-path",
+    // update's limits
+    "--blkio-weight",
+    "--cpu-period",
+    "--cpu-quota",
+    "--cpu-share",
+    "--cpu-rt-period",
+    "--cpu-rt-runtime",
+    "--cpuset-cpus",
+    "--cpuset-mems",
+    "--kernel-memory",
+    "--kernel-memory-tcp",
+    "--memory",
+    "--memory-reservation",
+    "--memory-swap",
+    "--pids-limit",
+    "--l3-cache-schema",
+    "--mem-bw-schema",
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +93,9 @@ pub struct Invocation {
     pub root: Option<PathBuf>,
     pub log: Option<PathBuf>,
     pub log_format: Option<String>,
+    /// `--systemd-cgroup`: runc makes cgroups through systemd (`linux.cgroupsPath` is
+    /// `slice:prefix:name`).
+    pub systemd_cgroup: bool,
 }
 
 impl Invocation {
@@ -89,6 +109,7 @@ pub fn dispatch(argv: &[OsString]) -> Face {
     let mut root = None;
     let mut log = None;
     let mut log_format = None;
+    let mut systemd_cgroup = false;
     let mut i = 1;
     while i < argv.len() {
         let arg = argv[i].as_bytes();
@@ -104,12 +125,16 @@ pub fn dispatch(argv: &[OsString]) -> Face {
                     root,
                     log,
                     log_format,
+                    systemd_cgroup,
                 })
             } else {
                 Face::Admin
             };
         }
         let (name, inline) = split_eq(arg);
+        if name == b"--systemd-cgroup" {
+            systemd_cgroup = inline.is_none_or(|v| v != b"false");
+        }
         if GLOBAL_VALUE_FLAGS.iter().any(|f| f.as_bytes() == name) {
             let value = match inline {
                 Some(v) => Some(os(v)),
@@ -231,6 +256,7 @@ mod tests {
         );
         assert_eq!(inv.log, Some(PathBuf::from("/b/log.json")));
         assert_eq!(inv.log_format.as_deref(), Some("json"));
+        assert!(inv.systemd_cgroup);
         let sub = inv.sub_args(&argv);
         assert_eq!(flag_value(sub, &["--bundle", "-b"]), Some("/b".into()));
         assert_eq!(container_id(sub).as_deref(), Some("abc123"));

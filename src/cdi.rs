@@ -38,10 +38,10 @@ const HOOK_STAGES: [&str; 6] = [
 
 #[derive(Debug, thiserror::Error)]
 pub enum CdiError {
-    #[error("cannot read CDI spec {path}: {source}")]
+    #[error("cannot read CDI spec {path}: {cause}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("CDI spec {path} is malformed: {reason}")]
     Malformed { path: PathBuf, reason: String },
@@ -163,9 +163,9 @@ pub fn edits_for(setting: &CdiSetting, gpus: &[&Gpu]) -> Result<Option<Edits>, C
 }
 
 fn load(path: &Path) -> Result<SpecFile, CdiError> {
-    let read = |source| CdiError::Read {
+    let read = |cause| CdiError::Read {
         path: path.to_path_buf(),
-        source,
+        cause,
     };
     std::fs::metadata(path).map_err(read)?;
     let resolved = root_only(path).map_err(|reason| CdiError::Untrusted {
@@ -361,6 +361,104 @@ fn add(out: &mut Edits, edits: &EditsFile, path: &Path) -> Result<(), CdiError> 
         }
     }
     Ok(())
+}
+
+/// What dockerd may already have written into a spec from CDI specs: Docker 26 with
+/// `features.cdi` applies `--device nvidia.com/gpu=N` itself (the CDI library's
+/// `ContainerEdits.Apply`: device nodes with their cgroup rules, mounts, env, hooks) before
+/// any runtime sees the spec, and leaves no annotation saying so. labgpu recognises those
+/// edits by the spec files they come from, so that a CDI-named GPU is treated like
+/// `--device /dev/nvidiaN`: whatever dockerd applied is taken out again, and the owner gets
+/// their own edits from `Edits` (the same as without `--device`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DockerApplied {
+    /// (host path, container path) of every mount an NVIDIA CDI device or its spec adds.
+    pub mounts: Vec<(PathBuf, String)>,
+    pub env: Vec<String>,
+    pub hooks: Vec<PathBuf>,
+}
+
+impl DockerApplied {
+    pub fn is_empty(&self) -> bool {
+        self.mounts.is_empty() && self.env.is_empty() && self.hooks.is_empty()
+    }
+
+    fn add(&mut self, edits: &EditsFile) {
+        for m in &edits.mounts {
+            let key = (m.host_path.clone(), m.container_path.clone());
+            if !self.mounts.contains(&key) {
+                self.mounts.push(key);
+            }
+        }
+        for e in &edits.env {
+            if !self.env.contains(e) {
+                self.env.push(e.clone());
+            }
+        }
+        for h in &edits.hooks {
+            if !self.hooks.contains(&h.path) {
+                self.hooks.push(h.path.clone());
+            }
+        }
+    }
+}
+
+/// The CDI spec directories dockerd reads: daemon.json's `cdi-spec-dirs`, else Docker's
+/// defaults (the same as `AUTO_DIRS`).
+pub fn docker_spec_dirs(daemon_json: &Path) -> Vec<PathBuf> {
+    let configured = std::fs::read(daemon_json)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| {
+            let dirs = v.get("cdi-spec-dirs")?.as_array()?.clone();
+            Some(
+                dirs.iter()
+                    .filter_map(|d| d.as_str().filter(|d| d.starts_with('/')))
+                    .map(PathBuf::from)
+                    .collect::<Vec<_>>(),
+            )
+        });
+    configured.unwrap_or_else(|| AUTO_DIRS.map(PathBuf::from).to_vec())
+}
+
+/// Every edit of every NVIDIA device (`kind: nvidia.com/…`, the `all` device and each
+/// spec's common edits included) in the `*.yaml`/`*.json` files of `dirs`. Only files that
+/// root alone can change count: the result decides what is taken out of every container.
+/// A file that cannot be read or parsed is skipped, as dockerd skips it.
+pub fn docker_applied(dirs: &[PathBuf]) -> DockerApplied {
+    let mut out = DockerApplied::default();
+    for dir in dirs {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "json"))
+            .collect();
+        files.sort();
+        for file in files {
+            let Ok(spec) = load_any(&file) else { continue };
+            if !spec.kind.starts_with("nvidia.com/") {
+                continue;
+            }
+            out.add(&spec.container_edits);
+            for device in &spec.devices {
+                out.add(&device.container_edits);
+            }
+        }
+    }
+    out
+}
+
+/// A root-only spec file of any kind.
+fn load_any(path: &Path) -> Result<SpecFile, String> {
+    let resolved = root_only(path)?;
+    let bytes = std::fs::read(resolved).map_err(|e| e.to_string())?;
+    if path.extension().is_some_and(|e| e == "json") {
+        serde_json::from_slice(&bytes).map_err(|e| e.to_string())
+    } else {
+        serde_yaml_ng::from_slice(&bytes).map_err(|e| e.to_string())
+    }
 }
 
 #[cfg(test)]
@@ -604,5 +702,59 @@ containerEdits:
             auto_spec(&[a.path().into(), b.path().into()]),
             Some(a.path().join("nvidia.yaml"))
         );
+    }
+
+    #[test]
+    fn docker_applied_collects_every_nvidia_device_in_dockers_dirs() {
+        if !is_root() {
+            return; // the spec must be root-owned; CI runs as root
+        }
+        let dir = tempfile::tempdir().unwrap();
+        fixture(dir.path());
+        // Docker reads every .yaml/.json file, whatever its name; other vendors' kinds are
+        // left to the mount rules, and so is a file that is not a CDI spec.
+        std::fs::rename(dir.path().join("nvidia.yaml"), dir.path().join("gpus.yaml")).unwrap();
+        std::fs::write(
+            dir.path().join("other.yaml"),
+            "cdiVersion: 0.5.0\nkind: vendor.com/nic\ncontainerEdits:\n  mounts:\n  - {hostPath: /x, containerPath: /x}\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("broken.json"), "{").unwrap();
+        let missing = dir.path().join("missing");
+        let applied = docker_applied(&[missing, dir.path().to_path_buf()]);
+        let dests: Vec<&str> = applied.mounts.iter().map(|(_, c)| c.as_str()).collect();
+        assert_eq!(
+            dests,
+            [
+                "/usr/lib/x86_64-linux-gnu/libcuda.so.1",
+                "/usr/share/gpu0",
+                "/usr/share/gpu1",
+                "/usr/share/all"
+            ]
+        );
+        assert_eq!(applied.env, ["NVIDIA_VISIBLE_DEVICES=void"]);
+        assert_eq!(applied.hooks, [dir.path().join("nvidia-cdi-hook")]);
+
+        // A file root does not own alone decides nothing.
+        let loose = tempfile::tempdir().unwrap();
+        fixture(loose.path());
+        std::fs::set_permissions(
+            loose.path().join("nvidia.yaml"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o666),
+        )
+        .unwrap();
+        assert!(docker_applied(&[loose.path().to_path_buf()]).is_empty());
+    }
+
+    #[test]
+    fn dockers_cdi_dirs_come_from_daemon_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join("daemon.json");
+        let defaults = [PathBuf::from("/etc/cdi"), PathBuf::from("/var/run/cdi")];
+        assert_eq!(docker_spec_dirs(&json), defaults);
+        std::fs::write(&json, r#"{"features": {"cdi": true}}"#).unwrap();
+        assert_eq!(docker_spec_dirs(&json), defaults);
+        std::fs::write(&json, r#"{"cdi-spec-dirs": ["/opt/cdi", "relative"]}"#).unwrap();
+        assert_eq!(docker_spec_dirs(&json), [PathBuf::from("/opt/cdi")]);
     }
 }

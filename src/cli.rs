@@ -10,7 +10,7 @@ use clap::Parser;
 pub use crate::cli_args::{Cli, Command_, PolicyCommand, SetupCommand, SlurmCommand};
 use crate::decide::{self, DecideError};
 use crate::gpu::{inventory_for, Inventory, Purpose};
-use crate::policy::{policy_path, GpuRef, Policy, RunAs};
+use crate::policy::{policy_path, GpuRef, GpusSection, Policy, PolicyError, RunAs};
 use crate::runtime::find_runc;
 use crate::setup;
 use crate::verify;
@@ -27,11 +27,7 @@ pub fn main(argv: Vec<OsString>) -> i32 {
         } => verify(
             verify::Options {
                 policy: policy.unwrap_or_else(policy_path),
-                roots: if roots.is_empty() {
-                    verify::DEFAULT_ROOTS.iter().map(PathBuf::from).collect()
-                } else {
-                    roots
-                },
+                roots: verify_roots(roots),
                 container,
                 proc_root,
             },
@@ -45,11 +41,31 @@ pub fn main(argv: Vec<OsString>) -> i32 {
             listen,
             upstream,
             policy,
+            metrics,
+            roots,
         } => crate::proxy::run(crate::proxy::Options {
             listen,
             upstream,
             policy: policy.unwrap_or_else(policy_path),
+            metrics,
+            roots: verify_roots(roots),
         }),
+        Command_::Top {
+            policy,
+            socket,
+            once,
+            json,
+            interval,
+        } => crate::top::cmd::top(&crate::top::cmd::Options {
+            policy: policy.unwrap_or_else(policy_path),
+            socket,
+            once,
+            json,
+            interval: std::time::Duration::from_secs_f64(interval.clamp(0.2, 3600.0)),
+        }),
+        Command_::Metrics { policy, roots } => {
+            crate::top::cmd::print_metrics(&policy.unwrap_or_else(policy_path), verify_roots(roots))
+        }
         Command_::Setup {
             command:
                 SetupCommand::Docker {
@@ -58,9 +74,34 @@ pub fn main(argv: Vec<OsString>) -> i32 {
                     dry_run,
                     remove,
                     path,
+                    buildkit,
+                    systemd_dir,
                 },
-        } => setup::docker_cli(&config, default, dry_run, remove, path),
+        } => setup::docker_cli(
+            &config,
+            default,
+            dry_run,
+            remove,
+            path,
+            buildkit,
+            &systemd_dir,
+        ),
         Command_::Seccomp { command } => crate::seccomp::cmd::run(command),
+        Command_::User { command } => Ok(crate::users::run(command)),
+        Command_::Shell {
+            command,
+            args,
+            socket,
+        } => {
+            let mode = match command {
+                Some(c) => crate::shell::Mode::Command(std::iter::once(c).chain(args).collect()),
+                None => crate::shell::Mode::Interactive,
+            };
+            Ok(crate::shell::run(
+                mode,
+                socket.unwrap_or_else(crate::shell::socket_from_env),
+            ))
+        }
         Command_::Slurm {
             command:
                 SlurmCommand::Epilog {
@@ -83,6 +124,15 @@ pub fn main(argv: Vec<OsString>) -> i32 {
             eprintln!("labgpu: {e:#}");
             2
         }
+    }
+}
+
+/// The runc state roots given, else Docker's, containerd's and runc's.
+fn verify_roots(roots: Vec<PathBuf>) -> Vec<PathBuf> {
+    if roots.is_empty() {
+        verify::DEFAULT_ROOTS.iter().map(PathBuf::from).collect()
+    } else {
+        roots
     }
 }
 
@@ -200,6 +250,48 @@ fn check_docker_root(policy: &Policy, docker: &Path) -> usize {
     }
 }
 
+/// What `userns = "owner"` needs of the host: dockerd without userns-remap, idmapped mounts
+/// on Docker's layers; and what it means for unlabeled containers. (errors, warnings)
+fn check_userns_host(policy: &Policy, docker: &Path) -> (usize, usize) {
+    use crate::policy::{Unlabeled, Userns};
+    let users: Vec<&String> = policy
+        .users
+        .iter()
+        .filter(|(_, u)| policy.userns_for(Some(u)) == Userns::Owner)
+        .map(|(n, _)| n)
+        .collect();
+    let (mut errors, mut warnings) = (0, 0);
+    if policy.defaults.userns == Userns::Owner && policy.runtime.unlabeled == Unlabeled::NoGpu {
+        println!("warning: [defaults] userns = \"owner\" with [runtime] unlabeled = \"no-gpu\": unlabeled containers have no owner to map root to and are refused");
+        warnings += 1;
+    }
+    if users.is_empty() {
+        return (errors, warnings);
+    }
+    let remap = crate::docker_api::get_json(docker, "/info")
+        .ok()
+        .and_then(|info| info.get("SecurityOptions").cloned())
+        .and_then(|o| serde_json::from_value::<Vec<String>>(o).ok())
+        .is_some_and(|o| o.iter().any(|s| s.split(',').any(|f| f == "name=userns")));
+    if remap {
+        println!("error: Docker's userns-remap is on (docker info); userns = \"owner\" ({}) needs it off", users.iter().map(|u| format!("[users.{u}]")).collect::<Vec<_>>().join(", "));
+        errors += 1;
+    }
+    let root = crate::owner::docker_root(policy.runtime.docker_root.as_ref().map(|r| r.as_path()));
+    if nix::unistd::geteuid().is_root() {
+        if let Err(e) = crate::userns::rootfs::probe(&root.join("overlay2")) {
+            println!("error: {e}");
+            errors += 1;
+        }
+    } else {
+        println!(
+            "note: not root: idmapped mounts under {} not tried",
+            root.display()
+        );
+    }
+    (errors, warnings)
+}
+
 /// Policy users owning `minor` (whole GPU or a MIG slice of it).
 fn owners_of(policy: &Policy, inventory: &dyn Inventory, minor: u32) -> Vec<String> {
     policy
@@ -214,11 +306,39 @@ fn owners_of(policy: &Policy, inventory: &dyn Inventory, minor: u32) -> Vec<Stri
         .collect()
 }
 
+/// The policy at `path`, or None when there is no file there yet: listing GPUs is the first
+/// thing an admin does, before writing a policy that names them.
+fn policy_if_present(path: &Path) -> anyhow::Result<Option<Policy>> {
+    match Policy::load(path) {
+        Ok(p) => Ok(Some(p)),
+        Err(PolicyError::Read { cause, .. }) if cause.kind() == std::io::ErrorKind::NotFound => {
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn gpus(path: &Path, json: bool) -> anyhow::Result<i32> {
-    let policy = Policy::load(path)?;
-    let refs: Vec<&GpuRef> = policy.users.values().flat_map(|u| &u.gpus).collect();
-    let inventory = inventory_for(&policy.gpus, &refs, Purpose::Admin)
-        .with_context(|| format!("reading the GPU inventory for {}", path.display()))?;
+    let loaded = policy_if_present(path)?;
+    let default_gpus = GpusSection::default();
+    let section = loaded.as_ref().map_or(&default_gpus, |p| &p.gpus);
+    let refs: Vec<&GpuRef> = loaded
+        .iter()
+        .flat_map(|p| p.users.values().flat_map(|u| &u.gpus))
+        .collect();
+    let inventory = inventory_for(section, &refs, Purpose::Admin).with_context(|| {
+        if loaded.is_some() {
+            format!("reading the GPU inventory for {}", path.display())
+        } else {
+            "reading the GPU inventory (no policy: default [gpus] settings)".to_string()
+        }
+    })?;
+    let owners = |minor: u32| {
+        loaded
+            .as_ref()
+            .map(|p| owners_of(p, &inventory, minor))
+            .unwrap_or_default()
+    };
     let dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
     if json {
         let rows: Vec<serde_json::Value> = inventory
@@ -234,11 +354,12 @@ fn gpus(path: &Path, json: bool) -> anyhow::Result<i32> {
                     "mig": g.migs.iter().map(|m| serde_json::json!({
                         "gi": m.gi, "ci": m.ci, "uuid": m.uuid, "node": m.cap.host_path,
                     })).collect::<Vec<_>>(),
-                    "owners": owners_of(&policy, &inventory, g.minor),
+                    "owners": owners(g.minor),
                 })
             })
             .collect();
         let out = serde_json::json!({
+            "policy": loaded.as_ref().map(|_| path),
             "source": inventory.source_name(),
             "gpus": rows,
             "control_nodes": inventory.control_nodes().iter().map(|n| n.host_path.clone()).collect::<Vec<_>>(),
@@ -263,7 +384,7 @@ fn gpus(path: &Path, json: bool) -> anyhow::Result<i32> {
             dash(g.uuid.clone()),
             dash(g.name.clone()),
             nodes.join(","),
-            dash(Some(owners_of(&policy, &inventory, g.minor).join(",")).filter(|o| !o.is_empty())),
+            dash(Some(owners(g.minor).join(",")).filter(|o| !o.is_empty())),
         );
         for m in &g.migs {
             println!(
@@ -291,6 +412,12 @@ fn gpus(path: &Path, json: bool) -> anyhow::Result<i32> {
             control.join(", ")
         }
     );
+    if loaded.is_none() {
+        println!(
+            "note: no policy found at {}, so no owners are shown (GPUs read with the default [gpus] settings)",
+            path.display()
+        );
+    }
     Ok(0)
 }
 
@@ -323,6 +450,10 @@ fn policy_check(path: &Path, docker: &Path) -> anyhow::Result<i32> {
                 errors += 1;
             }
         }
+        if let Err(e) = decide::userns_plan(&policy, Some(name), Some(user)) {
+            println!("error: {e}");
+            errors += 1;
+        }
         let run_as = user.run_as.unwrap_or(policy.defaults.run_as);
         if run_as == RunAs::Owner {
             if let Err(e @ DecideError::NoUid { .. }) =
@@ -342,6 +473,9 @@ fn policy_check(path: &Path, docker: &Path) -> anyhow::Result<i32> {
         }
     }
     errors += check_docker_root(&policy, docker);
+    let (e, w) = check_userns_host(&policy, docker);
+    errors += e;
+    warnings += w;
     let (slurm_errors, slurm_warnings) = crate::slurm::grant::check_node(&policy, &inventory);
     for e in &slurm_errors {
         println!("error: {e}");

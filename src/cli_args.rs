@@ -3,6 +3,7 @@
 //! This file is also compiled by `build.rs` (through `#[path]`) to generate the man pages and
 //! shell completions, so it must not use anything from the crate: only `std` and `clap`.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
@@ -11,6 +12,9 @@ use clap::{Parser, Subcommand};
 pub const DEFAULT_PROXY_SOCKET: &str = "/run/labgpu/docker.sock";
 /// The Docker socket `labgpu proxy` forwards to by default.
 pub const DEFAULT_DOCKER_SOCKET: &str = "/var/run/docker.sock";
+
+/// Where `labgpu proxy --metrics` listens when no address is given: loopback only.
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9400";
 
 /// Where Docker reads its daemon configuration.
 pub const DEFAULT_DOCKER_CONFIG: &str = "/etc/docker/daemon.json";
@@ -80,6 +84,46 @@ pub enum Command_ {
         /// Policy file (default: $LABGPU_POLICY or /etc/labgpu/policy.toml), read per request.
         #[arg(long, value_name = "FILE")]
         policy: Option<PathBuf>,
+        /// Serve Prometheus metrics on ADDR (GET /metrics); without ADDR on 127.0.0.1:9400.
+        /// Overrides [proxy] metrics.
+        #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = DEFAULT_METRICS_ADDR)]
+        metrics: Option<String>,
+        /// runc state root the metrics' verify audit scans; repeatable; replaces the defaults.
+        #[arg(long = "root", value_name = "DIR")]
+        roots: Vec<PathBuf>,
+    },
+    /// Show each GPU's load and processes with their owners, and each user's usage.
+    ///
+    /// Root sees the whole host; anyone else asks the proxy (DOCKER_HOST, else the proxy's
+    /// default socket) and sees only their own containers and GPU processes. Redraws every
+    /// --interval seconds until Ctrl-C.
+    Top {
+        /// Policy file (default: $LABGPU_POLICY or /etc/labgpu/policy.toml); root only.
+        #[arg(long, value_name = "FILE")]
+        policy: Option<PathBuf>,
+        /// Ask the proxy on SOCKET (root too: then root sees what the proxy shows it).
+        #[arg(long, value_name = "SOCKET")]
+        socket: Option<PathBuf>,
+        /// Print one screen and exit.
+        #[arg(long)]
+        once: bool,
+        /// Print one view as JSON and exit.
+        #[arg(long)]
+        json: bool,
+        /// Seconds between redraws.
+        #[arg(long, value_name = "SECONDS", default_value_t = 2.0)]
+        interval: f64,
+    },
+    /// Print the Prometheus metrics once (root), e.g. for node_exporter's textfile collector.
+    ///
+    /// The same series `labgpu proxy --metrics` serves, except the proxy's refusal counts.
+    Metrics {
+        /// Policy file (default: $LABGPU_POLICY or /etc/labgpu/policy.toml).
+        #[arg(long, value_name = "FILE")]
+        policy: Option<PathBuf>,
+        /// runc state root verify scans; repeatable; replaces the defaults.
+        #[arg(long = "root", value_name = "DIR")]
+        roots: Vec<PathBuf>,
     },
     /// Register labgpu as a runtime with a container engine.
     Setup {
@@ -90,6 +134,38 @@ pub enum Command_ {
     Seccomp {
         #[command(subcommand)]
         command: SeccompCommand,
+    },
+    /// Add, change, remove and list the policy's users.
+    ///
+    /// Edits /etc/labgpu/policy.toml (or --policy) in place and keeps every comment, key order
+    /// and layout of the rest of the file. Each edit holds a lock next to the file, reads it
+    /// again, checks the whole result as the runtime will load it (and the user's GPUs against
+    /// this host), and only then replaces the file atomically, with its mode and owner. An
+    /// edit that would not load changes nothing and says why.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// A lab user's login shell: enter their own container (installed as labgpu-shell).
+    ///
+    /// Asks the labgpu proxy for the caller's login container (made from the policy's
+    /// `session` settings the first time), starts it if it is stopped, and runs an interactive
+    /// shell in it, or COMMAND with -c. Exit status: COMMAND's; 1 when no login could be
+    /// opened (one sentence on stderr; never a shell on the host).
+    Shell {
+        /// Run COMMAND in the container (as `sh -c COMMAND`) instead of a login shell.
+        #[arg(short = 'c', value_name = "COMMAND", allow_hyphen_values = true)]
+        command: Option<OsString>,
+        /// Arguments for COMMAND: $0, $1, ...
+        #[arg(
+            requires = "command",
+            allow_hyphen_values = true,
+            trailing_var_arg = true
+        )]
+        args: Vec<OsString>,
+        /// The labgpu proxy's socket (default: $LABGPU_PROXY_SOCKET, else /run/labgpu/docker.sock).
+        #[arg(long, value_name = "SOCKET")]
+        socket: Option<PathBuf>,
     },
     /// Containers tied to Slurm jobs: the epilog that removes them, and a job's GPUs here.
     Slurm {
@@ -127,6 +203,124 @@ pub enum SlurmCommand {
         #[arg(long, value_name = "FILE")]
         policy: Option<PathBuf>,
     },
+}
+
+/// Where `labgpu user` reads and writes, and which Docker it asks about containers.
+#[derive(Debug, clap::Args)]
+pub struct UserTarget {
+    /// Policy file (default: $LABGPU_POLICY or /etc/labgpu/policy.toml).
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// Docker's API socket (for the user's containers).
+    #[arg(long, value_name = "SOCKET", default_value = DEFAULT_DOCKER_SOCKET)]
+    pub docker: PathBuf,
+}
+
+/// What `user add` and `user set` may change.
+#[derive(Debug, clap::Args)]
+pub struct UserChanges {
+    /// Host uid (with --gid); default: the host account's.
+    #[arg(long, value_name = "N")]
+    pub uid: Option<u32>,
+    /// Host gid (with --uid); default: the host account's primary group.
+    #[arg(long, value_name = "N")]
+    pub gid: Option<u32>,
+    /// The user's GPUs: minor numbers, GPU-/MIG- UUIDs or GPU:GI, comma-separated;
+    /// "slurm" for the GPUs of the caller's Slurm job; "" or "none" for no GPU.
+    #[arg(long, value_name = "LIST")]
+    pub gpus: Option<String>,
+    /// A host directory the user's containers get: SOURCE:DESTINATION[:ro] (repeatable).
+    #[arg(long = "mount", value_name = "SRC:DST[:ro]")]
+    pub mounts: Vec<String>,
+    /// Create missing mount sources, owned by the user, mode 0700.
+    #[arg(long)]
+    pub make_dirs: bool,
+    /// Make labgpu-shell the user's login shell (their logins land in their container).
+    #[arg(long)]
+    pub login: bool,
+    /// The login shell --login sets (default: labgpu-shell next to this labgpu, else
+    /// /usr/bin/labgpu-shell).
+    #[arg(long, value_name = "PATH", requires = "login")]
+    pub shell_path: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Add [users.NAME] to the policy.
+    ///
+    /// uid and gid default to the host account NAME's. A name or uid the policy already has
+    /// is an error, and so is a GPU this host does not have or a mount source that does not
+    /// exist (unless --make-dirs).
+    Add {
+        name: String,
+        #[command(flatten)]
+        changes: UserChanges,
+        #[command(flatten)]
+        target: UserTarget,
+    },
+    /// Change [users.NAME]: GPUs, mounts, any per-user key.
+    ///
+    /// --gpus replaces the list, --add-gpus and --remove-gpus edit it; --mount adds a mount,
+    /// --unmount DST takes one out; --set KEY=VALUE sets any key of the user's table (VALUE
+    /// is TOML: --set allow_host_network=true, --set 'capabilities=["CAP_SYS_PTRACE"]',
+    /// --set 'session={ image = "lab/pytorch:2.3" }'; a bare word is a string), --unset KEY
+    /// removes one. Running containers keep the GPUs they were created with until they are
+    /// recreated; the command says which.
+    Set {
+        name: String,
+        #[command(flatten)]
+        changes: UserChanges,
+        /// GPUs to add to the user's list (comma-separated).
+        #[arg(long, value_name = "LIST", conflicts_with = "gpus")]
+        add_gpus: Option<String>,
+        /// GPUs to take out of the user's list (comma-separated).
+        #[arg(long, value_name = "LIST", conflicts_with = "gpus")]
+        remove_gpus: Option<String>,
+        /// Take out the mount at container path DST (repeatable).
+        #[arg(long, value_name = "DST")]
+        unmount: Vec<PathBuf>,
+        /// Set KEY (or KEY.SUBKEY) of the user's table to a TOML value (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Remove KEY (or KEY.SUBKEY) from the user's table (repeatable).
+        #[arg(long, value_name = "KEY")]
+        unset: Vec<String>,
+        #[command(flatten)]
+        target: UserTarget,
+    },
+    /// Stop or remove the user's containers, then take [users.NAME] out of the policy.
+    ///
+    /// Containers are found through Docker's API by owner label. Data directories, volumes
+    /// and images are never deleted. A login shell set with --login stays: the user's logins
+    /// are then refused with a sentence (change it with usermod -s).
+    Rm {
+        name: String,
+        /// What happens to the user's containers first.
+        #[arg(long, value_enum, default_value = "stop")]
+        containers: ContainersAction,
+        #[command(flatten)]
+        target: UserTarget,
+    },
+    /// List the policy's users: uid, GPUs, login shell, running containers and the GPU memory
+    /// their processes use (from NVML, where it is available).
+    List {
+        /// Print JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: UserTarget,
+    },
+}
+
+/// `labgpu user rm --containers`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ContainersAction {
+    /// Stop them (they stay, and can be looked at or removed later).
+    Stop,
+    /// Remove them (and their writable layers; volumes stay).
+    Remove,
+    /// Leave them as they are (for when Docker is down); they cannot start again.
+    Keep,
 }
 
 #[derive(Debug, Subcommand)]
@@ -169,6 +363,15 @@ pub enum SetupCommand {
         /// Runtime path to register (default: the path of this labgpu binary).
         #[arg(long, value_name = "P", conflicts_with = "remove")]
         path: Option<PathBuf>,
+        /// Also write the systemd drop-in docker.service.d/labgpu-buildkit.conf, which makes
+        /// dockerd 26 and later run BuildKit's RUN steps through labgpu
+        /// (DOCKER_BUILDKIT_RUNC_COMMAND); the proxy lets users' BuildKit builds through only
+        /// then. Applies when Docker restarts. --remove deletes it.
+        #[arg(long, conflicts_with = "remove")]
+        buildkit: bool,
+        /// Where systemd unit drop-ins live.
+        #[arg(long, value_name = "DIR", default_value = "/etc/systemd/system")]
+        systemd_dir: PathBuf,
     },
 }
 

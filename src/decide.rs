@@ -6,10 +6,13 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use crate::cdi::{self, CdiError};
+use crate::fairshare::cgroup::{Driver, Placement};
+use crate::fairshare::Ceilings;
 use crate::gpu::{DevNode, GpuError, Grant, Inventory};
 use crate::paths::normalize;
 use crate::policy::{Policy, RunAs, Unlabeled, UserMount, UserPolicy};
 use crate::seccomp::{KernelVersion, NativeArch};
+use crate::userns::{self, Plan, SubidFiles, UsernsError};
 use crate::volumes::Backing;
 
 #[derive(Debug, thiserror::Error)]
@@ -20,14 +23,16 @@ pub enum DecideError {
     Unlabeled { label: String, policy: PathBuf },
     #[error("owner {owner:?} is not a user in {policy} [users]")]
     UnknownOwner { owner: String, policy: PathBuf },
-    #[error("GPU for [users.{owner}] gpus: {source}")]
-    Gpu { owner: String, source: GpuError },
+    #[error("GPU for [users.{owner}] gpus: {cause}")]
+    Gpu { owner: String, cause: GpuError },
     #[error("[users.{owner}] run_as = \"owner\" but {owner:?} has no uid/gid in the policy and no host passwd entry")]
     NoUid { owner: String },
     #[error(transparent)]
     Cdi(#[from] CdiError),
     #[error("mount source {source_path} of [users.{owner}] mounts does not exist")]
     MountSourceMissing { owner: String, source_path: PathBuf },
+    #[error(transparent)]
+    Userns(#[from] UsernsError),
 }
 
 /// A device the container may keep, as the device cgroup names it.
@@ -71,8 +76,22 @@ pub struct Decision {
     pub runc_root: Option<PathBuf>,
     /// Driver files for the owned GPUs from NVIDIA's CDI spec.
     pub cdi: Option<cdi::Edits>,
+    /// The owner's fair-share ceilings (none without an owner).
+    pub ceilings: Ceilings,
+    /// `[runtime] user_cgroups`.
+    pub user_cgroups: String,
+    /// How runc was told to make cgroups (`--systemd-cgroup`); set by the runtime.
+    pub cgroup_driver: Driver,
+    /// The owner's user namespace (`userns = "owner"`).
+    pub userns: Option<Plan>,
+    /// Edits dockerd may have applied from CDI specs itself (`--device nvidia.com/gpu=N`
+    /// with Docker's `features.cdi`), read from its spec directories at the runtime's edge.
+    pub docker_cdi: cdi::DockerApplied,
     pub container_id: String,
     pub policy_sha256: String,
+    /// A `RUN` step of dockerd's BuildKit (`crate::buildkit_step`): `[defaults]`, no GPU,
+    /// no-new-privileges, and BuildKit's own directories as bind sources.
+    pub build_step: bool,
 }
 
 /// Architecture and kernel, which Docker's default seccomp profile depends on.
@@ -112,12 +131,37 @@ impl Host {
 pub struct ProcessRules {
     pub capabilities: BTreeSet<String>,
     pub no_new_privileges: bool,
-    /// uid/gid forced by `run_as = "owner"`.
+    /// uid/gid forced by `run_as = "owner"` (container ids: 0 in the owner's user namespace).
     pub user: Option<(u32, u32)>,
     pub allow_unconfined: bool,
+    /// The process runs in the owner's user namespace, where every id is the owner's.
+    pub userns: bool,
+    /// Gids added to every process (the owner's groups, mapped 1:1 in its user namespace).
+    pub extra_gids: Vec<u32>,
+}
+
+impl ProcessRules {
+    /// The rules inside the owner's user namespace: container root is the owner, so
+    /// `run_as = "owner"` means uid 0, and the owner's groups come along.
+    pub fn in_userns(mut self, extra_gids: &[u32]) -> Self {
+        self.user = self.user.map(|_| (0, 0));
+        self.userns = true;
+        self.extra_gids = extra_gids.to_vec();
+        self
+    }
 }
 
 impl Decision {
+    /// The owner's parent cgroup, when their ceilings need one.
+    pub fn placement(&self) -> Option<Placement> {
+        let owner = self.owner.as_ref()?;
+        self.ceilings.needs_parent().then(|| Placement {
+            driver: self.cgroup_driver,
+            name: self.user_cgroups.clone(),
+            user: owner.clone(),
+        })
+    }
+
     /// The policy section a refusal should point the admin to.
     pub fn section(&self) -> String {
         match &self.owner {
@@ -173,6 +217,8 @@ pub fn process_rules(
         allow_unconfined: user
             .and_then(|u| u.allow_unconfined)
             .unwrap_or(d.allow_unconfined),
+        userns: false,
+        extra_gids: Vec::new(),
     })
 }
 
@@ -184,6 +230,13 @@ pub fn decide(
     container_id: &str,
 ) -> Result<Decision, DecideError> {
     let user = policy_user(policy, owner)?;
+    // An unlabeled container has no one to map its root to: never silently without.
+    if user.is_none() && policy.userns_for(None) == crate::policy::Userns::Owner {
+        return Err(UsernsError::NoOwner {
+            policy: policy.path.clone(),
+        }
+        .into());
+    }
     decide_for_user(policy, owner, user, inventory, docker_root, container_id)
 }
 
@@ -207,9 +260,9 @@ pub fn decide_for_user(
         .iter()
         .map(|r| inventory.resolve(r))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| DecideError::Gpu {
+        .map_err(|cause| DecideError::Gpu {
             owner: owner.unwrap_or_default().to_string(),
-            source,
+            cause,
         })?;
     let (gpu_ids, nodes, cdi) = gpu_part(policy, inventory, grants)?;
 
@@ -237,13 +290,19 @@ pub fn decide_for_user(
         .map(resolve_host)
         .collect();
 
+    let plan = userns_plan(policy, owner, user)?;
+    let mut process = process_rules(policy, owner, user)?;
+    if let Some(p) = &plan {
+        process = process.in_userns(&p.extra_gids);
+    }
+
     Ok(Decision {
         owner: owner.map(str::to_string),
         gpu_ids,
         nodes,
         nvidia_majors: inventory.nvidia_majors().clone(),
         extra_devices,
-        process: process_rules(policy, owner, user)?,
+        process,
         allow_privileged: flag(|u| u.allow_privileged, d.allow_privileged),
         allow_host_namespaces: flag(|u| u.allow_host_namespaces, d.allow_host_namespaces),
         allow_host_network: flag(|u| u.allow_host_network, d.allow_host_network),
@@ -267,9 +326,40 @@ pub fn decide_for_user(
             .collect(),
         runc_root: None,
         cdi,
+        ceilings: match (owner, user) {
+            (Some(o), Some(u)) => Ceilings::for_user(policy, o, u),
+            _ => Ceilings::default(),
+        },
+        user_cgroups: policy.runtime.user_cgroups.0.clone(),
+        cgroup_driver: Driver::Cgroupfs,
+        userns: plan,
+        docker_cdi: cdi::DockerApplied::default(),
         container_id: container_id.to_string(),
         policy_sha256: policy.sha256.clone(),
+        build_step: false,
     })
+}
+
+/// The owner's user namespace when the policy gives them `userns = "owner"` (host ids,
+/// subordinate ranges, groups, all checked); `None` otherwise.
+pub fn userns_plan(
+    policy: &Policy,
+    owner: Option<&str>,
+    user: Option<&UserPolicy>,
+) -> Result<Option<Plan>, DecideError> {
+    let ids = match (owner, user) {
+        (Some(o), Some(u)) if policy.userns_for(Some(u)) == crate::policy::Userns::Owner => {
+            Some(owner_ids(o, u)?)
+        }
+        _ => None,
+    };
+    Ok(userns::resolve(
+        policy,
+        owner,
+        user,
+        ids,
+        &SubidFiles::default(),
+    )?)
 }
 
 type GpuPart = (Vec<u32>, Vec<DevNode>, Option<cdi::Edits>);
@@ -326,7 +416,7 @@ impl Decision {
                     })
                     .ok_or_else(|| DecideError::Gpu {
                         owner: self.owner.clone().unwrap_or_default(),
-                        source: GpuError::Missing {
+                        cause: GpuError::Missing {
                             id: format!("minor {m} (of the Slurm job)"),
                             source_name: inventory.source_name().to_string(),
                         },

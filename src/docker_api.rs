@@ -14,10 +14,10 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DockerApiError {
-    #[error("cannot talk to docker at {socket}: {source}")]
+    #[error("cannot talk to docker at {socket}: {cause}")]
     Io {
         socket: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("docker at {socket} answered {path} with {status}: {body}")]
     Status {
@@ -32,6 +32,28 @@ pub enum DockerApiError {
         path: String,
         reason: String,
     },
+}
+
+/// How much of an error answer is kept: Docker's messages (a runtime's refusal included) fit.
+const MAX_ERROR_BODY: usize = 4096;
+
+impl DockerApiError {
+    /// Docker's own sentence from an error answer (`{"message": "…"}`), if there is one.
+    pub fn daemon_message(&self) -> Option<String> {
+        let DockerApiError::Status { body, .. } = self else {
+            return None;
+        };
+        let v: Value = serde_json::from_str(body).ok()?;
+        Some(v.get("message")?.as_str()?.trim().to_string())
+    }
+
+    /// Whether nothing listens on the socket (missing, or refusing connections).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, DockerApiError::Io { cause, .. } if matches!(
+            cause.kind(),
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+        ))
+    }
 }
 
 /// `GET path` as JSON.
@@ -52,9 +74,9 @@ pub fn request_within(
     path: &str,
     timeout: Duration,
 ) -> Result<Value, DockerApiError> {
-    let io = |source| DockerApiError::Io {
+    let io = |cause| DockerApiError::Io {
         socket: socket.to_path_buf(),
-        source,
+        cause,
     };
     let malformed = |reason: &str| DockerApiError::Malformed {
         socket: socket.to_path_buf(),
@@ -64,11 +86,9 @@ pub fn request_within(
     let mut stream = UnixStream::connect(socket).map_err(io)?;
     stream.set_read_timeout(Some(timeout)).map_err(io)?;
     stream.set_write_timeout(Some(timeout)).map_err(io)?;
-    write!(
-        stream,
-        "{method} {path} HTTP/1.0\r\nHost: docker\r\nContent-Length: 0\r\n\r\n"
-    )
-    .map_err(io)?;
+    // One write: `write!` on the socket would send each piece of the format on its own.
+    let head = format!("{method} {path} HTTP/1.0\r\nHost: docker\r\nContent-Length: 0\r\n\r\n");
+    stream.write_all(head.as_bytes()).map_err(io)?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).map_err(io)?;
     let split = raw
@@ -90,7 +110,7 @@ pub fn request_within(
             body: String::from_utf8_lossy(body)
                 .trim()
                 .chars()
-                .take(300)
+                .take(MAX_ERROR_BODY)
                 .collect(),
         });
     }
@@ -135,6 +155,10 @@ mod tests {
         let (_d, sock) = serve_once("HTTP/1.0 404 Not Found\r\n\r\n{\"message\":\"no such\"}");
         let e = get_json(&sock, "/containers/x/json").unwrap_err();
         assert!(e.to_string().contains("404"), "{e}");
-        assert!(get_json(Path::new("/nonexistent.sock"), "/info").is_err());
+        assert_eq!(e.daemon_message().as_deref(), Some("no such"));
+        assert!(!e.is_unreachable());
+        let e = get_json(Path::new("/nonexistent.sock"), "/info").unwrap_err();
+        assert!(e.is_unreachable(), "{e}");
+        assert_eq!(e.daemon_message(), None);
     }
 }

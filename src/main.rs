@@ -20,12 +20,22 @@ mod start {
         open_closed_stdio();
         // On glibc, std captured argc/argv before main (an .init_array entry), so args_os works.
         let argv: Vec<OsString> = std::env::args_os().collect();
-        let code = std::panic::catch_unwind(AssertUnwindSafe(|| match dispatch(&argv) {
-            Face::Runtime(inv) => labgpu::runtime::handle(&argv, &inv),
-            Face::Version => labgpu::cli::version(),
-            Face::Admin => {
+        let code = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            // Installed as a login shell, labgpu is only that: `-c` is a shell's, never runc's.
+            if argv
+                .first()
+                .is_some_and(|a| labgpu::shell::is_login_shell_name(a))
+            {
                 ignore_sigpipe();
-                labgpu::cli::main(argv)
+                return labgpu::shell::main(argv);
+            }
+            match dispatch(&argv) {
+                Face::Runtime(inv) => labgpu::runtime::handle(&argv, &inv),
+                Face::Version => labgpu::cli::version(),
+                Face::Admin => {
+                    ignore_sigpipe();
+                    labgpu::cli::main(argv)
+                }
             }
         }));
         // A panic's message was printed by the panic hook; 101 is what Rust's main returns.

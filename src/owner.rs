@@ -21,15 +21,15 @@ pub const DEFAULT_DOCKER_ROOT: &str = "/var/lib/docker";
 pub enum OwnerError {
     #[error("container id {0:?} is not a valid runc container id")]
     BadId(String),
-    #[error("cannot read container labels from {path}: {source}")]
+    #[error("cannot read container labels from {path}: {cause}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("cannot parse container labels in {path}: {source}")]
+    #[error("cannot parse container labels in {path}: {cause}")]
     Parse {
         path: PathBuf,
-        source: serde_json::Error,
+        cause: serde_json::Error,
     },
     #[error("label {key}={label:?} and annotation {key}={annotation:?} name different owners")]
     Conflict {
@@ -162,9 +162,9 @@ pub fn find_owner(
 fn docker_label(root: &Path, id: &str, key: &str) -> Result<Option<String>, OwnerError> {
     let rel = Path::new("containers").join(id).join("config.v2.json");
     let path = root.join(&rel);
-    let read_err = |source| OwnerError::Read {
+    let read_err = |cause| OwnerError::Read {
         path: path.clone(),
-        source,
+        cause,
     };
     let mut file = match open_beneath(root, &rel) {
         Ok(f) => f,
@@ -173,9 +173,9 @@ fn docker_label(root: &Path, id: &str, key: &str) -> Result<Option<String>, Owne
     };
     let mut bytes = Vec::new();
     file.read_to_end(&mut bytes).map_err(read_err)?;
-    let v: Value = serde_json::from_slice(&bytes).map_err(|source| OwnerError::Parse {
+    let v: Value = serde_json::from_slice(&bytes).map_err(|cause| OwnerError::Parse {
         path: path.clone(),
-        source,
+        cause,
     })?;
     Ok(v.get("Config")
         .and_then(|c| c.get("Labels"))

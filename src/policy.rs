@@ -8,15 +8,17 @@ use std::str::FromStr;
 use serde::{Deserialize, Deserializer};
 use sha2::{Digest, Sha256};
 
+use crate::fairshare::{ByteSize, Cpus, PortRange};
+
 pub const DEFAULT_POLICY_PATH: &str = "/etc/labgpu/policy.toml";
 pub const POLICY_ENV: &str = "LABGPU_POLICY";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
-    #[error("cannot read policy file {path}: {source}")]
+    #[error("cannot read policy file {path}: {cause}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("policy file {path} line {line} column {column}: {message}")]
     Parse {
@@ -74,6 +76,10 @@ pub struct RuntimeSection {
     /// default: `data-root` of /etc/docker/daemon.json, else /var/lib/docker.
     pub docker_root: Option<AbsPath>,
     pub log: Option<AbsPath>,
+    /// The name under which each user's parent cgroup lives (fair share): `/<name>/<user>`
+    /// under the cgroupfs driver, `<name>-<user>.slice` (in `<name>.slice`) under systemd's.
+    #[serde(default = "default_user_cgroups")]
+    pub user_cgroups: CgroupName,
 }
 
 impl Default for RuntimeSection {
@@ -84,7 +90,33 @@ impl Default for RuntimeSection {
             unlabeled: Unlabeled::default(),
             docker_root: None,
             log: None,
+            user_cgroups: default_user_cgroups(),
         }
+    }
+}
+
+fn default_user_cgroups() -> CgroupName {
+    CgroupName("labgpu".into())
+}
+
+/// A cgroup directory and slice name part: lower-case letters, digits and `_` (no `-`,
+/// which systemd reads as a level of slices).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupName(pub String);
+
+impl<'de> Deserialize<'de> for CgroupName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let ok = !s.is_empty()
+            && s.len() <= 32
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !ok {
+            return Err(serde::de::Error::custom(format!(
+                "user_cgroups {s:?} must be lower-case letters, digits and _ (at most 32)"
+            )));
+        }
+        Ok(CgroupName(s))
     }
 }
 
@@ -131,6 +163,10 @@ pub struct ProxySection {
     /// Bind mounts, volumes and tmpfs one container create may ask for.
     #[serde(default = "default_max_mounts")]
     pub max_mounts: usize,
+    /// Where the proxy serves Prometheus metrics (`host:port`); none unless set (or
+    /// `labgpu proxy --metrics`). The metrics name users and their usage: keep it on loopback
+    /// unless the network to the scraper is trusted.
+    pub metrics: Option<String>,
 }
 
 impl Default for ProxySection {
@@ -145,6 +181,7 @@ impl Default for ProxySection {
             max_connections_unknown: default_max_connections_unknown(),
             max_body_bytes: default_max_body_bytes(),
             max_mounts: default_max_mounts(),
+            metrics: None,
         }
     }
 }
@@ -497,6 +534,34 @@ pub enum RunAs {
     Owner,
 }
 
+/// Whether containers get a user namespace of their own (`userns`): "owner" maps container
+/// root to the owner and uids 1-65535 to the owner's /etc/subuid range (see `crate::userns`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Userns {
+    #[default]
+    Off,
+    Owner,
+}
+
+/// A host group in `[users.NAME] groups`: a gid, or a name looked up in the host's group
+/// database when a container is created.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum GroupRef {
+    Gid(u32),
+    Name(String),
+}
+
+impl fmt::Display for GroupRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GroupRef::Gid(g) => write!(f, "{g}"),
+            GroupRef::Name(n) => write!(f, "{n:?}"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Defaults {
@@ -519,6 +584,8 @@ pub struct Defaults {
     #[serde(default)]
     pub run_as: RunAs,
     #[serde(default)]
+    pub userns: Userns,
+    #[serde(default)]
     pub bind_allow: Vec<AbsPath>,
     #[serde(default)]
     pub devices: Vec<AbsPath>,
@@ -532,6 +599,18 @@ pub struct Defaults {
     /// others are read-only to them.
     #[serde(default)]
     pub writable_volumes: Vec<VolumeName>,
+    /// The login container `labgpu shell` keeps for each user.
+    #[serde(default)]
+    pub session: SessionSettings,
+    /// Fair share (`fairshare`): ceilings on the sum of each user's containers.
+    pub cpus: Option<Cpus>,
+    pub memory: Option<ByteSize>,
+    pub pids: Option<u64>,
+    /// The largest /dev/shm of one container.
+    pub shm_size: Option<ByteSize>,
+    /// Host ports every user may publish through the proxy (a user's own `ports` add to it).
+    #[serde(default)]
+    pub ports: Vec<PortRange>,
 }
 
 impl Default for Defaults {
@@ -545,11 +624,18 @@ impl Default for Defaults {
             allow_host_network: false,
             allow_unconfined: false,
             run_as: RunAs::Image,
+            userns: Userns::Off,
             bind_allow: Vec::new(),
             devices: Vec::new(),
             mounted_volumes: Vec::new(),
             seccomp_profiles: Vec::new(),
             writable_volumes: Vec::new(),
+            session: SessionSettings::default(),
+            cpus: None,
+            memory: None,
+            pids: None,
+            shm_size: None,
+            ports: Vec::new(),
         }
     }
 }
@@ -595,6 +681,10 @@ pub struct UserPolicy {
     pub allow_host_network: Option<bool>,
     pub allow_unconfined: Option<bool>,
     pub run_as: Option<RunAs>,
+    pub userns: Option<Userns>,
+    /// Host groups mapped 1:1 into the owner's user namespace besides their host groups.
+    #[serde(default)]
+    pub groups: Vec<GroupRef>,
     #[serde(default)]
     pub bind_allow: Vec<AbsPath>,
     #[serde(default)]
@@ -607,6 +697,62 @@ pub struct UserPolicy {
     pub seccomp_profiles: Vec<ProfileHash>,
     #[serde(default)]
     pub writable_volumes: Vec<VolumeName>,
+    /// Overrides `[defaults] session`, key by key.
+    #[serde(default)]
+    pub session: SessionSettings,
+    pub cpus: Option<Cpus>,
+    pub memory: Option<ByteSize>,
+    pub pids: Option<u64>,
+    pub shm_size: Option<ByteSize>,
+    /// Host ports only this user may publish (overlaps with others' are policy errors).
+    #[serde(default)]
+    pub ports: Vec<PortRange>,
+}
+
+/// `session = { image = "…", stop_on_exit = false, shell = "/bin/bash" }`: the container a
+/// user's login (`labgpu shell`) lands in. Every key is optional; a user's keys override
+/// `[defaults]`'s.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SessionSettings {
+    /// The image a user's login container is created from.
+    pub image: Option<SessionImage>,
+    /// Stop the container when the last login leaves it (default: keep it running, so
+    /// background jobs go on).
+    pub stop_on_exit: Option<bool>,
+    /// The program a login runs in the container (default: /bin/bash if the image has it,
+    /// else /bin/sh).
+    pub shell: Option<AbsPath>,
+}
+
+/// A user's resolved session settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub image: Option<String>,
+    pub stop_on_exit: bool,
+    pub shell: Option<PathBuf>,
+}
+
+/// An image reference as `docker run` takes it: no spaces, control characters or leading `-`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionImage(pub String);
+
+impl<'de> Deserialize<'de> for SessionImage {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let ok = !s.is_empty()
+            && !s.starts_with(['-', '/'])
+            && s.len() <= 512
+            && s.chars().all(|c| {
+                c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/' | ':' | '@')
+            });
+        if !ok {
+            return Err(serde::de::Error::custom(format!(
+                "session image {s:?} is not an image reference (such as \"ubuntu:24.04\")"
+            )));
+        }
+        Ok(SessionImage(s))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -705,9 +851,9 @@ impl<'de> Deserialize<'de> for CapName {
 impl Policy {
     /// Reads and validates the policy at `path`.
     pub fn load(path: &Path) -> Result<Policy, PolicyError> {
-        let bytes = std::fs::read(path).map_err(|source| PolicyError::Read {
+        let bytes = std::fs::read(path).map_err(|cause| PolicyError::Read {
             path: path.to_path_buf(),
-            source,
+            cause,
         })?;
         Self::parse(path, &bytes)
     }
@@ -753,6 +899,13 @@ impl Policy {
                     proxy.image_prefix
                 )));
             }
+            if let Some(m) = &proxy.metrics {
+                if m.parse::<std::net::SocketAddr>().is_err() {
+                    return Err(invalid(format!(
+                        "[proxy] metrics = {m:?} must be an address and port such as \"127.0.0.1:9400\""
+                    )));
+                }
+            }
             if proxy.runtime.is_empty() || proxy.runtime == "runc" {
                 return Err(invalid(format!(
                     "[proxy] runtime = {:?} must name the labgpu runtime as registered with Docker",
@@ -761,8 +914,23 @@ impl Policy {
             }
         }
         policy.check_slurm().map_err(invalid)?;
+        crate::fairshare::check_ports(&policy).map_err(invalid)?;
+        let pids = std::iter::once(("[defaults]".to_string(), policy.defaults.pids)).chain(
+            policy
+                .users
+                .iter()
+                .map(|(n, u)| (format!("[users.{n}]"), u.pids)),
+        );
+        for (section, pids) in pids {
+            if pids == Some(0) {
+                return Err(invalid(format!(
+                    "{section} pids = 0 would stop every container from starting"
+                )));
+            }
+        }
         for (name, user) in &policy.users {
-            if !valid_user_name(name) {
+            // The name is a directory of the user's cgroup.
+            if !valid_user_name(name) || name == "." || name == ".." {
                 return Err(invalid(format!("[users.{name}] is not a valid user name")));
             }
             if user.uid.is_some() != user.gid.is_some() {
@@ -793,6 +961,31 @@ impl Policy {
 
     pub fn user(&self, name: &str) -> Option<&UserPolicy> {
         self.users.get(name)
+    }
+
+    /// The `userns` setting for a policy user (`None`: `[defaults]` only).
+    pub fn userns_for(&self, user: Option<&UserPolicy>) -> Userns {
+        user.and_then(|u| u.userns).unwrap_or(self.defaults.userns)
+    }
+
+    /// The login container settings of policy user `name`: theirs over `[defaults]`'s.
+    pub fn session_for(&self, name: &str) -> Session {
+        let d = &self.defaults.session;
+        let u = self.user(name).map(|u| &u.session);
+        Session {
+            image: u
+                .and_then(|u| u.image.as_ref())
+                .or(d.image.as_ref())
+                .map(|i| i.0.clone()),
+            stop_on_exit: u
+                .and_then(|u| u.stop_on_exit)
+                .or(d.stop_on_exit)
+                .unwrap_or(false),
+            shell: u
+                .and_then(|u| u.shell.as_ref())
+                .or(d.shell.as_ref())
+                .map(|p| p.0.clone()),
+        }
     }
 
     /// `[slurm]`, or its defaults when the table is absent.
@@ -890,6 +1083,27 @@ mod tests {
     }
 
     #[test]
+    fn proxy_metrics_is_an_address_and_port() {
+        let p = parse("version = 1\n[proxy]\nmetrics = \"127.0.0.1:9400\"\n").unwrap();
+        assert_eq!(p.proxy.unwrap().metrics.as_deref(), Some("127.0.0.1:9400"));
+        assert_eq!(
+            parse("version = 1\n[proxy]\n")
+                .unwrap()
+                .proxy
+                .unwrap()
+                .metrics,
+            None
+        );
+        let err = parse("version = 1\n[proxy]\nmetrics = \"localhost\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("[proxy] metrics = \"localhost\" must be an address and port"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn minimal_policy_gets_safe_defaults() {
         let p = parse("version = 1\n").unwrap();
         assert_eq!(p.runtime.unlabeled, Unlabeled::Deny);
@@ -970,6 +1184,26 @@ mod tests {
     }
 
     #[test]
+    fn userns_and_groups() {
+        let p = parse(
+            "version = 1\n[users.a]\nuserns = \"owner\"\ngroups = [27, \"lab\"]\n[users.b]\n",
+        )
+        .unwrap();
+        assert_eq!(p.defaults.userns, Userns::Off);
+        assert_eq!(p.userns_for(p.user("a")), Userns::Owner);
+        assert_eq!(p.userns_for(p.user("b")), Userns::Off);
+        assert_eq!(
+            p.users["a"].groups,
+            [GroupRef::Gid(27), GroupRef::Name("lab".into())]
+        );
+        let p = parse("version = 1\n[defaults]\nuserns = \"owner\"\n[users.b]\nuserns = \"off\"\n")
+            .unwrap();
+        assert_eq!(p.userns_for(None), Userns::Owner);
+        assert_eq!(p.userns_for(p.user("b")), Userns::Off);
+        assert!(parse("version = 1\n[defaults]\nuserns = \"remap\"\n").is_err());
+    }
+
+    #[test]
     fn full_example_parses() {
         let text =
             std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/policy.toml"))
@@ -1015,6 +1249,32 @@ mod tests {
         assert_eq!(p.user_for_uid(1002, Some("bob")), None);
         assert_eq!(p.user_for_uid(1003, Some("mallory")), None);
         assert_eq!(p.user_for_uid(1004, None), None);
+    }
+
+    #[test]
+    fn session_settings_merge_user_over_defaults() {
+        let p = parse(
+            "version = 1\n[defaults]\nsession = { image = \"lab/base:1\", shell = \"/bin/zsh\" }\n[users.a]\nsession = { image = \"a/own\", stop_on_exit = true }\n[users.b]\n",
+        )
+        .unwrap();
+        let a = p.session_for("a");
+        assert_eq!(a.image.as_deref(), Some("a/own"));
+        assert!(a.stop_on_exit);
+        assert_eq!(a.shell.as_deref(), Some(Path::new("/bin/zsh")));
+        let b = p.session_for("b");
+        assert_eq!(b.image.as_deref(), Some("lab/base:1"));
+        assert!(!b.stop_on_exit);
+        assert_eq!(parse("version = 1\n").unwrap().session_for("x").image, None);
+        for bad in [
+            "session = { image = \"\" }",
+            "session = { image = \"-v /:/host\" }",
+            "session = { image = \"a b\" }",
+            "session = { imag = \"x\" }",
+            "session = { shell = \"bash\" }",
+        ] {
+            let err = parse(&format!("version = 1\n[defaults]\n{bad}\n")).unwrap_err();
+            assert!(err.to_string().contains("line 3"), "{bad}: {err}");
+        }
     }
 
     #[test]

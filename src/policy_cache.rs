@@ -156,9 +156,9 @@ impl RuntimePolicy {
         {
             return Ok(hit);
         }
-        let read_err = |source| PolicyError::Read {
+        let read_err = |cause| PolicyError::Read {
             path: path.to_path_buf(),
-            source,
+            cause,
         };
         let mut file = File::open(path).map_err(read_err)?;
         let before = file.metadata().map_err(read_err)?;
@@ -200,6 +200,20 @@ impl RuntimePolicy {
                 Ok(())
             }
         }
+    }
+
+    /// Makes every user's table present: for the checks that compare the owner with all
+    /// other users (a user namespace's subordinate ids must be nobody's id). A policy from
+    /// the cache is parsed in full.
+    pub fn with_all_users(&mut self) -> Result<(), PolicyError> {
+        if self.users.is_some() {
+            *self = RuntimePolicy {
+                policy: Policy::load(&self.policy.path)?,
+                users: None,
+                parsed: None,
+            };
+        }
+        Ok(())
     }
 
     /// After a full parse of a settled file, writes its entry with the `runc` that was

@@ -20,17 +20,17 @@ pub enum RecordError {
     BadId(String),
     #[error("proxy record directory {path} must be root's and writable by no one else (it is uid {uid}, mode {mode:o})")]
     Untrusted { path: PathBuf, uid: u32, mode: u32 },
-    #[error("cannot read proxy record {path}: {source}")]
+    #[error("cannot read proxy record {path}: {cause}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("proxy record {path} is malformed: {reason}")]
     Malformed { path: PathBuf, reason: String },
-    #[error("cannot write proxy record {path}: {source}")]
+    #[error("cannot write proxy record {path}: {cause}")]
     Write {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -39,6 +39,10 @@ pub enum RecordError {
 #[serde(deny_unknown_fields)]
 pub struct Record {
     pub owner: String,
+    /// The owner's login container (`labgpu shell`): made by the proxy from the policy's
+    /// `session` settings, never at a user's request.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub session: bool,
     /// The Slurm job the caller ran in (`slurm::cgroup`); absent in records from before
     /// Slurm support, and for containers made outside a job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -57,6 +61,7 @@ pub fn record(state_dir: &Path, id: &str, owner: &str) -> Result<(), RecordError
         id,
         &Record {
             owner: owner.to_string(),
+            session: false,
             slurm_job: None,
         },
     )
@@ -69,9 +74,9 @@ pub fn record_full(state_dir: &Path, id: &str, record: &Record) -> Result<(), Re
     }
     let dir = records_dir(state_dir);
     let path = dir.join(id);
-    let write_err = |source| RecordError::Write {
+    let write_err = |cause| RecordError::Write {
         path: path.clone(),
-        source,
+        cause,
     };
     std::fs::create_dir_all(&dir).map_err(write_err)?;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(write_err)?;
@@ -110,9 +115,9 @@ pub fn recorded(state_dir: &Path, id: &str) -> Result<Option<Record>, RecordErro
     }
     let dir = records_dir(state_dir);
     let path = dir.join(id);
-    let read_err = |source| RecordError::Read {
+    let read_err = |cause| RecordError::Read {
         path: path.clone(),
-        source,
+        cause,
     };
     let mut file = match open_beneath(state_dir, &Path::new(DIR).join(id)) {
         Ok(f) => f,
@@ -140,25 +145,26 @@ fn trusted_dir(state_dir: &Path) -> Result<bool, RecordError> {
             mode: m.mode() & 0o7777,
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(source) => Err(RecordError::Read { path: dir, source }),
+        Err(cause) => Err(RecordError::Read { path: dir, cause }),
     }
 }
 
-/// The containers the proxy recorded as created from inside Slurm job `job`, sorted.
-pub fn for_job(state_dir: &Path, job: u32) -> Result<Vec<String>, RecordError> {
+/// The ids of the records in the directory, with their entries; none when it does not exist
+/// yet. Temporary files and names that are not container ids are left out.
+fn record_ids(state_dir: &Path) -> Result<Vec<(String, std::fs::DirEntry)>, RecordError> {
     if !trusted_dir(state_dir)? {
         return Ok(Vec::new());
     }
     let dir = records_dir(state_dir);
-    let entries = std::fs::read_dir(&dir).map_err(|source| RecordError::Read {
+    let entries = std::fs::read_dir(&dir).map_err(|cause| RecordError::Read {
         path: dir.clone(),
-        source,
+        cause,
     })?;
     let mut ids = Vec::new();
     for entry in entries {
-        let entry = entry.map_err(|source| RecordError::Read {
+        let entry = entry.map_err(|cause| RecordError::Read {
             path: dir.clone(),
-            source,
+            cause,
         })?;
         let Ok(id) = entry.file_name().into_string() else {
             continue;
@@ -167,6 +173,15 @@ pub fn for_job(state_dir: &Path, job: u32) -> Result<Vec<String>, RecordError> {
         if id.starts_with('.') || !valid_container_id(&id) {
             continue;
         }
+        ids.push((id, entry));
+    }
+    Ok(ids)
+}
+
+/// The containers the proxy recorded as created from inside Slurm job `job`, sorted.
+pub fn for_job(state_dir: &Path, job: u32) -> Result<Vec<String>, RecordError> {
+    let mut ids = Vec::new();
+    for (id, _) in record_ids(state_dir)? {
         // A record removed meanwhile (the container went) is simply not there.
         if let Some(r) = recorded(state_dir, &id)? {
             if r.slurm_job == Some(job) {
@@ -178,6 +193,26 @@ pub fn for_job(state_dir: &Path, job: u32) -> Result<Vec<String>, RecordError> {
     Ok(ids)
 }
 
+/// The login containers the proxy recorded for `owner`, newest record first. Normally one;
+/// more only if one was removed behind the proxy's back and its record not yet pruned.
+pub fn sessions_of(state_dir: &Path, owner: &str) -> Result<Vec<String>, RecordError> {
+    let mut found = Vec::new();
+    for (id, entry) in record_ids(state_dir)? {
+        // `recorded` refuses symlinks; a record removed meanwhile (its container went) is
+        // simply not there, and one that cannot be read is nobody's session.
+        match recorded(state_dir, &id) {
+            Ok(Some(r)) if r.session && r.owner == owner => {
+                let mtime = entry.metadata().and_then(|m| m.modified()).ok();
+                found.push((mtime, id));
+            }
+            Err(e @ RecordError::Untrusted { .. }) => return Err(e),
+            _ => {}
+        }
+    }
+    found.sort_by(|a, b| b.cmp(a));
+    Ok(found.into_iter().map(|(_, id)| id).collect())
+}
+
 /// Forgets container `id` (removed through the proxy); a missing record is not an error.
 pub fn forget(state_dir: &Path, id: &str) -> Result<(), RecordError> {
     if !valid_container_id(id) {
@@ -186,7 +221,7 @@ pub fn forget(state_dir: &Path, id: &str) -> Result<(), RecordError> {
     let path = records_dir(state_dir).join(id);
     match std::fs::remove_file(&path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(RecordError::Write { path, source: e })
+            Err(RecordError::Write { path, cause: e })
         }
         _ => Ok(()),
     }
@@ -253,10 +288,43 @@ mod tests {
     }
 
     #[test]
+    fn session_records_are_found_by_owner() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(sessions_of(d.path(), "alice").unwrap().is_empty());
+        let rec = |owner: &str, session| Record {
+            owner: owner.into(),
+            session,
+            slurm_job: None,
+        };
+        record_full(d.path(), "s1", &rec("alice", true)).unwrap();
+        record_full(d.path(), "c1", &rec("alice", false)).unwrap();
+        record_full(d.path(), "s2", &rec("bob", true)).unwrap();
+        assert_eq!(sessions_of(d.path(), "alice").unwrap(), ["s1"]);
+        assert_eq!(sessions_of(d.path(), "bob").unwrap(), ["s2"]);
+        assert!(sessions_of(d.path(), "carol").unwrap().is_empty());
+        // An ordinary record is written as before (older proxies read it), and old records
+        // read as not sessions.
+        let plain = std::fs::read_to_string(d.path().join(DIR).join("c1")).unwrap();
+        assert_eq!(plain, r#"{"owner":"alice"}"#);
+        assert!(!recorded(d.path(), "c1").unwrap().unwrap().session);
+        assert!(recorded(d.path(), "s1").unwrap().unwrap().session);
+        // A planted symlink named like a record is not believed.
+        std::fs::write(
+            d.path().join("planted"),
+            r#"{"owner":"bob","session":true}"#,
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(d.path().join("planted"), d.path().join(DIR).join("s3"))
+            .unwrap();
+        assert_eq!(sessions_of(d.path(), "bob").unwrap(), ["s2"]);
+    }
+
+    #[test]
     fn job_records_and_old_records() {
         let d = tempfile::tempdir().unwrap();
         let job = |owner: &str, j| Record {
             owner: owner.into(),
+            session: false,
             slurm_job: j,
         };
         record_full(d.path(), "c1", &job("alice", Some(17))).unwrap();

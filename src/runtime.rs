@@ -12,12 +12,17 @@ use serde_json::Value;
 use crate::argv::{container_id, flag_value, has_flag, Invocation};
 use crate::decide::{self, decide, DecideError};
 use crate::edits::{self, stamp, EditError, Report};
+use crate::fairshare::cap::{cap_resources, Mode};
+use crate::fairshare::cgroup::{Cgroups, Driver};
+use crate::fairshare::Ceilings;
 use crate::gpu::{inventory_for, GpuError, Purpose};
 use crate::owner::{self, OwnerError};
-use crate::policy::{policy_path, Policy, PolicyError, Unlabeled};
+use crate::policy::{policy_path, Policy, PolicyError, Unlabeled, Userns};
 use crate::policy_cache::RuntimePolicy;
 use crate::refusal;
 use crate::spec::{self, SpecError};
+use crate::userns::joins;
+use crate::userns::rootfs::{self as userns_rootfs, RootfsError};
 use crate::volumes::{self, VolumeError};
 
 /// Where runc is looked for when the policy does not say.
@@ -58,10 +63,10 @@ pub enum RuntimeError {
     RuncMissing(PathBuf),
     #[error("runc {0} is labgpu itself; [runtime] runc must name the real runc")]
     RuncIsSelf(PathBuf),
-    #[error("cannot run {path}: {source}")]
+    #[error("cannot run {path}: {cause}")]
     Exec {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{0} was called without a container id")]
     NoId(String),
@@ -87,13 +92,25 @@ pub enum RuntimeError {
     },
     #[error("labgpu stopped on an internal error ({0}), so runc was not run; this is a bug in labgpu, please report it")]
     Panic(String),
+    #[error("cannot set up the parent cgroup of {owner}'s containers (fair share: cpus, memory, pids in [defaults] or [users.{owner}]): {cause}")]
+    Cgroup {
+        owner: String,
+        cause: crate::fairshare::cgroup::CgroupError,
+    },
+    #[error(transparent)]
+    UpdateCap(#[from] crate::fairshare::cap::CapError),
+    #[error("update flag {flag} is not allowed for {owner}'s containers: their limits are capped by the policy (cpus, memory, pids in [defaults] or [users.{owner}]); pass --resources")]
+    UpdateFlag { flag: String, owner: String },
+    #[error("update --resources {0} would need capping to the owner's ceilings: pass the resources on stdin (--resources -)")]
+    UpdateFile(String),
+    #[error("{cause} ([users.{owner}] userns)")]
+    Userns { owner: String, cause: RootfsError },
+    #[error("runc {0} of a container with userns = \"owner\" is not supported; set userns = \"off\" for its owner to checkpoint and restore")]
+    UsernsSubcommand(String),
     #[error("updating device rules of a running container is not allowed (linux.resources.devices in update)")]
     UpdateDevices,
-    #[error("cannot read update resources from {what}: {source}")]
-    UpdateInput {
-        what: String,
-        source: std::io::Error,
-    },
+    #[error("cannot read update resources from {what}: {cause}")]
+    UpdateInput { what: String, cause: std::io::Error },
 }
 
 /// Handles a runc subcommand and execs runc; returns only on failure, with the exit code.
@@ -147,10 +164,10 @@ fn refuse_panics(
 }
 
 fn exec_runc(runc: &Path, argv: &[OsString]) -> RuntimeError {
-    let source = std::process::Command::new(runc).args(&argv[1..]).exec();
+    let cause = std::process::Command::new(runc).args(&argv[1..]).exec();
     RuntimeError::Exec {
         path: runc.to_path_buf(),
-        source,
+        cause,
     }
 }
 
@@ -208,9 +225,18 @@ fn prepare_create(
             .as_ref()
             .map(|r| r.as_path()),
     );
+    if is_buildkit_step(&bundle, &root) {
+        prepare_build_step(&loaded.policy, &mut spec, root, &id)?;
+        spec::write_atomic(&config, &spec)?;
+        return Ok(runc);
+    }
     let ownership = owner::resolve(&loaded.policy, &spec, &id, &root)?;
     if let Some(o) = &ownership.owner {
         loaded.with_user(o)?;
+        // The owner's subordinate ids are checked against every user's ids.
+        if loaded.policy.userns_for(loaded.policy.user(o)) != Userns::Off {
+            loaded.with_all_users()?;
+        }
     }
     let policy = &loaded.policy;
     if let (None, Some(label)) = (&ownership.owner, &ownership.ignored_label) {
@@ -237,9 +263,41 @@ fn prepare_create(
     }
     decision.runc_root = Some(runc_root(inv));
     decision.volume_backings = backings;
+    // Docker's rootfs, before the userns edit points the spec at the neutral directory.
+    let docker_rootfs = spec
+        .pointer("/root/path")
+        .and_then(Value::as_str)
+        .map(PathBuf::from);
+    if let Some(plan) = decision.userns.as_mut() {
+        if inv.subcommand == "restore" {
+            return Err(RuntimeError::UsernsSubcommand(inv.subcommand.clone()));
+        }
+        plan.joins = joins::resolve(&spec, Path::new("/proc"));
+    }
+    decision.docker_cdi =
+        crate::cdi::docker_applied(&crate::cdi::docker_spec_dirs(Path::new(owner::DAEMON_JSON)));
+    decision.cgroup_driver = driver(inv);
     let mut report = Report::default();
     edits::apply_all(&mut spec, &decision, &mut report)?;
+    if let Some(placement) = decision.placement() {
+        Cgroups::system()
+            .prepare(&placement, &decision.ceilings)
+            .map_err(|source| RuntimeError::Cgroup {
+                owner: placement.user.clone(),
+                cause: source,
+            })?;
+    }
     spec::write_atomic(&config, &spec)?;
+    if let Some(plan) = &decision.userns {
+        let sources = userns_rootfs::idmapped_sources(&spec, &decision.docker_root);
+        let rootfs = docker_rootfs.unwrap_or_default();
+        userns_rootfs::prepare(plan, &decision.docker_root, &rootfs, &sources).map_err(
+            |source| RuntimeError::Userns {
+                owner: decision.owner.clone().unwrap_or_default(),
+                cause: source,
+            },
+        )?;
+    }
     tracing::info!(
         container = %id,
         owner = decision.owner.as_deref().unwrap_or("-"),
@@ -252,6 +310,44 @@ fn prepare_create(
         inv.subcommand
     );
     Ok(runc)
+}
+
+/// Where dockerd's BuildKit puts a `RUN` step's bundle: `<data-root>/buildkit/executor/<id>`.
+/// Only dockerd writes there, and only BuildKit runs runc (this binary, when
+/// `DOCKER_BUILDKIT_RUNC_COMMAND` names it) with a bundle there.
+const BUILDKIT_EXECUTOR: &str = "buildkit/executor";
+
+/// Whether this create is a BuildKit `RUN` step of the pinned Docker data root.
+fn is_buildkit_step(bundle: &Path, docker_root: &Path) -> bool {
+    let executor = decide::resolve_host(&docker_root.join(BUILDKIT_EXECUTOR));
+    bundle
+        .parent()
+        .is_some_and(|p| decide::resolve_host(p) == executor)
+}
+
+/// A BuildKit `RUN` step: nobody's container (a build's user is the proxy's to check, on
+/// `/grpc`), so `[defaults]` without GPUs whatever `unlabeled` says, always with
+/// no-new-privileges, and binds from BuildKit's own directories.
+fn prepare_build_step(
+    policy: &Policy,
+    spec: &mut serde_json::Value,
+    root: PathBuf,
+    id: &str,
+) -> Result<(), RuntimeError> {
+    let inventory = inventory_for(&policy.gpus, &[], Purpose::Runtime)?;
+    let mut decision = decide::decide_for_user(policy, None, None, &inventory, root, id)?;
+    decision.build_step = true;
+    decision.process.no_new_privileges = true;
+    decision.runc_root = Some(PathBuf::from(RUNC_DEFAULT_ROOT));
+    let mut report = Report::default();
+    edits::apply_all(spec, &decision, &mut report)?;
+    tracing::info!(
+        container = %id,
+        removed = ?report.removed,
+        added = ?report.added,
+        "BuildKit build step allowed"
+    );
+    Ok(())
 }
 
 /// exec: cut the process file to the owner's rules, read from runc's state of the container.
@@ -272,7 +368,8 @@ fn prepare_exec(
         .root
         .clone()
         .unwrap_or_else(|| PathBuf::from(RUNC_DEFAULT_ROOT));
-    let owner = stamped_owner(&root, &id)?;
+    let state = runc_state(&root, &id)?;
+    let owner = stamp::owner_in_state(&state);
     if let Some(o) = &owner {
         loaded.with_user(o)?;
     }
@@ -283,7 +380,12 @@ fn prepare_exec(
         }
         other => other?,
     };
-    let rules = decide::process_rules(policy, owner.as_deref(), user)?;
+    let mut rules = decide::process_rules(policy, owner.as_deref(), user)?;
+    // The container's own user namespace decides, not today's policy: its root is already
+    // someone unprivileged outside.
+    if let Some(gids) = userns_gids(&state) {
+        rules = rules.in_userns(&gids);
+    }
     let mut report = Report::default();
     match flag_value(sub, &["--process", "-p"]) {
         Some(file) => {
@@ -310,6 +412,14 @@ fn prepare_exec(
     Ok(runc)
 }
 
+fn driver(inv: &Invocation) -> Driver {
+    if inv.systemd_cgroup {
+        Driver::Systemd
+    } else {
+        Driver::Cgroupfs
+    }
+}
+
 fn runc_root(inv: &Invocation) -> PathBuf {
     inv.root
         .clone()
@@ -319,6 +429,40 @@ fn runc_root(inv: &Invocation) -> PathBuf {
 /// The owner labgpu stamped at create, from runc's state (`config.labels`, which holds the
 /// spec annotations as `key=value`). `None` for an unlabeled or unstamped container.
 pub fn stamped_owner(root: &Path, id: &str) -> Result<Option<String>, RuntimeError> {
+    Ok(stamp::owner_in_state(&runc_state(root, id)?))
+}
+
+/// The gids a container with a user namespace maps 1:1 (the owner's groups), from runc's
+/// state; `None` when it has no user namespace.
+fn userns_gids(state: &Value) -> Option<Vec<u32>> {
+    let config = state.get("config")?;
+    let has_map = |k: &str| {
+        config
+            .get(k)
+            .and_then(Value::as_array)
+            .is_some_and(|a| !a.is_empty())
+    };
+    if !has_map("uid_mappings") {
+        return None;
+    }
+    let gids = config
+        .get("gid_mappings")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|m| {
+            let n = |k: &str| m.get(k).and_then(Value::as_u64);
+            match (n("container_id"), n("host_id"), n("size")) {
+                (Some(c), Some(h), Some(1)) if c == h && c != 0 => u32::try_from(c).ok(),
+                _ => None,
+            }
+        })
+        .collect();
+    Some(gids)
+}
+
+/// runc's `state.json` of container `id` under `root`.
+fn runc_state(root: &Path, id: &str) -> Result<Value, RuntimeError> {
     if !owner::valid_container_id(id) {
         return Err(OwnerError::BadId(id.to_string()).into());
     }
@@ -328,12 +472,12 @@ pub fn stamped_owner(root: &Path, id: &str) -> Result<Option<String>, RuntimeErr
         reason,
     };
     let bytes = std::fs::read(&path).map_err(|e| state_err(e.to_string()))?;
-    let state: Value = serde_json::from_slice(&bytes).map_err(|e| state_err(e.to_string()))?;
-    Ok(stamp::owner_in_state(&state))
+    serde_json::from_slice(&bytes).map_err(|e| state_err(e.to_string()))
 }
 
-/// update: refuse device changes. With `--resources -` the JSON is read from stdin and
-/// handed to runc through a memfd on fd 0, so runc reads exactly what was checked.
+/// update: refuse device changes, and cut limits to the owner's ceilings (`docker update`
+/// cannot raise a container above them). With `--resources -` the JSON is read from stdin
+/// and handed to runc through a memfd on fd 0, so runc reads exactly what was checked.
 fn prepare_update(
     argv: &[OsString],
     inv: &Invocation,
@@ -341,19 +485,38 @@ fn prepare_update(
 ) -> Result<PathBuf, RuntimeError> {
     let runc = passthrough_runc(policy_path)?;
     let sub = inv.sub_args(argv);
+    let ceilings = update_ceilings(sub, inv, policy_path)?;
+    if let Some((owner, c)) = &ceilings {
+        let flags = [
+            "--memory",
+            "--memory-swap",
+            "--cpu-quota",
+            "--cpu-period",
+            "--pids-limit",
+            "--memory-reservation",
+        ];
+        if let Some(flag) = flags.iter().find(|f| has_flag(sub, &[f])) {
+            if c.needs_parent() {
+                return Err(RuntimeError::UpdateFlag {
+                    flag: flag.to_string(),
+                    owner: owner.clone(),
+                });
+            }
+        }
+    }
     let Some(source) = flag_value(sub, &["--resources", "-r"]) else {
         return Ok(runc);
     };
     let input_err = |what: &str| {
         let what = what.to_string();
-        move |source| RuntimeError::UpdateInput { what, source }
+        move |cause| RuntimeError::UpdateInput { what, cause }
     };
-    let bytes = if source == "-" {
+    let from_stdin = source == "-";
+    let bytes = if from_stdin {
         let mut buf = Vec::new();
         std::io::stdin()
             .read_to_end(&mut buf)
             .map_err(input_err("stdin"))?;
-        replay_stdin(&buf).map_err(input_err("stdin"))?;
         buf
     } else {
         std::fs::read(&source).map_err(input_err(&source.to_string_lossy()))?
@@ -361,7 +524,66 @@ fn prepare_update(
     if touches_devices(&bytes) {
         return Err(RuntimeError::UpdateDevices);
     }
+    let mut out = bytes;
+    if let Some((owner, c)) = &ceilings {
+        if let Some((capped, cuts)) = capped_update(&out, c)? {
+            if !from_stdin {
+                return Err(RuntimeError::UpdateFile(
+                    source.to_string_lossy().into_owned(),
+                ));
+            }
+            tracing::info!(owner = %owner, removed = ?cuts, "update cut to the ceilings");
+            out = capped;
+        }
+    }
+    if from_stdin {
+        replay_stdin(&out).map_err(input_err("stdin"))?;
+    }
     Ok(runc)
+}
+
+/// The owner of the container being updated and their ceilings; `None` when it has no
+/// owner or the policy sets no ceiling for them.
+fn update_ceilings(
+    sub: &[OsString],
+    inv: &Invocation,
+    policy_path: &Path,
+) -> Result<Option<(String, Ceilings)>, RuntimeError> {
+    let Some(id) = container_id(sub) else {
+        return Ok(None);
+    };
+    let root = runc_root(inv);
+    // No such container: runc says so itself.
+    if owner::valid_container_id(&id) && !root.join(&id).join("state.json").exists() {
+        return Ok(None);
+    }
+    let Some(owner) = stamped_owner(&root, &id)? else {
+        return Ok(None);
+    };
+    let (mut loaded, _) = load_policy(policy_path)?;
+    loaded.with_user(&owner)?;
+    let policy = &loaded.policy;
+    let Some(user) = policy.user(&owner) else {
+        return Ok(None);
+    };
+    let c = Ceilings::for_user(policy, &owner, user);
+    Ok((!c.is_empty()).then_some((owner, c)))
+}
+
+/// An update's resources after the cut, with a sentence per cut.
+type Capped = (Vec<u8>, Vec<String>);
+
+/// The update's resources cut to `c`: `None` when nothing was cut (or the input is not
+/// JSON, which runc rejects itself).
+fn capped_update(bytes: &[u8], c: &Ceilings) -> Result<Option<Capped>, RuntimeError> {
+    let Ok(mut v) = serde_json::from_slice::<Value>(bytes) else {
+        return Ok(None);
+    };
+    let cuts = cap_resources(&mut v, c, Mode::Present)?;
+    if cuts.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some((v.to_string().into_bytes(), cuts)))
 }
 
 fn touches_devices(resources: &[u8]) -> bool {
@@ -387,6 +609,23 @@ fn replay_stdin(bytes: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn buildkit_steps_are_told_by_their_bundle_directory() {
+        let root = Path::new("/var/lib/docker");
+        assert!(is_buildkit_step(
+            Path::new("/var/lib/docker/buildkit/executor/k3j2h1"),
+            root
+        ));
+        for bundle in [
+            "/run/docker/containerd/daemon/io.containerd.runtime.v2.task/moby/abc",
+            "/var/lib/docker/buildkit/executor",
+            "/var/lib/docker/buildkit/executor/x/y",
+            "/var/lib/other/buildkit/executor/k3j2h1",
+        ] {
+            assert!(!is_buildkit_step(Path::new(bundle), root), "{bundle}");
+        }
+    }
 
     #[test]
     fn update_device_detection() {

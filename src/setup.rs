@@ -13,6 +13,7 @@
 //! is no longer among the runtimes fails whole). So `--remove` leaves an emptied `runtimes` as
 //! `{}` and turns a `default-runtime` of labgpu into Docker's stock `runc`.
 
+pub mod buildkit;
 use std::fs::{self, File, Metadata, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -62,6 +63,8 @@ pub enum SetupError {
     },
     #[error("cannot write {path}: {cause}")]
     Write { path: PathBuf, cause: io::Error },
+    #[error("runtime path {path} has a character systemd's Environment= would split or expand")]
+    UnquotablePath { path: PathBuf },
 }
 
 /// What to do to daemon.json.
@@ -464,6 +467,46 @@ pub fn runtime_path(explicit: Option<PathBuf>) -> Result<String, SetupError> {
 /// `labgpu setup docker …`: messages on stderr (one line, plus notes), the file on stdout for
 /// `--dry-run`.
 pub fn docker_cli(
+    config: &Path,
+    make_default: bool,
+    dry_run: bool,
+    remove: bool,
+    path: Option<PathBuf>,
+    with_buildkit: bool,
+    systemd_dir: &Path,
+) -> anyhow::Result<i32> {
+    let code = daemon_json_cli(config, make_default, dry_run, remove, path.clone())?;
+    if dry_run {
+        if with_buildkit {
+            print!("{}", buildkit::render(&runtime_path(path)?)?);
+            eprintln!(
+                "labgpu: dry run: {} would hold the content above; nothing was written",
+                buildkit::drop_in_path(systemd_dir).display()
+            );
+        }
+        return Ok(code);
+    }
+    let drop_in = buildkit::drop_in_path(systemd_dir);
+    let restart = "restart Docker to apply it: systemctl daemon-reload && systemctl restart docker";
+    if remove {
+        if buildkit::remove(systemd_dir)? {
+            eprintln!("labgpu: removed {}; {restart}", drop_in.display());
+        }
+    } else if with_buildkit {
+        let runtime_path = runtime_path(path)?;
+        if buildkit::install(systemd_dir, &runtime_path)? {
+            eprintln!(
+                "labgpu: wrote {} (BuildKit's RUN steps run through {runtime_path} on Docker 26 and later); {restart}",
+                drop_in.display()
+            );
+        } else {
+            eprintln!("labgpu: {} is up to date", drop_in.display());
+        }
+    }
+    Ok(code)
+}
+
+fn daemon_json_cli(
     config: &Path,
     make_default: bool,
     dry_run: bool,

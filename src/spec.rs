@@ -12,33 +12,33 @@ use serde_json::{Map, Value};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {cause}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("{path} is not valid JSON: {source}")]
+    #[error("{path} is not valid JSON: {cause}")]
     Parse {
         path: PathBuf,
-        source: serde_json::Error,
+        cause: serde_json::Error,
     },
     #[error("{path} is not a JSON object")]
     NotObject { path: PathBuf },
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}: {cause}")]
     Write {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
 pub fn load(path: &Path) -> Result<Value, SpecError> {
-    let bytes = std::fs::read(path).map_err(|source| SpecError::Read {
+    let bytes = std::fs::read(path).map_err(|cause| SpecError::Read {
         path: path.to_path_buf(),
-        source,
+        cause,
     })?;
-    let value: Value = serde_json::from_slice(&bytes).map_err(|source| SpecError::Parse {
+    let value: Value = serde_json::from_slice(&bytes).map_err(|cause| SpecError::Parse {
         path: path.to_path_buf(),
-        source,
+        cause,
     })?;
     if !value.is_object() {
         return Err(SpecError::NotObject {
@@ -51,9 +51,9 @@ pub fn load(path: &Path) -> Result<Value, SpecError> {
 /// Replaces `path` with `value`: temp file in the same directory, fsync, rename, fsync dir.
 /// The original file's mode is kept; a reader sees the old or the new file, never a mix.
 pub fn write_atomic(path: &Path, value: &Value) -> Result<(), SpecError> {
-    let err = |source| SpecError::Write {
+    let err = |cause| SpecError::Write {
         path: path.to_path_buf(),
-        source,
+        cause,
     };
     let dir = path.parent().unwrap_or(Path::new("."));
     let mode = std::fs::metadata(path)

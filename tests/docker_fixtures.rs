@@ -407,3 +407,83 @@ fn docker_cdi_injection_is_neutralized_or_refused() {
     let err = edits::apply_all(&mut spec, &d, &mut Report::default()).unwrap_err();
     assert!(err.to_string().contains("libcuda.so.550.54"), "{err}");
 }
+
+/// A `RUN --mount=type=cache` step as dockerd 20.10's BuildKit wrote its spec (with labgpu as
+/// the runc on dockerd's PATH, which Docker 26 does through DOCKER_BUILDKIT_RUNC_COMMAND):
+/// containerd's default capabilities and seccomp profile, BuildKit's resolv.conf and hosts,
+/// the cache mount as a bind of an overlay2 layer.
+fn build_step_decision(build_step: bool) -> Decision {
+    let mut d = labgpu::decide::decide_for_user(
+        &policy(),
+        None,
+        None,
+        &inventory(),
+        DOCKER_ROOT.into(),
+        "movtbtsw7pv0lctu2tzfwgg70",
+    )
+    .unwrap();
+    d.build_step = build_step;
+    d.process.no_new_privileges = true;
+    d
+}
+
+#[test]
+fn a_buildkit_run_step_is_confined_as_a_container() {
+    let mut spec = fixture("buildkit-step.json");
+    let mut report = Report::default();
+    edits::apply_all(&mut spec, &build_step_decision(true), &mut report).unwrap();
+    let caps: BTreeSet<&str> = spec["process"]["capabilities"]["bounding"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let defaults = process_rules(&policy(), None, None).unwrap().capabilities;
+    assert_eq!(
+        caps,
+        defaults.iter().map(String::as_str).collect::<BTreeSet<_>>()
+    );
+    assert!(!caps.contains("CAP_NET_RAW") && !caps.contains("CAP_MKNOD"));
+    assert_eq!(spec["process"]["noNewPrivileges"], true);
+    let allowed: Vec<&str> = spec["linux"]["seccomp"]["syscalls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["action"] == "SCMP_ACT_ALLOW" && r.get("args").is_none())
+        .flat_map(|r| r["names"].as_array().unwrap())
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(allowed.contains(&"write") && !allowed.contains(&"mount"));
+    assert!(spec["mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["destination"] == "/c"));
+    assert!(device_paths_or_empty(&spec)
+        .iter()
+        .all(|p| !p.contains("nvidia")));
+}
+
+#[test]
+fn the_same_spec_outside_buildkits_executor_is_refused() {
+    let mut spec = fixture("buildkit-step.json");
+    let e = edits::apply_all(
+        &mut spec,
+        &build_step_decision(false),
+        &mut Report::default(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(e, EditError::BindNotAllowed { .. }),
+        "BuildKit's resolv.conf is no container's: {e}"
+    );
+}
+
+fn device_paths_or_empty(spec: &Value) -> Vec<String> {
+    spec["linux"]["devices"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d["path"].as_str().map(str::to_string))
+        .collect()
+}

@@ -147,3 +147,134 @@ fn policy_check_names_gpus_this_host_lacks() {
     assert!(text.contains("GPU 7 is not present"), "{text}");
     assert!(text.contains("3 errors"), "{text}");
 }
+
+#[test]
+fn nvml_sample_reports_load_memory_and_sm_share_per_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let lib = fake_nvml(
+        dir.path(),
+        "gpu 0 2 GPU-0002 FakeGPU-A\ngpu 1 0 GPU-0000 FakeGPU-B\n\
+         load 0 73 3221225472 17179869184\n\
+         proc 0 4242 1073741824 45\nproc 0 4343 2048\n",
+    );
+    let s = nvml::sample(Some(&lib), nvml::DEADLINE).unwrap();
+    assert_eq!(s.len(), 2);
+    assert_eq!((s[0].minor, s[0].utilization), (2, Some(73)));
+    assert_eq!(s[0].memory_used, Some(3 << 30));
+    assert_eq!(s[0].memory_total, Some(16 << 30));
+    assert_eq!(
+        s[0].processes,
+        [
+            nvml::ProcessSample {
+                pid: 4242,
+                used_bytes: Some(1 << 30),
+                sm_percent: Some(45)
+            },
+            nvml::ProcessSample {
+                pid: 4343,
+                used_bytes: Some(2048),
+                sm_percent: None
+            }
+        ]
+    );
+    // A GPU that does not support the load queries still reports its processes (none).
+    assert_eq!((s[1].utilization, s[1].memory_total), (None, None));
+    assert!(s[1].processes.is_empty());
+}
+
+/// `labgpu top --json` as root: a process outside every container is its uid's policy user
+/// (here root's uid is pinned to alice), with NVML's figures beside it.
+#[test]
+fn top_attributes_a_host_gpu_process_to_its_uids_user() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let me = std::process::id();
+    let lib = fake_nvml(
+        dir.path(),
+        &format!("gpu 0 0 GPU-0000 FakeGPU-A\nload 0 55 1024 4096\nproc 0 {me} 1024 55\n"),
+    );
+    let policy = nvml_policy(
+        dir.path(),
+        &lib,
+        "[users.alice]\nuid = 0\ngid = 0\ngpus = [0]\n[users.bob]\ngpus = []\n",
+    );
+    let p = policy.to_str().unwrap();
+    let out = labgpu(&policy, &["top", "--json", "--policy", p])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["scope"], "all");
+    let proc0 = &v["gpus"][0]["processes"][0];
+    assert_eq!(proc0["pid"], me);
+    assert_eq!(proc0["owner"], "alice");
+    assert_eq!(proc0["container"], Value::Null);
+    assert_eq!(v["gpus"][0]["utilization_percent"], 55);
+    let alice = v["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["user"] == "alice")
+        .unwrap();
+    assert_eq!(alice["gpu_memory_bytes"], 1024);
+    assert_eq!(alice["gpu_sm_percent"], 55);
+
+    let text = labgpu(&policy, &["top", "--once", "--policy", p])
+        .output()
+        .unwrap();
+    let screen = String::from_utf8_lossy(&text.stdout);
+    let row = screen
+        .lines()
+        .find(|l| l.contains(&format!(" {me} ")))
+        .unwrap();
+    assert!(row.contains("alice") && row.contains("(host)"), "{screen}");
+}
+
+/// No NVML library: the view has no GPU figures and says why; nothing fails.
+#[test]
+fn top_without_nvml_has_no_gpu_figures() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = nvml_policy(
+        dir.path(),
+        &dir.path().join("missing/libnvidia-ml.so.1"),
+        "",
+    );
+    let p = policy.to_str().unwrap();
+    std::fs::write(
+        &policy,
+        std::fs::read_to_string(&policy)
+            .unwrap()
+            .replace("discovery = \"nvml\"\n", ""),
+    )
+    .unwrap();
+    let out = labgpu(&policy, &["top", "--json", "--policy", p])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["gpus"], Value::Null);
+    assert!(
+        v["gpu_error"]
+            .as_str()
+            .unwrap()
+            .contains("missing/libnvidia-ml.so.1"),
+        "{v}"
+    );
+    let m = labgpu(
+        &policy,
+        &[
+            "metrics",
+            "--policy",
+            p,
+            "--root",
+            dir.path().to_str().unwrap(),
+        ],
+    )
+    .output()
+    .unwrap();
+    let text = String::from_utf8_lossy(&m.stdout);
+    assert!(m.status.success(), "{}", stderr(&m));
+    assert!(text.contains("labgpu_nvml_up 0\n"), "{text}");
+    assert!(text.contains("labgpu_verify_up 1\n"), "{text}");
+}

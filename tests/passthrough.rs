@@ -463,6 +463,54 @@ fn update_refuses_device_changes_and_replays_stdin() {
     assert!(recorded_argv(env.dir.path()).is_none());
 }
 
+/// `docker update` cannot raise one of carol's containers above her ceiling: what reaches
+/// runc is cut; runc's own limit flags are refused.
+#[test]
+fn update_is_cut_to_the_owners_ceiling() {
+    let env = setup("memory = \"64m\"\npids = 50");
+    let root = env.dir.path().join("state");
+    std::fs::create_dir_all(root.join("c2")).unwrap();
+    std::fs::write(
+        root.join("c2/state.json"),
+        r#"{"id":"c2","config":{"labels":["io.labgpu.owner=carol"]}}"#,
+    )
+    .unwrap();
+    let root_arg = format!("--root={}", root.display());
+    let mut child = labgpu(&env.policy, &[&root_arg, "update", "--resources=-", "c2"])
+        .env("FAKE_STDIN", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(br#"{"memory":{"limit":1073741824,"swap":2147483648},"pids":{"limit":0}}"#)
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    let sent: Value =
+        serde_json::from_slice(&std::fs::read(env.dir.path().join("runc-out/stdin")).unwrap())
+            .unwrap();
+    assert_eq!(
+        sent,
+        json!({"memory": {"limit": 67108864, "swap": 2147483648_i64}, "pids": {"limit": 0}})
+    );
+    std::fs::remove_file(env.dir.path().join("runc-out/argv")).unwrap();
+    let out = labgpu(&env.policy, &[&root_arg, "update", "--memory", "1g", "c2"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("update flag --memory is not allowed for carol's containers"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(recorded_argv(env.dir.path()).is_none());
+}
+
 #[test]
 fn version_answers_like_runc() {
     let dir = tempfile::tempdir().unwrap();

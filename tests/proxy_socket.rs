@@ -25,6 +25,8 @@ const STRANGER: u32 = 65533;
 #[derive(Debug, Clone)]
 struct Seen {
     line: String,
+    /// The headers, lower-cased.
+    head: String,
     body: String,
 }
 
@@ -56,6 +58,7 @@ fn serve_one(stream: UnixStream, log: &Mutex<Vec<Seen>>) {
         let mut length = 0;
         let mut upgrade = false;
         let mut chunked = false;
+        let mut head = String::new();
         loop {
             let mut h = String::new();
             reader.read_line(&mut h).unwrap();
@@ -63,6 +66,8 @@ fn serve_one(stream: UnixStream, log: &Mutex<Vec<Seen>>) {
             if h.is_empty() {
                 break;
             }
+            head.push_str(&h);
+            head.push('\n');
             if let Some(v) = h.strip_prefix("content-length:") {
                 length = v.trim().parse().unwrap();
             }
@@ -83,6 +88,7 @@ fn serve_one(stream: UnixStream, log: &Mutex<Vec<Seen>>) {
         let body = String::from_utf8(body).unwrap();
         log.lock().unwrap().push(Seen {
             line: line.clone(),
+            head,
             body,
         });
         let target = line.split(' ').nth(1).unwrap_or_default();
@@ -423,6 +429,35 @@ fn proxy_over_real_sockets() {
     assert!(seen.lock().unwrap()[before..]
         .iter()
         .all(|s| s.line.starts_with("GET ")));
+
+    // BuildKit's control API: this fake dockerd says API 1.41 (Docker 20.10), whose BuildKit
+    // runs build steps with the runc on its PATH: refused before anything reaches Docker.
+    let grpc = "POST /v1.41/grpc HTTP/1.1\r\nHost: docker\r\nConnection: Upgrade\r\nUpgrade: h2c\r\nContent-Length: 0\r\n\r\n";
+    let (code, rest) = as_uid(NOBODY, &sock, grpc, None);
+    assert_eq!(code, 403, "{rest}");
+    assert!(
+        rest.contains("BuildKit builds are not allowed: dockerd") && rest.contains("plain runc"),
+        "{rest}"
+    );
+    assert!(!seen
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|s| s.line.contains("/grpc")));
+    // A BuildKit session becomes the caller's, its shared key scoped to the caller's uid.
+    let session = "POST /v1.41/session HTTP/1.1\r\nHost: docker\r\nConnection: close\r\nX-Docker-Expose-Session-Uuid: s3ss10n\r\nX-Docker-Expose-Session-Sharedkey: ctx:node1\r\nContent-Length: 0\r\n\r\n";
+    let (code, rest) = as_uid(NOBODY, &sock, session, None);
+    assert_eq!(code, 200, "{rest}");
+    let head = last("POST /v1.41/session").head;
+    assert!(
+        head.contains(&format!(
+            "x-docker-expose-session-sharedkey: labgpu-uid-{NOBODY}:ctx:node1\n"
+        )),
+        "{head}"
+    );
+    let nameless = "POST /v1.41/session HTTP/1.1\r\nHost: docker\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
+    let (code, rest) = as_uid(NOBODY, &sock, nameless, None);
+    assert_eq!(code, 403, "{rest}");
 
     // Root in our pid namespace is the admin: passed through untouched.
     let (code, _) = exchange(

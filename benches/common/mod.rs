@@ -160,9 +160,9 @@ pub fn bundle_spec(bundle: &Path, runc: &Path, args: &[&str]) -> Vec<u8> {
         .unwrap(),
     )
     .unwrap();
+    // Docker resolved its default profile for its default capabilities: the two go together
+    // (labgpu recognises the default only for the capabilities it was resolved for).
     spec["linux"]["seccomp"] = docker["linux"]["seccomp"].clone();
-    // The profile is Docker's default for Docker's default capabilities: with runc spec's
-    // three, labgpu would not recognise it as a default and would refuse it.
     spec["process"]["capabilities"] = docker["process"]["capabilities"].clone();
     spec["process"]["terminal"] = json!(false);
     spec["process"]["args"] = json!(args);

@@ -22,7 +22,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     create(body.clone());
-    let _ = check_update(&mut body.clone());
+    let _ = check_update(&mut body.clone(), &labgpu_fuzz::ceilings());
     volume_create(body.clone());
     network_create(body.clone());
     network_connect(body);

@@ -34,6 +34,35 @@ pub fn user_ctx() -> UserCtx {
         image_prefixes: prefixes("{user}/", "alice"),
         writable_volumes: vec!["scratch".into()],
         state_dir: PathBuf::from("/nonexistent/labgpu-fuzz-state"),
+        ports: vec![labgpu::fairshare::PortRange {
+            start: 20000,
+            end: 20099,
+        }],
+        ceilings: ceilings(),
+    }
+}
+
+/// alice's fair-share ceilings: 2 CPUs, 1g, 100 tasks, a 64m /dev/shm.
+pub fn ceilings() -> labgpu::fairshare::Ceilings {
+    use labgpu::fairshare::{ByteSize, Ceiling, Ceilings, Cpus};
+    let key = |k: &str| format!("[users.alice] {k}");
+    Ceilings {
+        cpus: Some(Ceiling {
+            value: Cpus::from_hundredths(200),
+            key: key("cpus"),
+        }),
+        memory: Some(Ceiling {
+            value: ByteSize(1 << 30),
+            key: key("memory"),
+        }),
+        pids: Some(Ceiling {
+            value: 100,
+            key: key("pids"),
+        }),
+        shm_size: Some(Ceiling {
+            value: ByteSize(64 << 20),
+            key: key("shm_size"),
+        }),
     }
 }
 
@@ -84,6 +113,8 @@ pub fn decision() -> Decision {
             no_new_privileges: true,
             user: Some((1001, 1001)),
             allow_unconfined: false,
+            userns: false,
+            extra_gids: Vec::new(),
         },
         allow_privileged: false,
         allow_host_namespaces: false,
@@ -102,8 +133,14 @@ pub fn decision() -> Decision {
         seccomp_profiles: Vec::new(),
         runc_root: Some(PathBuf::from("/nonexistent/labgpu-fuzz-runc")),
         cdi: None,
+        ceilings: ceilings(),
+        user_cgroups: "labgpu".into(),
+        cgroup_driver: labgpu::fairshare::cgroup::Driver::Cgroupfs,
+        userns: None,
+        docker_cdi: Default::default(),
         container_id: "cid".into(),
         policy_sha256: "00".repeat(32),
+        build_step: false,
     }
 }
 

@@ -6,7 +6,7 @@
 # 1. install the .deb with apt: postinst registers the runtime and reloads the real
 #    docker.service (running containers keep running, dockerd keeps its pid);
 # 2. enable labgpu-proxy.service;
-# 3. the e2e and proxy suites against the system's Docker and the installed binary
+# 3. the e2e, proxy and fairshare suites against the system's Docker and the installed binary
 #    (LABGPU_E2E_SYSTEM_DOCKER=1): /var/run/docker.sock, /run/labgpu/docker.sock, runc state in
 #    /run/docker/runtime-runc/moby;
 # 4. apt purge, and what the README says purge leaves: no runtime in daemon.json or docker info,
@@ -119,14 +119,31 @@ check "labgpu-proxy.service is active" eventually 10 systemctl is-active --quiet
 check "it listens on /run/labgpu/docker.sock" eventually 10 test -S /run/labgpu/docker.sock
 check "root through the proxy reaches Docker" \
     eventually 10 curl -sf --unix-socket /run/labgpu/docker.sock http://docker/_ping
+
+section "Docker's own CDI on (for the e2e suite's docker_cdi case)"
+# Docker 26 applies `--device nvidia.com/gpu=N` itself only with features.cdi, read at start.
+check "features.cdi set in $DAEMON_JSON, docker.service restarted" \
+    sh -c "jq '.features.cdi = true' $DAEMON_JSON >$DAEMON_JSON.new && mv $DAEMON_JSON.new $DAEMON_JSON && systemctl restart docker.service"
+check "docker info lists CDI spec directories" \
+    eventually 15 sh -c 'docker info --format "{{json .CDISpecDirs}}" | grep -q /etc/cdi'
+# The purge checks below are about the package: it must not restart dockerd from here on.
+pid_before="$(docker_pid)"
 package_install_pass=$pass package_install_fail=$fail
+
+# The lane's LABGPU_VM_SUITES and LABGPU_VM_ONLY (lane.sh writes them into the share).
+SUITES="$(cat "$SHARE/suites" 2>/dev/null || echo e2e proxy fairshare)"
+ONLY="$(cat "$SHARE/only" 2>/dev/null)"
 
 # suite NAME SCRIPT: one suite against the system Docker; its summary line is kept.
 suite() {
     local name=$1 script=$2 t0=$SECONDS rc=0
-    section "$name suite (integration/$script, system Docker, /usr/bin/labgpu)"
+    if [[ " $SUITES " != *" $name "* ]]; then
+        echo "$name: skipped (LABGPU_VM_SUITES=$SUITES)" >>"$TMP/times"
+        return 0
+    fi
+    section "$name suite (integration/$script, system Docker, /usr/bin/labgpu)${ONLY:+, groups: $ONLY}"
     LABGPU_E2E_SYSTEM_DOCKER=1 LABGPU_E2E_BIN=/usr/bin/labgpu LABGPU_E2E_HOOK_LOG="$HOOK_LOG" \
-        LABGPU_E2E_TIMEOUT=120 \
+        LABGPU_E2E_TIMEOUT=120 LABGPU_E2E_ONLY="$ONLY" \
         timeout 1200 bash "$SHARE/integration/$script" 2>&1 | tee "$TMP/$name.log" || rc=$?
     local line
     line="$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$TMP/$name.log" | tail -n 1)"
@@ -138,11 +155,41 @@ suite() {
 : >"$TMP/summary"
 : >"$TMP/times"
 suite e2e e2e.sh
-# Builds through the proxy run their steps under labgpu only as Docker's default runtime.
-check "labgpu setup docker --default, systemctl reload docker (for builds)" \
-    sh -c 'labgpu setup docker --default && systemctl reload docker'
+# Builds through the proxy run their steps under labgpu only as Docker's default runtime
+# (classic builder) and with the BuildKit drop-in (BuildKit), whose environment applies when
+# dockerd starts: this job restarts Docker, the package never does.
+check "labgpu setup docker --default --buildkit, daemon-reload, restart docker (for builds)" \
+    sh -c 'labgpu setup docker --default --buildkit && systemctl daemon-reload && systemctl restart docker'
+check "docker.service is active again" eventually 30 systemctl is-active --quiet docker.service
 check "docker info: default runtime labgpu" eventually 15 default_runtime_is labgpu
+check "dockerd runs BuildKit's steps with labgpu (DOCKER_BUILDKIT_RUNC_COMMAND)" \
+    sh -c 'tr "\0" "\n" <"/proc/$(systemctl show -p MainPID --value docker.service)/environ" | grep -qx DOCKER_BUILDKIT_RUNC_COMMAND=/usr/bin/labgpu'
+pid_before="$(docker_pid)"
 suite proxy proxy.sh
+# Per-user parents as systemd slices (cgroup v2), through labgpu-proxy.service.
+suite fairshare fairshare.sh
+
+section "a login through labgpu-shell (the installed proxy, Docker's own CLI)"
+pass_before=$pass fail_before=$fail
+LOGIN=lgvm-login
+check "labgpu-shell is a link to labgpu, listed in /etc/shells" \
+    sh -c 'test "$(readlink /usr/bin/labgpu-shell)" = labgpu && grep -qx /usr/bin/labgpu-shell /etc/shells'
+useradd -m "$LOGIN"
+check "labgpu user add --login" labgpu user add "$LOGIN" --login
+check "its login shell is /usr/bin/labgpu-shell" \
+    test "$(getent passwd "$LOGIN" | cut -d: -f7)" = /usr/bin/labgpu-shell
+check "labgpu user set: a login image" \
+    labgpu user set "$LOGIN" --set 'session={ image = "labgpu-vm-keep:latest" }'
+# The image has only busybox's sh and sleep: the host name is read with sh's own read.
+check "a login runs its command in the user's container, with its exit status" \
+    sh -c 'out=$(runuser -u '"$LOGIN"' -- /usr/bin/labgpu-shell -c "read h </etc/hostname; echo \$h; exit 4" 2>&1); rc=$?; echo "$out"; [ $rc = 4 ] && case $out in '"$LOGIN"'-*) true ;; *) false ;; esac'
+check "the login container runs under labgpu, owned by the user" \
+    sh -c 'test "$(docker ps --filter label=labgpu.session='"$LOGIN"' --format "{{.Label \"labgpu.user\"}} {{.State}}")" = "'"$LOGIN"' running" && test "$(docker inspect -f "{{.HostConfig.Runtime}}" "session-'"$LOGIN"'")" = labgpu'
+check "labgpu user rm --containers remove" labgpu user rm "$LOGIN" --containers remove
+check "the login container is gone" \
+    test -z "$(docker ps -aq --filter label=labgpu.session="$LOGIN")"
+userdel -r "$LOGIN" >/dev/null 2>&1
+echo "login: $((pass - pass_before)) passed, $((fail - fail_before)) failed" >>"$TMP/summary"
 
 section "apt purge labgpu (labgpu made Docker's default runtime first)"
 pass=0 fail=0
@@ -156,6 +203,8 @@ if apt purge -y labgpu >"$TMP/purge.log" 2>&1; then ok "apt purge succeeds"; els
 grep -E 'labgpu|rror' "$TMP/purge.log" | grep -v '^WARNING: apt does not' | sed 's/^/     | /'
 check "package is gone" sh -c '! dpkg -s labgpu >/dev/null 2>&1'
 check "prerm says it reloaded Docker" grep -q 'labgpu: reloaded Docker' "$TMP/purge.log"
+check "the BuildKit drop-in is gone" test ! -e /etc/systemd/system/docker.service.d/labgpu-buildkit.conf
+check "prerm says BuildKit builds fail until Docker restarts" grep -q 'BuildKit builds on this Docker fail until it restarts' "$TMP/purge.log"
 check "no runtimes.labgpu left in daemon.json" jqt '(.runtimes // {}) | has("labgpu") | not' "$DAEMON_JSON"
 check "docker info no longer lists labgpu" eventually 15 lacks_runtime labgpu
 check "docker info: default runtime runc again" eventually 15 default_runtime_is runc
@@ -171,6 +220,7 @@ check "dockerd was never restarted by the package (same pid)" test "$(docker_pid
 check "a container started before the purge still runs" \
     test "$(docker inspect -f '{{.State.Running}}' labgpu-vm-keep)" = true
 check "test users are gone" sh -c '! getent passwd | grep -q "^lgt-"'
+check "/etc/shells no longer lists labgpu-shell" sh -c '! grep -qx /usr/bin/labgpu-shell /etc/shells'
 docker rm -f labgpu-vm-keep >/dev/null 2>&1
 docker rmi labgpu-vm-keep:latest >/dev/null 2>&1
 echo "package: $((package_install_pass + pass)) passed, $((package_install_fail + fail)) failed" >>"$TMP/summary"

@@ -2,7 +2,7 @@
 # The VM lane: labgpu where most lab servers are. A Debian trixie VM under QEMU (systemd 257 as
 # PID 1, cgroup v2 only, Docker 26 from Debian with the systemd cgroup driver, runc 1.1,
 # containerd 1.7, kernel 6.12) installs this tree's .deb with apt, enables labgpu-proxy, runs
-# the e2e and proxy suites against its own Docker, and purges the package (job.sh).
+# the e2e, proxy and fairshare suites against its own Docker, and purges the package (job.sh).
 #
 #   bash integration/vm/lane.sh             (as root)
 #
@@ -13,7 +13,9 @@
 # times slower than on the host.
 #
 # Knobs: LABGPU_VM_DEB=FILE (use this .deb, do not build one), LABGPU_VM_TIMEOUT (seconds the VM
-# may run, 1800), LABGPU_VM_REBUILD=1, and those of common.sh and run.sh.
+# may run, 1800), LABGPU_VM_REBUILD=1, LABGPU_VM_SUITES="proxy" (only these of the job's
+# suites: e2e, proxy, fairshare) and LABGPU_VM_ONLY="build buildkit" (only these case groups in them),
+# for a quick look at one feature, and those of common.sh and run.sh.
 # Prints "vm: N passed, N failed" (the sum of the job's parts) last; exits 1 if any failed,
 # 2 if the lane could not run.
 set -uo pipefail
@@ -89,6 +91,8 @@ SHARE="$(mktemp -d /tmp/labgpu-vm-share.XXXX)"
 cp "$deb" "$SHARE/"
 cp -r "$REPO/integration" "$SHARE/integration"
 cp "$VM_DIR/job.sh" "$SHARE/job.sh"
+printf '%s\n' "${LABGPU_VM_SUITES:-e2e proxy fairshare}" >"$SHARE/suites"
+printf '%s\n' "${LABGPU_VM_ONLY:-}" >"$SHARE/only"
 # mktemp made the share 0700; the proxy suite runs its flood client as alice and nobody.
 chmod -R a+rX "$SHARE"
 
@@ -108,13 +112,13 @@ vm_s=$((SECONDS - t))
 boot="$(sed -n 's/^\[vm\] booted: the job started \([0-9]*\) s after qemu$/\1/p' "$OUT")"
 echo
 echo "VM lane times: image $(vm_minutes "$image_s") min ($([[ $image_s -lt 30 ]] && echo cached || echo built)), boot ${boot:-?} s, VM $(vm_minutes "$vm_s") min, lane $(vm_minutes $((SECONDS - T0))) min"
-sed -n 's/^\(e2e\|proxy\): \([0-9]*\) s$/  \1 suite in the VM: \2 s/p' "$OUT"
+sed -n 's/^\(e2e\|proxy\|fairshare\): \([0-9]*\) s$/  \1 suite in the VM: \2 s/p' "$OUT"
 passed=0 failed=0
 while read -r name p _ f _; do
     echo "  $name $p passed, $f failed"
     passed=$((passed + p))
     failed=$((failed + f))
-done < <(sed -n 's/^\(e2e\|proxy\|package\): \([0-9]*\) passed, \([0-9]*\) failed$/\1: \2 passed, \3 failed/p' "$OUT")
+done < <(sed -n 's/^\(e2e\|proxy\|fairshare\|package\): \([0-9]*\) passed, \([0-9]*\) failed$/\1: \2 passed, \3 failed/p' "$OUT")
 if ((rc != 0 && failed == 0)); then
     # The VM ended without the job's verdict (timeout, crash): count that as a failure.
     failed=1

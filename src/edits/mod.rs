@@ -4,8 +4,10 @@
 //! is refused as such rather than by whichever of its parts another edit meets first.
 
 pub mod annotations;
+pub mod build_step;
 pub mod cdi;
 pub mod devices;
+pub mod fairshare;
 pub mod mounts;
 pub mod nvidia;
 pub mod process;
@@ -13,6 +15,7 @@ pub mod seccomp;
 pub mod security;
 pub mod stamp;
 pub mod system_paths;
+pub mod userns;
 
 use std::path::PathBuf;
 
@@ -56,11 +59,24 @@ pub enum EditError {
     },
     #[error("volume {0:?} was not inspected in the mount table before the check")]
     VolumeUnknown(String),
-    #[error("{source} (seccomp_profiles in {section})")]
+    #[error("{cause} (seccomp_profiles in {section})")]
     Seccomp {
-        source: crate::seccomp::SeccompError,
+        cause: crate::seccomp::SeccompError,
         section: String,
     },
+    #[error(transparent)]
+    Cap(#[from] crate::fairshare::cap::CapError),
+    #[error("the spec already has a user namespace, so Docker's userns-remap is on: userns = \"owner\" in {section} needs dockerd without userns-remap")]
+    UsernsRemap { section: String },
+    #[error("joining the {ns} namespace {path} is not possible with userns = \"owner\" ({section}): {reason}")]
+    UsernsJoin {
+        ns: String,
+        path: String,
+        reason: String,
+        section: String,
+    },
+    #[error("the host's {ns} namespace cannot be used with userns = \"owner\" ({section}): it belongs to no user namespace of the owner's (allow_host_namespaces)")]
+    UsernsHostNamespace { ns: String, section: String },
     #[error("the spec's {field} is malformed: {reason}")]
     Malformed { field: &'static str, reason: String },
 }
@@ -85,14 +101,18 @@ impl Report {
 /// Every create-time edit, in order.
 pub fn apply_all(spec: &mut Value, d: &Decision, report: &mut Report) -> Result<(), EditError> {
     security::check_privileged(spec, d)?;
+    build_step::apply(spec, d, report)?;
     security::apply(spec, d, report)?;
     seccomp::apply(spec, d, report)?;
     system_paths::apply(spec, d, report)?;
     annotations::apply(spec, d, report)?;
     devices::apply(spec, d, report)?;
+    cdi::strip_docker_applied(spec, d, report)?;
     mounts::apply(spec, d, report)?;
     nvidia::apply(spec, report);
     cdi::apply(spec, d, report)?;
+    fairshare::apply(spec, d, report)?;
+    userns::apply(spec, d, report)?;
     if let Some(process) = spec.get_mut("process") {
         process::sanitize(process, &d.process, report)?;
     }
@@ -136,6 +156,8 @@ pub(crate) mod testing {
                 no_new_privileges: true,
                 user: None,
                 allow_unconfined: false,
+                userns: false,
+                extra_gids: Vec::new(),
             },
             allow_privileged: false,
             allow_host_namespaces: false,
@@ -150,7 +172,13 @@ pub(crate) mod testing {
             seccomp_profiles: Vec::new(),
             runc_root: None,
             cdi: None,
+            ceilings: Default::default(),
+            user_cgroups: "labgpu".into(),
+            cgroup_driver: crate::fairshare::cgroup::Driver::Cgroupfs,
+            userns: None,
+            docker_cdi: Default::default(),
             container_id: "cid".into(),
+            build_step: false,
             policy_sha256: "00".repeat(32),
         }
     }

@@ -26,6 +26,20 @@ const SHARED_FROM_OTHERS: [(&str, &str); 4] = [
     ("mounts/shm", "/dev/shm"),
 ];
 
+/// What a BuildKit `RUN` step may bind from the data root: BuildKit's state (resolv.conf,
+/// hosts, cache mounts), dockerd's TMPDIR (secret and ssh mounts) and the storage drivers'
+/// layers (`--mount=type=bind,from=...`). Never `containers/` or `volumes/`: BuildKit does
+/// not bind them, and nothing in a build (LLB has no host paths) can ask it to.
+const BUILDKIT_OWNED: [&str; 7] = [
+    "buildkit",
+    "tmp",
+    "overlay2",
+    "fuse-overlayfs",
+    "vfs",
+    "btrfs",
+    "zfs",
+];
+
 /// Where Docker's `--init` binary lives on Debian/Ubuntu and docker-ce installs (Debian's is
 /// a symlink to tini-static, so candidates are resolved like sources).
 const DOCKER_INIT: [&str; 3] = [
@@ -88,6 +102,9 @@ fn check_mount(m: &mut Value, d: &Decision) -> Result<(), EditError> {
         if PSEUDO_FS.contains(&fs) {
             return Ok(());
         }
+        if fs == "overlay" && d.build_step && overlay_layers_owned(m, d) {
+            return Ok(());
+        }
         return Err(EditError::BindNotAllowed {
             source_path: PathBuf::from(format!("{source} (type {fs})")),
             destination,
@@ -114,11 +131,53 @@ pub fn host_path_allowed(
 ) -> Result<bool, EditError> {
     Ok(d.bind_allow.iter().any(|p| is_under(resolved, p))
         || cdi_owned(resolved, destination, d)
+        || gpu_node_bound(resolved, destination, d)
         || docker_owned(resolved, destination, d)?
+        || (d.build_step && buildkit_owned(resolved, d))
         || (destination == "/sbin/docker-init"
             && DOCKER_INIT
                 .iter()
                 .any(|p| resolved == resolve_host(Path::new(p)))))
+}
+
+/// An owned GPU node at its own place, as `edits::userns` binds them in a user namespace.
+fn gpu_node_bound(source: &Path, destination: &str, d: &Decision) -> bool {
+    d.userns.is_some()
+        && d.nodes
+            .iter()
+            .any(|n| n.container_path == destination && source == resolve_host(&n.host_path))
+}
+
+/// A build step's bind from BuildKit's own directories under the data root.
+fn buildkit_owned(source: &Path, d: &Decision) -> bool {
+    BUILDKIT_OWNED
+        .iter()
+        .any(|dir| is_under(source, &d.docker_root.join(dir)))
+}
+
+/// An overlay BuildKit's snapshotter built for a build step: every layer directory in its
+/// options is BuildKit's own.
+fn overlay_layers_owned(m: &Value, d: &Decision) -> bool {
+    let Some(options) = m.get("options").and_then(Value::as_array) else {
+        return false;
+    };
+    let mut layers = 0;
+    for o in options.iter().filter_map(Value::as_str) {
+        let Some((key, value)) = o.split_once('=') else {
+            continue;
+        };
+        if !matches!(key, "lowerdir" | "upperdir" | "workdir") {
+            continue;
+        }
+        for dir in value.split(':') {
+            let resolved = resolve_host(Path::new(dir));
+            if !dir.starts_with('/') || !buildkit_owned(&resolved, d) {
+                return false;
+            }
+            layers += 1;
+        }
+    }
+    layers > 0
 }
 
 /// A driver file the CDI spec mounts for the owner's GPUs, at exactly its destination.
@@ -232,6 +291,44 @@ mod tests {
         ]});
         apply(&mut spec, &d, &mut Report::default()).unwrap();
         assert_eq!(spec["mounts"][5]["source"], "/srv/datasets/imagenet");
+    }
+
+    #[test]
+    fn build_steps_bind_buildkits_own_directories_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let r = |p: &str| root.join(p).to_str().unwrap().to_string();
+        let mut d = docker_decision(root);
+        d.build_step = true;
+        let own = json!({"mounts": [
+            bind(&r("buildkit/executor/resolv.conf"), "/etc/resolv.conf"),
+            bind(&r("tmp/buildkit-secrets123/s"), "/run/secrets/s"),
+            bind(&r("overlay2/abc/diff"), "/src"),
+            {"destination": "/cache", "type": "overlay", "source": "overlay",
+             "options": [format!("lowerdir={}:{}", r("overlay2/l/A"), r("overlay2/l/B")),
+                         format!("upperdir={}", r("overlay2/x/diff")),
+                         format!("workdir={}", r("overlay2/x/work"))]},
+        ]});
+        let mut spec = own.clone();
+        apply(&mut spec, &d, &mut Report::default()).unwrap();
+        for (source, dest) in [
+            (r("containers/other/hostname"), "/etc/hostname"),
+            (r("volumes/v1/_data"), "/v"),
+            ("/home/alice".to_string(), "/h"),
+        ] {
+            let mut spec = json!({"mounts": [bind(&source, dest)]});
+            assert!(
+                apply(&mut spec, &d, &mut Report::default()).is_err(),
+                "{source}"
+            );
+        }
+        let mut spec = json!({"mounts": [{"destination": "/x", "type": "overlay", "source": "overlay",
+            "options": [format!("lowerdir={}:/home/alice", r("overlay2/l/A"))]}]});
+        assert!(apply(&mut spec, &d, &mut Report::default()).is_err());
+        // The same directories are not a container's.
+        d.build_step = false;
+        let mut spec = own;
+        assert!(apply(&mut spec, &d, &mut Report::default()).is_err());
     }
 
     #[test]

@@ -71,10 +71,14 @@ pub fn sanitize(
         let user = user.as_object_mut().expect("just made an object");
         user.insert("uid".into(), json!(uid));
         user.insert("gid".into(), json!(gid));
-        // `--group-add 0` would otherwise hand the owner root's group.
-        if user.remove("additionalGids").is_some() {
+        // `--group-add 0` would otherwise hand the owner root's group (in the owner's user
+        // namespace every gid is the owner's own).
+        if !rules.userns && user.remove("additionalGids").is_some() {
             report.removed("additionalGids");
         }
+    }
+    if !rules.extra_gids.is_empty() {
+        add_gids(p, &rules.extra_gids)?;
     }
     // For exec this falls back to the container's profile; create refuses it earlier.
     if !rules.allow_unconfined
@@ -96,6 +100,33 @@ pub fn sanitize(
             .is_some_and(|e| e.starts_with("NVIDIA_VISIBLE_DEVICES="))
     });
     env.push(json!(NVIDIA_VISIBLE_DEVICES));
+    Ok(())
+}
+
+/// Appends `gids` to `user.additionalGids` (each once).
+fn add_gids(p: &mut serde_json::Map<String, Value>, gids: &[u32]) -> Result<(), EditError> {
+    let user = p.entry("user").or_insert_with(|| json!({}));
+    let Some(user) = user.as_object_mut() else {
+        return Err(EditError::Malformed {
+            field: "process.user",
+            reason: "not an object".into(),
+        });
+    };
+    let list = user.entry("additionalGids").or_insert_with(|| json!([]));
+    if list.is_null() {
+        *list = json!([]);
+    }
+    let Some(list) = list.as_array_mut() else {
+        return Err(EditError::Malformed {
+            field: "process.user.additionalGids",
+            reason: "not an array".into(),
+        });
+    };
+    for g in gids {
+        if !list.iter().any(|v| v.as_u64() == Some(u64::from(*g))) {
+            list.push(json!(g));
+        }
+    }
     Ok(())
 }
 
@@ -152,6 +183,25 @@ mod tests {
         assert_eq!(p["user"], json!({"uid": 33, "gid": 33}));
         assert_eq!(p["noNewPrivileges"], false);
         assert_eq!(p["env"], json!(["NVIDIA_VISIBLE_DEVICES=void"]));
+    }
+
+    #[test]
+    fn in_the_owners_user_namespace_root_is_the_owner_and_groups_come_along() {
+        let mut p = json!({"user": {"uid": 33, "gid": 33, "additionalGids": [0, 10]}});
+        let mut rules = decision().process;
+        rules.user = Some((1001, 1001));
+        let rules = rules.in_userns(&[27, 10]);
+        sanitize(&mut p, &rules, &mut Report::default()).unwrap();
+        assert_eq!(
+            p["user"],
+            json!({"uid": 0, "gid": 0, "additionalGids": [0, 10, 27]})
+        );
+        let mut p = json!({"args": ["sh"]});
+        sanitize(&mut p, &rules, &mut Report::default()).unwrap();
+        assert_eq!(
+            p["user"],
+            json!({"uid": 0, "gid": 0, "additionalGids": [27, 10]})
+        );
     }
 
     #[test]

@@ -41,8 +41,8 @@ pub fn apply(spec: &mut Value, d: &Decision, report: &mut Report) -> Result<(), 
         kernel: d.host.kernel,
         allowed_sha256: &d.seccomp_profiles,
     };
-    let outcome = enforce(profile, &ctx).map_err(|source| EditError::Seccomp {
-        source,
+    let outcome = enforce(profile, &ctx).map_err(|cause| EditError::Seccomp {
+        cause,
         section: d.section(),
     })?;
     if let Outcome::ReplaceDefault {

@@ -14,9 +14,9 @@ pub type DevfsInventory = Snapshot;
 /// Scans `dev_root` for `nvidia[0-9]+` and the control nodes; majors of nodes found, plus
 /// every `nvidia*` driver in `proc_devices`, count as NVIDIA majors.
 pub fn scan(dev_root: &Path, proc_devices: &Path) -> Result<Snapshot, GpuError> {
-    let entries = std::fs::read_dir(dev_root).map_err(|source| GpuError::Scan {
+    let entries = std::fs::read_dir(dev_root).map_err(|cause| GpuError::Scan {
         path: dev_root.to_path_buf(),
-        source,
+        cause,
     })?;
     let mut gpus = Vec::new();
     let mut control = Vec::new();

@@ -31,10 +31,10 @@ pub const CONTROL_NODES: [&str; 4] = [
 
 #[derive(Debug, thiserror::Error)]
 pub enum GpuError {
-    #[error("cannot scan GPU device directory {path}: {source}")]
+    #[error("cannot scan GPU device directory {path}: {cause}")]
     Scan {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("GPU {id} is not present on this host (inventory from {source_name})")]
     Missing { id: String, source_name: String },

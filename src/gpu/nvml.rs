@@ -141,6 +141,75 @@ pub fn processes(lib: Option<&Path>, deadline: Duration) -> Result<Vec<GpuProces
     })
 }
 
+/// One GPU's load as NVML reports it now, for `labgpu top` and the metrics. Each figure is
+/// optional: a driver or GPU that does not support a query leaves it out, not the GPU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpuSample {
+    pub index: u32,
+    pub minor: u32,
+    pub uuid: Option<String>,
+    pub name: Option<String>,
+    /// Percent of the last sample period a kernel ran (nvmlDeviceGetUtilizationRates).
+    pub utilization: Option<u32>,
+    pub memory_used: Option<u64>,
+    pub memory_total: Option<u64>,
+    pub processes: Vec<ProcessSample>,
+}
+
+/// A compute process on a GPU, with its share of the SM when the driver samples it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessSample {
+    pub pid: u32,
+    pub used_bytes: Option<u64>,
+    pub sm_percent: Option<u32>,
+}
+
+/// Every GPU's load and compute processes.
+pub fn sample(lib: Option<&Path>, deadline: Duration) -> Result<Vec<GpuSample>, GpuError> {
+    with_nvml(lib, deadline, |nvml| {
+        let mut out = Vec::new();
+        for index in 0..nvml.device_count()? {
+            let d = nvml.device_by_index(index)?;
+            let memory = d.memory_info().ok();
+            out.push(GpuSample {
+                index,
+                minor: d.minor_number()?,
+                uuid: d.uuid().ok(),
+                name: d.name().ok(),
+                utilization: d.utilization_rates().ok().map(|u| u.gpu),
+                memory_used: memory.as_ref().map(|m| m.used),
+                memory_total: memory.as_ref().map(|m| m.total),
+                processes: process_samples(&d),
+            });
+        }
+        Ok(out)
+    })
+}
+
+/// The device's compute processes; the SM share is the newest of the driver's buffered
+/// samples for that pid (none when the driver keeps none, as without accounting).
+fn process_samples(d: &nvml_wrapper::Device) -> Vec<ProcessSample> {
+    let mut newest: std::collections::HashMap<u32, (u64, u32)> = Default::default();
+    for s in d.process_utilization_stats(None).unwrap_or_default() {
+        let e = newest.entry(s.pid).or_insert((s.timestamp, s.sm_util));
+        if s.timestamp >= e.0 {
+            *e = (s.timestamp, s.sm_util);
+        }
+    }
+    d.running_compute_processes()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| ProcessSample {
+            pid: p.pid,
+            used_bytes: match p.used_gpu_memory {
+                nvml_wrapper::enums::device::UsedGpuMemory::Used(b) => Some(b),
+                nvml_wrapper::enums::device::UsedGpuMemory::Unavailable => None,
+            },
+            sm_percent: newest.get(&p.pid).map(|(_, sm)| *sm),
+        })
+        .collect()
+}
+
 /// NVML's facts on top of the /proc (or devfs) inventory, which still supplies the control
 /// nodes, the majors and the MIG capability minors NVML does not report.
 pub fn scan(

@@ -77,7 +77,7 @@ pub enum RuleError {
     BuildRemote(String),
     #[error("container name {0:?} is not a valid container name or id")]
     BadContainerRef(String),
-    #[error("BuildKit builds run their steps outside the labgpu runtime and are not allowed through the labgpu proxy; build with the classic builder: DOCKER_BUILDKIT=0 docker build …")]
+    #[error("BuildKit builds through POST /build (version=2, what Docker CLIs before 23 send) are not allowed through the labgpu proxy, which checks BuildKit builds on /grpc (docker buildx, with Docker 26 or later); build with the classic builder: DOCKER_BUILDKIT=0 docker build …")]
     BuildKit,
     #[error("{field} is not a field the labgpu proxy knows; it refuses what it cannot check")]
     UnknownField { field: String },
@@ -110,6 +110,37 @@ impl RuleError {
     }
 }
 
+impl RuleError {
+    /// A short stable name for the metrics' `reason` label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            RuleError::BadPath(_) => "bad_path",
+            RuleError::OldApi(_) => "old_api",
+            RuleError::FormBody(_) => "form_body",
+            RuleError::NotAllowed { .. } => "endpoint_not_allowed",
+            RuleError::AdminOnly { .. } => "admin_only",
+            RuleError::BadJson(_) | RuleError::BadField { .. } | RuleError::DuplicateKey { .. } => {
+                "malformed_body"
+            }
+            RuleError::BadFilters(_) | RuleError::BadQuery(_) => "malformed_query",
+            RuleError::Deadline(_) => "deadline",
+            RuleError::Privileged { .. } => "privileged",
+            RuleError::HostNamespace { .. } => "host_namespace",
+            RuleError::CgroupParent { .. } => "cgroup_parent",
+            RuleError::Unconfined { .. } => "unconfined",
+            RuleError::BindNotAllowed { .. } => "bind_not_allowed",
+            RuleError::DeviceNotAllowed { .. } => "device_not_allowed",
+            RuleError::UpdateRefused { .. } => "update_refused",
+            RuleError::BuildRemote(_) => "build_remote",
+            RuleError::BadContainerRef(_) => "bad_container_ref",
+            RuleError::BuildKit => "buildkit",
+            RuleError::UnknownField { .. } => "unknown_field",
+            RuleError::FieldRefused { .. } => "field_refused",
+            RuleError::ValueRefused { .. } => "value_refused",
+        }
+    }
+}
+
 /// What the server must do with a request from a policy user.
 
 #[derive(Debug, thiserror::Error)]
@@ -121,14 +152,14 @@ pub enum ProxyError {
     #[error(transparent)]
     Archive(#[from] super::archive::ArchiveError),
     #[error("the proxy cannot use its policy: {0}")]
-    Policy(#[from] PolicyError),
-    #[error("cannot reach docker at {path}: {source}")]
+    Policy(PolicyError),
+    #[error("cannot reach docker at {path}: {cause}")]
     UpstreamConnect {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("docker connection failed: {0}")]
-    Upstream(#[from] hyper::Error),
+    Upstream(hyper::Error),
     #[error("no such container: {0}")]
     NoSuchContainer(String),
     #[error("no such exec instance: {0}")]
@@ -156,16 +187,72 @@ pub enum ProxyError {
     #[error("query parameter {0} is missing")]
     MissingParam(&'static str),
     #[error("the container was created but could not be recorded, so it was removed again: {0}")]
-    Record(#[from] crate::records::RecordError),
+    Record(crate::records::RecordError),
+    #[error(transparent)]
+    Session(#[from] super::session::SessionError),
     #[error(transparent)]
     Slurm(#[from] crate::slurm::SlurmError),
     #[error("builds are not allowed: their steps are containers nobody owns, and {policy} [runtime] unlabeled = \"deny\" refuses them; the administrator sets unlabeled = \"no-gpu\" to allow builds")]
     BuildsNeedNoGpu { policy: PathBuf },
     #[error("builds are not allowed: dockerd's default runtime is {default:?}, so build steps would run without labgpu; the administrator runs `labgpu setup docker --default` (runtime {runtime:?})")]
     BuildsNeedDefaultRuntime { default: String, runtime: String },
+    #[error("BuildKit builds are not allowed: dockerd {version} runs BuildKit's build steps with plain runc, outside labgpu (Docker 26 or later lets labgpu run them); build with the classic builder: DOCKER_BUILDKIT=0 docker build …")]
+    BuildKitOldDocker { version: String },
+    #[error("BuildKit builds are not allowed: dockerd's DOCKER_BUILDKIT_RUNC_COMMAND is {found}, not labgpu ({}), so build steps would run outside labgpu; the administrator runs `labgpu setup docker` and restarts Docker", labgpu.display())]
+    BuildKitRunc { found: String, labgpu: PathBuf },
+    #[error("BuildKit session refused: {0}")]
+    BuildKitSession(String),
+}
+
+// These three say their cause in their own sentence, so they do not also hand it out as
+// `source()`: a printer that walks the chain would say it twice. Hence `From` by hand
+// rather than `#[from]` (which implies `#[source]`).
+impl From<PolicyError> for ProxyError {
+    fn from(e: PolicyError) -> Self {
+        ProxyError::Policy(e)
+    }
+}
+
+impl From<hyper::Error> for ProxyError {
+    fn from(e: hyper::Error) -> Self {
+        ProxyError::Upstream(e)
+    }
+}
+
+impl From<crate::records::RecordError> for ProxyError {
+    fn from(e: crate::records::RecordError) -> Self {
+        ProxyError::Record(e)
+    }
 }
 
 impl ProxyError {
+    /// A short stable name for the metrics' `reason` label (the refusals by reason).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ProxyError::Rule(e) => e.reason(),
+            ProxyError::Identity(_) => "unknown_user",
+            ProxyError::Archive(_) => "archive",
+            ProxyError::Policy(_) => "policy_unreadable",
+            ProxyError::UpstreamConnect { .. } | ProxyError::Upstream(_) => "docker_unreachable",
+            ProxyError::NoSuchContainer(_) | ProxyError::NoSuchExec(_) => "no_such_object",
+            ProxyError::NotYours(_) | ProxyError::NotYoursObject { .. } => "not_yours",
+            ProxyError::Shared { .. } => "shared_object",
+            ProxyError::Load(_) => "image_load",
+            ProxyError::UpstreamStatus { .. } => "docker_refused",
+            ProxyError::Body(_) | ProxyError::MissingParam(_) => "malformed_request",
+            ProxyError::Record(_) => "record_failed",
+            ProxyError::Slurm(_) => "slurm",
+            ProxyError::Session(_) => "session",
+            ProxyError::BuildKitOldDocker { .. } | ProxyError::BuildKitRunc { .. } => {
+                "buildkit_disabled"
+            }
+            ProxyError::BuildKitSession(_) => "buildkit_session",
+            ProxyError::BuildsNeedNoGpu { .. } | ProxyError::BuildsNeedDefaultRuntime { .. } => {
+                "builds_disabled"
+            }
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::Rule(e) => {
@@ -185,13 +272,45 @@ impl ProxyError {
             ProxyError::UpstreamStatus { status, .. } => *status,
             ProxyError::Body(_) | ProxyError::MissingParam(_) => StatusCode::BAD_REQUEST,
             ProxyError::Record(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            // The administrator's configuration, not the request, is what is missing.
+            ProxyError::Session(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Slurm(crate::slurm::SlurmError::Run { .. }) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ProxyError::Slurm(_) => StatusCode::FORBIDDEN,
-            ProxyError::BuildsNeedNoGpu { .. } | ProxyError::BuildsNeedDefaultRuntime { .. } => {
-                StatusCode::FORBIDDEN
-            }
+            ProxyError::BuildsNeedNoGpu { .. }
+            | ProxyError::BuildsNeedDefaultRuntime { .. }
+            | ProxyError::BuildKitOldDocker { .. }
+            | ProxyError::BuildKitRunc { .. }
+            | ProxyError::BuildKitSession(_) => StatusCode::FORBIDDEN,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The metrics' `reason` label: one per kind of refusal, the policy's refusals by name.
+    #[test]
+    fn refusals_have_stable_reasons() {
+        let privileged = RuleError::Privileged {
+            user: "bob".into(),
+            section: "[users.bob]".into(),
+        };
+        assert_eq!(ProxyError::from(privileged).reason(), "privileged");
+        assert_eq!(ProxyError::NotYours("c1".into()).reason(), "not_yours");
+        let bind = RuleError::BindNotAllowed {
+            path: "/etc".into(),
+            user: "bob".into(),
+            section: "[users.bob]".into(),
+        };
+        assert_eq!(ProxyError::from(bind).reason(), "bind_not_allowed");
+        for r in ["privileged", "not_yours", "bind_not_allowed"] {
+            assert!(
+                r.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{r}"
+            );
         }
     }
 }

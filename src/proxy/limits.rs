@@ -35,9 +35,9 @@ impl PolicyCache {
     /// The policy at `path` as it is now: the file is read on every call (a changed policy
     /// applies to the very next request), parsed only when it differs from the last one.
     pub fn load(&self, path: &Path) -> Result<Arc<Policy>, PolicyError> {
-        let bytes = std::fs::read(path).map_err(|source| PolicyError::Read {
+        let bytes = std::fs::read(path).map_err(|cause| PolicyError::Read {
             path: path.to_path_buf(),
-            source,
+            cause,
         })?;
         let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((b, p)) = cached.as_ref() {

@@ -6,13 +6,17 @@
 //! (`containers`, `exec`, `images`, `volumes`, `networks`, `system`) decides what a policy
 //! user may do there and how the request is rewritten, `archive` rewrites `docker cp`
 //! uploads so that dockerd extracts only what the caller could have made; `server` accepts
-//! and dispatches, and `upstream` moves bytes to and from Docker's own socket.
+//! and dispatches, and `upstream` moves bytes to and from Docker's own socket. labgpu's own
+//! endpoints: `observe` answers the read-only `/labgpu/top` and serves the Prometheus
+//! metrics; `session` makes the login container `labgpu shell` enters.
 //!
 //! The tokio runtime is built here, and only here: the runtime face (`labgpu create …`,
 //! started by the shim for every container) stays synchronous and quick to start.
 
 pub mod archive;
 pub mod body;
+pub mod buildkit;
+pub mod cgroups;
 pub mod containers;
 pub mod error;
 pub mod exec;
@@ -20,9 +24,11 @@ pub mod identity;
 pub mod images;
 pub mod limits;
 pub mod networks;
+pub mod observe;
 pub mod request;
 pub mod routes;
 pub mod server;
+pub mod session;
 pub mod stream;
 pub mod system;
 pub mod upstream;
@@ -37,6 +43,10 @@ pub struct Options {
     pub listen: PathBuf,
     pub upstream: PathBuf,
     pub policy: PathBuf,
+    /// Where to serve Prometheus metrics (`--metrics`); `[proxy] metrics` when `None`.
+    pub metrics: Option<String>,
+    /// runc state roots the metrics' verify audit scans.
+    pub roots: Vec<PathBuf>,
 }
 
 /// Runs the proxy until SIGTERM or SIGINT; the process's exit status.

@@ -52,6 +52,10 @@ pub struct UserCtx {
     pub writable_volumes: Vec<String>,
     /// `[proxy] state_dir`: the records of whom each container was created for.
     pub state_dir: PathBuf,
+    /// Host ports the caller may publish.
+    pub ports: Vec<crate::fairshare::PortRange>,
+    /// The caller's fair-share ceilings.
+    pub ceilings: crate::fairshare::Ceilings,
 }
 
 impl UserCtx {
@@ -105,6 +109,12 @@ pub fn user_ctx(policy: &Policy, name: &str) -> UserCtx {
             .chain(user.map(|u| &u.writable_volumes).into_iter().flatten())
             .map(|v| v.0.clone())
             .collect(),
+        ports: user
+            .map(|u| crate::fairshare::ports_for(policy, u))
+            .unwrap_or_default(),
+        ceilings: user
+            .map(|u| crate::fairshare::Ceilings::for_user(policy, name, u))
+            .unwrap_or_default(),
     }
 }
 
@@ -377,6 +387,11 @@ pub fn test_ctx() -> UserCtx {
         image_prefixes: super::images::prefixes("{user}/", "alice"),
         writable_volumes: vec!["scratch".into()],
         state_dir: PathBuf::from("/nonexistent/labgpu-state"),
+        ports: vec![crate::fairshare::PortRange {
+            start: 1024,
+            end: 65535,
+        }],
+        ceilings: Default::default(),
     }
 }
 

@@ -32,10 +32,18 @@ pub enum Route {
     Commit,
     /// `POST /build`: forward after checking the query (cgroup parent, network mode).
     Build,
+    /// `POST /session`: a BuildKit client's session, claimed for the caller.
+    BuildKitSession,
+    /// `POST /grpc`: BuildKit's control API, each call checked.
+    BuildKit,
     /// Requests that create, move or remove image names.
     Images(ImageRoute),
     Volumes(VolumeRoute),
     Networks(NetworkRoute),
+    /// `GET /labgpu/top`: labgpu's own, read-only: the caller's part of `labgpu top`.
+    Top,
+    /// `POST /labgpu/session`: labgpu's own, the caller's login container (`session`).
+    Session,
 }
 
 /// The path without its `/v1.41` version prefix.
@@ -116,8 +124,10 @@ pub fn classify(method: &Method, path: &str) -> Result<Route, RuleError> {
         }),
         ["exec", id, ..] => Ok(Route::Exec { id: id.to_string() }),
         ["commit"] if post => Ok(Route::Commit),
+        ["labgpu", "session"] if post => Ok(Route::Session),
         ["events"] if get => Ok(Route::Listing(Listing::Events)),
         ["system", "df"] if get => Ok(Route::DiskUsage),
+        ["labgpu", "top"] if get => Ok(Route::Top),
         ["build"] if post => Ok(Route::Build),
         ["build", "prune" | "cancel"] if post => Ok(Route::Forward),
         ["images", ..] => images(method, &segs[1..]).ok_or_else(not_allowed),
@@ -125,20 +135,16 @@ pub fn classify(method: &Method, path: &str) -> Result<Route, RuleError> {
         ["auth"] if post => Ok(Route::Forward),
         ["networks", ..] => networks(method, &segs[1..]).ok_or_else(not_allowed),
         ["volumes", ..] => volumes(method, &segs[1..]).ok_or_else(not_allowed),
-        // The client's side of a build: the daemon calls back into the client (file sync,
-        // registry auth). Inert without a BuildKit build, which `images` refuses; forwarding
-        // it lets a DOCKER_BUILDKIT=1 client reach that refusal and print its sentence.
-        ["session"] if post => Ok(Route::Forward),
-        // BuildKit's control API: it runs build steps with runc directly, outside labgpu.
-        ["grpc"] => Err(admin(
-            "the BuildKit gRPC API (/grpc)",
-            "BuildKit runs build steps outside the labgpu runtime; build with `DOCKER_BUILDKIT=0 docker build`",
-        )),
-        ["plugins", ..] => Err(admin(
-            "plugins",
-            "a plugin runs privileged on the host",
-        )),
-        ["swarm", ..] | ["nodes", ..] | ["services", ..] | ["tasks", ..] | ["secrets", ..]
+        // The client's side of a BuildKit build (file sync, registry auth), and BuildKit's
+        // control API: see proxy::buildkit.
+        ["session"] if post => Ok(Route::BuildKitSession),
+        ["grpc"] if post => Ok(Route::BuildKit),
+        ["plugins", ..] => Err(admin("plugins", "a plugin runs privileged on the host")),
+        ["swarm", ..]
+        | ["nodes", ..]
+        | ["services", ..]
+        | ["tasks", ..]
+        | ["secrets", ..]
         | ["configs", ..] => Err(admin(
             "swarm",
             "swarm services are not created through the labgpu runtime policy",
@@ -253,9 +259,25 @@ mod tests {
             Ok(Route::Exec { id: "e1".into() })
         );
         assert_eq!(c(Method::POST, "/v1.41/commit"), Ok(Route::Commit));
+        assert_eq!(c(Method::POST, "/labgpu/session"), Ok(Route::Session));
+        assert!(c(Method::GET, "/labgpu/session").is_err());
+        assert!(c(Method::POST, "/labgpu/other").is_err());
         assert_eq!(c(Method::GET, "/v1.41/system/df"), Ok(Route::DiskUsage));
         assert_eq!(c(Method::POST, "/v1.41/build"), Ok(Route::Build));
-        assert_eq!(c(Method::POST, "/v1.41/session"), Ok(Route::Forward));
+        assert_eq!(
+            c(Method::POST, "/v1.41/session"),
+            Ok(Route::BuildKitSession)
+        );
+        assert_eq!(c(Method::POST, "/grpc"), Ok(Route::BuildKit));
+        assert_eq!(c(Method::GET, "/labgpu/top"), Ok(Route::Top));
+        assert!(matches!(
+            c(Method::POST, "/labgpu/top"),
+            Err(RuleError::NotAllowed { .. })
+        ));
+        assert!(matches!(
+            c(Method::GET, "/labgpu/records"),
+            Err(RuleError::NotAllowed { .. })
+        ));
         assert_eq!(c(Method::HEAD, "/_ping"), Ok(Route::Forward));
         assert_eq!(
             c(
@@ -281,8 +303,8 @@ mod tests {
             Err(RuleError::AdminOnly { .. })
         ));
         assert!(matches!(
-            c(Method::POST, "/grpc"),
-            Err(RuleError::AdminOnly { .. })
+            c(Method::GET, "/grpc"),
+            Err(RuleError::NotAllowed { .. })
         ));
         assert!(matches!(
             c(Method::POST, "/v1.41/containers/json"),

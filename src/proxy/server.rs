@@ -23,29 +23,48 @@ use super::body::{box_err, drain_upload, full, Body, SharedBody};
 use super::error::{ProxyError, RuleError};
 use super::identity::{self, Caller};
 use super::limits::{self, Connections, IdleTimeout, PolicyCache};
+use super::observe::{self, Refusals};
 use super::request::{check_content_types, user_ctx, UserCtx};
 use super::routes::{self, Route};
 use super::upstream::forward;
-use super::{containers, exec, images, networks, system, volumes, Options};
+use super::{buildkit, containers, exec, images, networks, session, system, volumes, Options};
 use crate::policy::Policy;
 
 pub struct State {
     pub upstream: PathBuf,
     pub policy: PathBuf,
     pub proc_root: PathBuf,
-    pub policies: PolicyCache,
+    pub policies: Arc<PolicyCache>,
     pub conns: Arc<Connections>,
+    pub refusals: Arc<Refusals>,
+    /// The last look at the host, for `/labgpu/top`.
+    pub views: observe::ViewCache,
+    /// runc state roots the metrics' verify audit scans.
+    pub roots: Vec<PathBuf>,
+    /// Whose BuildKit builds and sessions are whose.
+    pub builds: Arc<super::buildkit::builds::Builds>,
 }
 
 pub async fn serve(opts: Options) -> anyhow::Result<()> {
     let listener = listen(&opts)?;
+    let metrics = match metrics_addr(&opts)? {
+        Some(addr) => Some(observe::bind(&addr)?),
+        None => None,
+    };
     let state = Arc::new(State {
         upstream: opts.upstream.clone(),
         policy: opts.policy.clone(),
         proc_root: PathBuf::from("/proc"),
-        policies: PolicyCache::default(),
+        policies: Arc::new(PolicyCache::default()),
         conns: Arc::new(Connections::default()),
+        refusals: Arc::new(Refusals::default()),
+        views: observe::ViewCache::default(),
+        roots: opts.roots.clone(),
+        builds: Arc::default(),
     });
+    if let Some((l, addr)) = metrics {
+        tokio::spawn(observe::serve_metrics(state.clone(), l, addr));
+    }
     info!(
         listen = %opts.listen.display(),
         upstream = %opts.upstream.display(),
@@ -55,6 +74,10 @@ pub async fn serve(opts: Options) -> anyhow::Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     tokio::spawn(prune_records(opts.policy.clone()));
+    tokio::spawn(super::cgroups::follow_policy(
+        opts.policy.clone(),
+        state.policies.clone(),
+    ));
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -74,6 +97,14 @@ pub async fn serve(opts: Options) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&opts.listen);
     info!("proxy stopped");
     Ok(())
+}
+
+/// `--metrics`, else `[proxy] metrics`, else none.
+fn metrics_addr(opts: &Options) -> anyhow::Result<Option<String>> {
+    if opts.metrics.is_some() {
+        return Ok(opts.metrics.clone());
+    }
+    Ok(Policy::load(&opts.policy)?.proxy.and_then(|p| p.metrics))
 }
 
 /// How often the records of containers Docker no longer has are removed.
@@ -170,7 +201,8 @@ async fn connection(state: Arc<State>, stream: UnixStream) {
         let job = crate::slurm::cgroup::job_of(&state.proc_root, cred.pid(), uid);
         match admit(&state, uid, job).await {
             Ok(admitted) => admitted,
-            Err(message) => {
+            Err((reason, message)) => {
+                state.refusals.count(reason);
                 // Cheap: one non-blocking write, then the descriptor is gone.
                 let _ = stream.try_write(&limits::refusal_bytes(&message));
                 return;
@@ -204,7 +236,7 @@ async fn admit(
     state: &State,
     uid: u32,
     job: crate::slurm::CgroupJob,
-) -> Result<(Caller, Option<limits::Slot>), String> {
+) -> Result<(Caller, Option<limits::Slot>), (&'static str, String)> {
     let policy = state.policies.load(&state.policy).ok();
     let proxy = policy
         .as_ref()
@@ -214,10 +246,11 @@ async fn admit(
         .conns
         .open(uid, proxy.max_connections_per_user)
         .map_err(|n| {
-            format!(
+            let message = format!(
                 "uid {uid} has {n} connections open, the most {} allows",
                 "[proxy] max_connections_per_user"
-            )
+            );
+            ("connection_limit", message)
         })?;
     let passwd = tokio::task::spawn_blocking(move || identity::passwd_name(uid))
         .await
@@ -227,10 +260,11 @@ async fn admit(
         .as_ref()
         .is_some_and(|p| p.user_for_uid(uid, passwd.as_deref()).is_some());
     if !known && state.conns.count(uid) > proxy.max_connections_unknown {
-        return Err(format!(
+        let message = format!(
             "uid {uid} is not a user in the policy and has {} connections open ([proxy] max_connections_unknown)",
             state.conns.count(uid) - 1
-        ));
+        );
+        return Err(("unknown_user_connections", message));
     }
     Ok((Caller::Uid { uid, passwd, job }, Some(slot)))
 }
@@ -246,6 +280,7 @@ async fn handle(state: Arc<State>, caller: Arc<Caller>, req: Request<Incoming>) 
         Ok(resp) => resp,
         Err(e) => {
             warn!(caller = %caller.describe(), %method, %uri, "refused: {e}");
+            state.refusals.count(e.reason());
             let unread = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
             // An upload of any size (docker cp, import, load, a build context), which the
             // client means to send in full: answer now and read the rest meanwhile.
@@ -300,6 +335,17 @@ async fn route(
 ) -> Result<Response<Body>, ProxyError> {
     if *caller == Caller::Admin {
         let path = routes::strip_version(req.uri().path());
+        // labgpu's own endpoints are not Docker's: not forwarded, for root either.
+        if path.starts_with("/labgpu/") {
+            return match routes::classify(req.method(), req.uri().path())? {
+                Route::Top => observe::top(state, None).await,
+                _ => Err(RuleError::NotAllowed {
+                    method: req.method().to_string(),
+                    path: path.to_string(),
+                }
+                .into()),
+            };
+        }
         if req.method() == Method::POST && path == "/containers/create" {
             return containers::admin_create(state, req).await;
         }
@@ -350,9 +396,13 @@ async fn route(
         Route::Exec { id } => exec::by_id(&call, &id, req).await,
         Route::Commit => images::commit(&call, req).await,
         Route::Build => images::build(&call, req).await,
+        Route::BuildKitSession => buildkit::session(&call, req).await,
+        Route::BuildKit => buildkit::grpc(&call, req).await,
         Route::Images(r) => images::handle(&call, r, req).await,
         Route::Volumes(r) => volumes::handle(&call, r, req).await,
         Route::Networks(r) => networks::handle(&call, r, req).await,
+        Route::Top => observe::top(state, Some(name)).await,
+        Route::Session => session::ensure(&call).await,
     }
 }
 
@@ -369,6 +419,8 @@ mod tests {
             listen: dir.join("run/labgpu/docker.sock"),
             upstream: dir.join("docker.sock"),
             policy: p,
+            metrics: None,
+            roots: Vec::new(),
         }
     }
 

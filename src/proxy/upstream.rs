@@ -19,10 +19,10 @@ use super::server::State;
 pub async fn send(state: &State, req: Request<Body>) -> Result<Response<Incoming>, ProxyError> {
     let stream = match UnixStream::connect(&state.upstream).await {
         Ok(s) => s,
-        Err(source) => {
+        Err(cause) => {
             return Err(ProxyError::UpstreamConnect {
                 path: state.upstream.clone(),
-                source,
+                cause,
             })
         }
     };

@@ -277,6 +277,7 @@ mod tests {
                 id,
                 &records::Record {
                     owner: "alice".into(),
+                    session: false,
                     slurm_job: job,
                 },
             )

@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 use procfs::process::{MountInfo, Process, Status as ProcStatus};
 use serde_json::Value;
 
-use super::{devices, finding, mounts, namespaces, owner, process, settle, slurm, system_paths};
+use super::{
+    devices, fairshare, finding, mounts, namespaces, owner, process, settle, slurm, system_paths,
+    userns,
+};
 use super::{ContainerAudit, Finding, Kind, Status};
 use crate::decide::{decide_for_user, Decision};
 use crate::edits::stamp;
@@ -176,6 +179,8 @@ impl Ctx<'_> {
         found.extend(process::check(s, d));
         found.extend(system_paths::check(self, s, d));
         found.extend(mounts::check(self, s, d));
+        found.extend(fairshare::check(&s.proc_dir, d));
+        found.extend(userns::check(self, s, d));
         a.findings.extend(found);
     }
 }

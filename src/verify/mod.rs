@@ -4,12 +4,14 @@
 
 mod container;
 mod devices;
+mod fairshare;
 mod mounts;
 mod namespaces;
 mod owner;
 mod process;
 mod slurm;
 mod system_paths;
+mod userns;
 
 use std::path::{Path, PathBuf};
 
@@ -35,10 +37,10 @@ pub enum VerifyError {
     Gpu(#[from] crate::gpu::GpuError),
     #[error("cannot read the host mount table {path}: {reason}")]
     HostMounts { path: PathBuf, reason: String },
-    #[error("cannot list runc state root {path}: {source}")]
+    #[error("cannot list runc state root {path}: {cause}")]
     Root {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -137,10 +139,60 @@ pub enum Kind {
     Volume,
     /// Its owner is not the one the labgpu proxy recorded creating it for.
     Owner,
+    /// Runs without the user namespace `userns = "owner"` asks for, or with other mappings.
+    Userns,
     /// Its Slurm job is over or someone else's, or holds other GPUs than it can reach.
     Slurm,
+    /// Its owner has fair-share ceilings, but it runs outside their parent cgroup.
+    FairShare,
     /// The container could not be audited.
     Unreadable,
+}
+
+impl Kind {
+    /// Every kind, for reports that list kinds with no findings too (the metrics).
+    pub const ALL: [Kind; 17] = [
+        Kind::Bypass,
+        Kind::ForeignGpu,
+        Kind::Drift,
+        Kind::Capabilities,
+        Kind::NoNewPrivileges,
+        Kind::User,
+        Kind::Seccomp,
+        Kind::Namespace,
+        Kind::Device,
+        Kind::SystemPaths,
+        Kind::Mount,
+        Kind::Volume,
+        Kind::Owner,
+        Kind::Userns,
+        Kind::Slurm,
+        Kind::FairShare,
+        Kind::Unreadable,
+    ];
+
+    /// The kind as `verify --json` writes it (`foreign-gpu`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Bypass => "bypass",
+            Kind::ForeignGpu => "foreign-gpu",
+            Kind::Drift => "drift",
+            Kind::Capabilities => "capabilities",
+            Kind::NoNewPrivileges => "no-new-privileges",
+            Kind::User => "user",
+            Kind::Seccomp => "seccomp",
+            Kind::Namespace => "namespace",
+            Kind::Device => "device",
+            Kind::SystemPaths => "system-paths",
+            Kind::Mount => "mount",
+            Kind::Volume => "volume",
+            Kind::Owner => "owner",
+            Kind::Userns => "userns",
+            Kind::Slurm => "slurm",
+            Kind::FairShare => "fair-share",
+            Kind::Unreadable => "unreadable",
+        }
+    }
 }
 
 impl Audit {
@@ -195,10 +247,10 @@ fn run_with(
             Ok(e) => e,
             // A runtime that is not installed has no state root: nothing to audit there.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(source) => {
+            Err(cause) => {
                 return Err(VerifyError::Root {
                     path: root.clone(),
-                    source,
+                    cause,
                 })
             }
         };
@@ -402,6 +454,18 @@ pub fn render_table(audit: &Audit) -> String {
         s.containers, s.ok, s.violations, s.errors, s.stopped
     ));
     out
+}
+
+#[cfg(test)]
+mod kind_tests {
+    use super::Kind;
+
+    #[test]
+    fn kind_names_are_the_json_names() {
+        for k in Kind::ALL {
+            assert_eq!(serde_json::to_value(k).unwrap(), k.name());
+        }
+    }
 }
 
 #[cfg(test)]
@@ -743,6 +807,7 @@ mod fixture_tests {
         let audit_for = |job: Option<u32>| {
             let record = crate::records::Record {
                 owner: "alice".into(),
+                session: false,
                 slurm_job: job,
             };
             crate::records::record_full(&state, "c1", &record).unwrap();

@@ -49,6 +49,9 @@ pub fn check(ctx: &Ctx, s: &Subject, d: &Decision) -> Vec<Finding> {
             continue;
         };
         let resolved = resolve_host(&host);
+        if runc_device_bind(&resolved, &m.mount_point) {
+            continue;
+        }
         if let Some(f) = volume_finding(ctx, d, &resolved, &destination) {
             findings.push(f);
             continue;
@@ -84,6 +87,24 @@ fn volume_finding(ctx: &Ctx, d: &Decision, host: &Path, destination: &str) -> Op
             bad.describe()
         ),
     ))
+}
+
+/// What runc binds from the host's /dev itself in a user namespace, where it cannot mknod:
+/// its standard devices at their own paths, and /dev/null over the masked paths.
+fn runc_device_bind(host: &Path, destination: &Path) -> bool {
+    const STANDARD: [&str; 6] = [
+        "/dev/null",
+        "/dev/zero",
+        "/dev/full",
+        "/dev/random",
+        "/dev/urandom",
+        "/dev/tty",
+    ];
+    STANDARD
+        .iter()
+        .any(|d| host == Path::new(d) && destination == host)
+        || (host == Path::new("/dev/null")
+            && (destination.starts_with("/proc") || destination.starts_with("/sys")))
 }
 
 /// The host path behind a container mount: a host mount of the same filesystem whose root

@@ -38,6 +38,12 @@ pub fn check(s: &Subject, d: &Decision) -> Vec<Finding> {
         ));
     }
     if let Some((uid, _)) = rules.user {
+        // /proc shows host ids: in the owner's user namespace, container root is the owner.
+        let uid = d
+            .userns
+            .as_ref()
+            .and_then(|p| crate::userns::mapping::to_host(&p.map.uid, uid))
+            .unwrap_or(uid);
         if status.euid != uid {
             findings.push(finding(
                 Kind::User,

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{Map, Value};
 
 use super::mounts::{check_binds, check_devices, check_mounts};
-use super::storage;
+use super::{fairshare, storage};
 use crate::edits::{annotations, system_paths};
 use crate::proxy::error::RuleError;
 use crate::proxy::request::{
@@ -19,6 +19,11 @@ use crate::proxy::request::{
 };
 
 use Field::{Checked, Free, Refused};
+
+/// The label on a user's login container (`labgpu shell`). The proxy stamps it on the
+/// containers it makes from the policy's `session` settings and refuses it from users; the
+/// proxy's record, not the label, says which container is the session.
+pub const SESSION_LABEL: &str = "labgpu.session";
 
 /// The body's top level: `container.Config`, the inner `HostConfig` and `NetworkingConfig`,
 /// and the few deprecated top-level resource fields dockerd still honours next to them.
@@ -66,7 +71,8 @@ const HOST_CONFIG: &[(&str, Field)] = &[
     ("ContainerIDFile", Free),
     ("LogConfig", Checked),
     ("NetworkMode", Checked),
-    ("PortBindings", Free),
+    // Host ports only from the caller's `ports` (fairshare::check_ports).
+    ("PortBindings", Checked),
     ("RestartPolicy", Free),
     ("AutoRemove", Free),
     ("VolumeDriver", Checked),
@@ -88,14 +94,14 @@ const HOST_CONFIG: &[(&str, Field)] = &[
     ("OomScoreAdj", Checked),
     ("PidMode", Checked),
     ("Privileged", Checked),
-    ("PublishAllPorts", Free),
+    ("PublishAllPorts", Checked),
     ("ReadonlyRootfs", Free),
     ("SecurityOpt", Checked),
     ("StorageOpt", Checked),
     ("Tmpfs", Free),
     ("UTSMode", Checked),
     ("UsernsMode", Checked),
-    ("ShmSize", Free),
+    ("ShmSize", Checked),
     // Docker accepts only namespaced sysctls, and runc checks again.
     ("Sysctls", Free),
     ("Runtime", Checked),
@@ -388,6 +394,10 @@ pub fn rewrite_create(
     check_system_paths(hc, ctx)?;
     check_small_fields(hc)?;
     check_log_config(hc)?;
+    fairshare::check_ports(hc, ctx)?;
+    if let Some(cut) = fairshare::cap_shm(hc, ctx)? {
+        tracing::info!(user = %ctx.name, "{cut}");
+    }
     check_binds(hc, ctx, resolve)?;
     check_mounts(hc, ctx, resolve)?;
     check_devices(hc, ctx, resolve)?;
@@ -430,6 +440,14 @@ fn stamp_owner(top: &mut Map<String, Value>, ctx: &UserCtx) -> Result<(), RuleEr
             })
         }
     };
+    if labels.contains_key(SESSION_LABEL) {
+        return Err(RuleError::ValueRefused {
+            field: "Labels".into(),
+            value: SESSION_LABEL.into(),
+            reason: "it marks the login container labgpu-shell makes, and only the proxy sets it"
+                .into(),
+        });
+    }
     labels.insert(ctx.owner_label.clone(), Value::String(ctx.name.clone()));
     top.insert("Labels".into(), Value::Object(labels));
     Ok(())
@@ -752,6 +770,21 @@ mod tests {
         let body = rewrite(json!({"Image": "x", "HostConfig": null, "Labels": null})).unwrap();
         assert_eq!(body["Labels"], json!({"labgpu.user": "alice"}));
         assert_eq!(body["HostConfig"]["Runtime"], "labgpu");
+    }
+
+    #[test]
+    fn session_label_is_the_proxys() {
+        for labels in [
+            json!({"labgpu.session": "alice"}),
+            json!({"labgpu.session": ""}),
+        ] {
+            let err = rewrite(json!({"Image": "x", "Labels": labels})).unwrap_err();
+            assert!(err.to_string().contains("labgpu.session"), "{err}");
+        }
+        // Keys fold as Go's do: "labels" is Labels, and its keys are compared as sent.
+        let err = rewrite(json!({"Image": "x", "labels": {"labgpu.session": "1"}})).unwrap_err();
+        assert!(err.to_string().contains("only the proxy sets it"), "{err}");
+        rewrite(json!({"Image": "x", "Labels": {"labgpu.sessions": "1"}})).unwrap();
     }
 
     #[test]

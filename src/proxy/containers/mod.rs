@@ -11,12 +11,14 @@ use serde_json::Value;
 use tracing::{info, warn};
 
 mod create;
+mod fairshare;
 mod mounts;
 mod slurm;
 mod storage;
 
 pub use create::{
     create_container_refs, named_volumes, network_names, rewrite_create, ContainerRef, Resolved,
+    SESSION_LABEL,
 };
 pub(in crate::proxy) use create::{pin_links, ref_list, ENDPOINT};
 
@@ -51,6 +53,7 @@ pub async fn create(call: &Call<'_>, req: Request<Body>) -> Result<Response<Body
     let state_dir = call.policy.proxy_or_default().state_dir.0;
     let record = records::Record {
         owner: call.ctx.name.clone(),
+        session: false,
         slurm_job: job,
     };
     record_created(call.state, resp, &state_dir, record).await
@@ -108,6 +111,7 @@ pub async fn admin_create(state: &State, req: Request<Body>) -> Result<Response<
         Some(owner) => {
             let record = records::Record {
                 owner,
+                session: false,
                 slurm_job: None,
             };
             record_created(state, resp, &policy.proxy_or_default().state_dir.0, record).await
@@ -152,7 +156,7 @@ async fn record_created(
 
 /// `rewrite_create` resolves host paths (symlink walks, perhaps on a slow network file
 /// system): on the blocking pool, within `limits::CHECK_DEADLINE`.
-async fn rewrite_off_workers(
+pub(in crate::proxy) async fn rewrite_off_workers(
     mut v: Value,
     ctx: UserCtx,
     resolved: Resolved,
@@ -167,7 +171,10 @@ async fn rewrite_off_workers(
     }
 }
 
-async fn resolve_refs(call: &Call<'_>, v: &mut Value) -> Result<Resolved, ProxyError> {
+pub(in crate::proxy) async fn resolve_refs(
+    call: &Call<'_>,
+    v: &mut Value,
+) -> Result<Resolved, ProxyError> {
     let mut resolved = Resolved::default();
     for r in create_container_refs(v)? {
         let full_id = owned_container(call.state, call.ctx, &r.name).await?;
@@ -245,7 +252,7 @@ pub async fn by_id(
     if rest == "update" && req.method() == Method::POST {
         let (parts, body) = req.into_parts();
         let mut v = read_json(body, call.max_body()).await?;
-        check_update(&mut v)?;
+        check_update(&mut v, &call.ctx.ceilings)?;
         return forward(call.state, with_json(parts, &v)).await;
     }
     let removing = rest.is_empty() && req.method() == Method::DELETE;
@@ -259,7 +266,10 @@ pub async fn by_id(
 
 /// `POST /containers/{id}/update`: resource limits may change, devices may not (the
 /// runtime refuses device changes too; this says so before Docker half-applies them).
-pub fn check_update(body: &mut Value) -> Result<(), RuleError> {
+pub fn check_update(
+    body: &mut Value,
+    ceilings: &crate::fairshare::Ceilings,
+) -> Result<(), RuleError> {
     let Some(obj) = as_object_mut(body, "body")? else {
         return Ok(());
     };
@@ -285,7 +295,7 @@ pub fn check_update(body: &mut Value) -> Result<(), RuleError> {
             });
         }
     }
-    Ok(())
+    fairshare::check_update_limits(obj, ceilings)
 }
 /// Whether an inspected container (`GET /containers/{id}/json`) is the caller's.
 pub fn owned_by(inspect: &Value, owner_label: &str, name: &str) -> bool {
@@ -304,8 +314,16 @@ mod tests {
 
     #[test]
     fn update_may_not_touch_devices() {
-        check_update(&mut json!({"Memory": 1000000, "CpuShares": 2})).unwrap();
-        check_update(&mut json!({"Devices": [], "DeviceCgroupRules": null})).unwrap();
+        check_update(
+            &mut json!({"Memory": 1000000, "CpuShares": 2}),
+            &Default::default(),
+        )
+        .unwrap();
+        check_update(
+            &mut json!({"Devices": [], "DeviceCgroupRules": null}),
+            &Default::default(),
+        )
+        .unwrap();
         for body in [
             json!({"Devices": [{"PathOnHost": "/dev/nvidia1"}]}),
             json!({"devicecgrouprules": ["c 195:* rwm"]}),
@@ -314,7 +332,7 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    check_update(&mut body.clone()),
+                    check_update(&mut body.clone(), &Default::default()),
                     Err(RuleError::UpdateRefused { .. })
                 ),
                 "{body}"
