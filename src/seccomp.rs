@@ -16,14 +16,16 @@
 //!
 //! Docker's profile format (with per-capability, per-architecture and per-kernel rules) is
 //! resolved exactly as each dockerd generation does ([`from_docker_format`]), so that
-//! `labgpu seccomp hash` prints the hash the runtime will see. Everything here is pure:
-//! the architecture and kernel release are the caller's to find out.
+//! `labgpu seccomp hash` prints the hash the runtime will see. Everything here is pure
+//! (the architecture and kernel release are the caller's to find out) except [`memo`],
+//! where the runtime remembers recognised defaults between creates.
 
 mod check;
 pub mod cmd;
 mod docker_default;
 mod docker_format;
 mod generation;
+pub mod memo;
 mod oci;
 
 use oci_spec::runtime::{Arch, LinuxSeccomp};

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::{EditError, Report};
 use crate::decide::Decision;
-use crate::seccomp::{enforce, Context, Outcome};
+use crate::seccomp::{enforce, memo, Context, Outcome};
 
 pub fn apply(spec: &mut Value, d: &Decision, report: &mut Report) -> Result<(), EditError> {
     if d.process.allow_unconfined {
@@ -41,10 +41,20 @@ pub fn apply(spec: &mut Value, d: &Decision, report: &mut Report) -> Result<(), 
         kernel: d.host.kernel,
         allowed_sha256: &d.seccomp_profiles,
     };
-    let outcome = enforce(profile, &ctx).map_err(|cause| EditError::Seccomp {
-        cause,
-        section: d.section(),
-    })?;
+    let key = memo::Key::new(profile, &ctx);
+    let outcome = match key.as_ref().and_then(memo::get) {
+        Some(remembered) => remembered,
+        None => {
+            let outcome = enforce(profile, &ctx).map_err(|cause| EditError::Seccomp {
+                cause,
+                section: d.section(),
+            })?;
+            if let Some(key) = &key {
+                memo::put(key, &outcome);
+            }
+            outcome
+        }
+    };
     if let Outcome::ReplaceDefault {
         generation,
         profile,
