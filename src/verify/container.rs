@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use procfs::process::{MountInfo, Process, Status as ProcStatus};
+use serde::Deserialize;
 use serde_json::Value;
 
 use super::{
@@ -37,6 +38,7 @@ pub struct Subject {
     pub id: String,
     pub root: PathBuf,
     pub pid: i32,
+    /// The parts of runc's state.json the checks read (see [`StateFile`]).
     pub state: Value,
     /// runc's `config.labels` (the spec annotations as `key=value`).
     pub labels: HashMap<String, String>,
@@ -88,9 +90,13 @@ impl Ctx<'_> {
     /// `None` for a container whose init is gone (or whose pid was recycled).
     fn read(&self, root: &Path, id: &str) -> Result<Option<Subject>, String> {
         let state_path = root.join(id).join("state.json");
-        let state: Value = std::fs::read(&state_path)
+        let state = std::fs::read(&state_path)
             .map_err(|e| e.to_string())
-            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+            .and_then(|b| {
+                serde_json::from_slice::<StateFile>(&b)
+                    .map(StateFile::into_value)
+                    .map_err(|e| e.to_string())
+            })
             .map_err(|e| format!("cannot read {}: {e}", state_path.display()))?;
         let pid = state["init_process_pid"].as_i64().unwrap_or(0) as i32;
         let start = state["init_process_start"].as_u64();
@@ -200,6 +206,53 @@ fn granted(ctx: &Ctx, user: Option<&UserPolicy>, a: &mut ContainerAudit) -> Vec<
     gpus.sort_unstable();
     gpus.dedup();
     gpus
+}
+
+/// What the checks read of runc's state.json. The rest (the whole spec, tens of KiB with
+/// its seccomp profile) is skipped, not built: building it as a `Value` was four fifths of
+/// verify's instructions.
+#[derive(Deserialize)]
+struct StateFile {
+    #[serde(default)]
+    init_process_pid: Value,
+    #[serde(default)]
+    init_process_start: Value,
+    #[serde(default)]
+    cgroup_paths: Value,
+    #[serde(default)]
+    config: StateConfig,
+}
+
+#[derive(Deserialize, Default)]
+struct StateConfig {
+    #[serde(default)]
+    labels: Value,
+    #[serde(default)]
+    cgroups: StateCgroups,
+}
+
+#[derive(Deserialize, Default)]
+struct StateCgroups {
+    #[serde(default)]
+    devices: Value,
+}
+
+impl StateFile {
+    /// The same paths as in the file, for the checks' pointer lookups; moved in, not
+    /// through `json!`, which would serialise each part again.
+    fn into_value(self) -> Value {
+        let obj = |pairs: Vec<(&str, Value)>| {
+            Value::Object(pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+        };
+        let cgroups = obj(vec![("devices", self.config.cgroups.devices)]);
+        let config = obj(vec![("labels", self.config.labels), ("cgroups", cgroups)]);
+        obj(vec![
+            ("init_process_pid", self.init_process_pid),
+            ("init_process_start", self.init_process_start),
+            ("cgroup_paths", self.cgroup_paths),
+            ("config", config),
+        ])
+    }
 }
 
 /// runc's `config.labels` (`key=value`, the spec annotations plus `bundle=`).
