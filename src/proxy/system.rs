@@ -17,7 +17,7 @@ use hyper::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use hyper::{Request, Response, StatusCode};
 use serde_json::{json, Value};
 
-use super::body::{full, read_json, with_uri, Body, BoxError, MAX_DF_BODY};
+use super::body::{full, read_bytes, with_uri, Body, BoxError, MAX_DF_BODY};
 use super::error::{ProxyError, RuleError};
 use super::request::{merge_owner_filter, query_param, query_string};
 use super::server::Call;
@@ -46,12 +46,10 @@ pub async fn filtered(
             let q =
                 merge_owner_filter(call.query.as_deref(), &call.ctx.owner_label, &call.ctx.name)?;
             let resp = forward(call.state, with_uri(req, &call.path, Some(&q))?).await?;
-            let owner = call.ctx.name.clone();
-            let dir = call.ctx.state_dir.clone();
-            rewrite_json(resp, move |v| {
-                if let Some(list) = v.as_array_mut() {
-                    list.retain(|c| recorded(&dir, c.get("Id"), &owner));
-                }
+            let (owner, dir) = (&call.ctx.name, &call.ctx.state_dir);
+            rewrite_json(resp, |v| match v.as_array_mut() {
+                Some(list) => retain_counted(list, |c| recorded(dir, c.get("Id"), owner)),
+                None => false,
             })
             .await
         }
@@ -81,24 +79,36 @@ fn recorded(dir: &Path, id: Option<&Value>, owner: &str) -> bool {
         == Some(owner)
 }
 
-/// A JSON answer of Docker's, changed by `edit` (non-200 answers pass unchanged).
+/// Keeps the items `keep` keeps; whether any went.
+fn retain_counted(list: &mut Vec<Value>, mut keep: impl FnMut(&Value) -> bool) -> bool {
+    let before = list.len();
+    list.retain(|c| keep(c));
+    list.len() != before
+}
+
+/// A JSON answer of Docker's, changed by `edit`, which says whether it changed anything
+/// (non-200 answers pass unchanged). The checks read small root-only files on a local disk
+/// (the records): in place, as the events stream does, rather than through the blocking
+/// pool. An answer left as it was is sent as Docker sent it, not parsed and written again.
 async fn rewrite_json(
     resp: Response<Body>,
-    edit: impl FnOnce(&mut Value) + Send + 'static,
+    edit: impl FnOnce(&mut Value) -> bool,
 ) -> Result<Response<Body>, ProxyError> {
     if resp.status() != StatusCode::OK {
         return Ok(resp);
     }
     let (mut parts, body) = resp.into_parts();
-    let mut v = read_json(body, MAX_DF_BODY).await?;
-    // The checks read small root-only files: off the async workers.
-    let v = tokio::task::spawn_blocking(move || {
-        edit(&mut v);
-        v
-    })
-    .await
-    .map_err(|e| ProxyError::Body(e.to_string()))?;
-    let bytes = Bytes::from(v.to_string());
+    let raw = read_bytes(body, MAX_DF_BODY).await?;
+    let mut v = if raw.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&raw).map_err(|e| RuleError::BadJson(e.to_string()))?
+    };
+    let bytes = if edit(&mut v) {
+        Bytes::from(v.to_string())
+    } else {
+        raw
+    };
     parts.headers.remove(TRANSFER_ENCODING);
     parts.headers.insert(CONTENT_LENGTH, bytes.len().into());
     Ok(Response::from_parts(parts, full(bytes)))
@@ -107,12 +117,10 @@ async fn rewrite_json(
 /// `GET /system/df`: other owners' containers are dropped from the answer.
 pub async fn disk_usage(call: &Call<'_>, req: Request<Body>) -> Result<Response<Body>, ProxyError> {
     let resp = forward(call.state, req).await?;
-    let owner = call.ctx.name.clone();
-    let dir = call.ctx.state_dir.clone();
-    rewrite_json(resp, move |df| {
-        if let Some(Value::Array(list)) = df.get_mut("Containers") {
-            list.retain(|c| recorded(&dir, c.get("Id"), &owner));
-        }
+    let (owner, dir) = (&call.ctx.name, &call.ctx.state_dir);
+    rewrite_json(resp, |df| match df.get_mut("Containers") {
+        Some(Value::Array(list)) => retain_counted(list, |c| recorded(dir, c.get("Id"), owner)),
+        _ => false,
     })
     .await
 }
