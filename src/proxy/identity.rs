@@ -288,7 +288,10 @@ mod tests {
         std::fs::write(&passwd, "").unwrap();
         settle();
         let cache = NameCache::new(&passwd, Duration::from_millis(200));
-        assert_eq!(cache.lookup(7, |_| Some("alice".into())).as_deref(), Some("alice"));
+        assert_eq!(
+            cache.lookup(7, |_| Some("alice".into())).as_deref(),
+            Some("alice")
+        );
         assert_eq!(cache.get(7), Some(Some("alice".into())));
         assert_eq!(cache.get(8), None, "names are per uid");
         std::thread::sleep(Duration::from_millis(250));
@@ -298,7 +301,10 @@ mod tests {
         assert_eq!(cache.get(8), Some(None));
         // Without the file nothing is remembered: every connection asks NSS.
         let cache = NameCache::new(&d.path().join("missing"), Duration::from_secs(60));
-        assert_eq!(cache.lookup(7, |_| Some("alice".into())).as_deref(), Some("alice"));
+        assert_eq!(
+            cache.lookup(7, |_| Some("alice".into())).as_deref(),
+            Some("alice")
+        );
         assert_eq!(cache.get(7), None);
     }
 

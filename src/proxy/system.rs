@@ -46,12 +46,7 @@ pub async fn filtered(
             let q =
                 merge_owner_filter(call.query.as_deref(), &call.ctx.owner_label, &call.ctx.name)?;
             let resp = forward(call.state, with_uri(req, &call.path, Some(&q))?).await?;
-            let (owner, dir) = (&call.ctx.name, &call.ctx.state_dir);
-            rewrite_json(resp, |v| match v.as_array_mut() {
-                Some(list) => retain_counted(list, |c| recorded(dir, c.get("Id"), owner)),
-                None => false,
-            })
-            .await
+            keep_recorded(call, resp, Value::as_array_mut).await
         }
         Listing::Events => {
             let q =
@@ -79,20 +74,17 @@ fn recorded(dir: &Path, id: Option<&Value>, owner: &str) -> bool {
         == Some(owner)
 }
 
-/// Keeps the items `keep` keeps; whether any went.
-fn retain_counted(list: &mut Vec<Value>, mut keep: impl FnMut(&Value) -> bool) -> bool {
-    let before = list.len();
-    list.retain(|c| keep(c));
-    list.len() != before
-}
+/// Records read in place (microseconds each) rather than on the blocking pool, up to this
+/// many per answer; a longer list would hold up the proxy's other requests meanwhile.
+const RECORDS_IN_PLACE: usize = 64;
 
-/// A JSON answer of Docker's, changed by `edit`, which says whether it changed anything
-/// (non-200 answers pass unchanged). The checks read small root-only files on a local disk
-/// (the records): in place, as the events stream does, rather than through the blocking
-/// pool. An answer left as it was is sent as Docker sent it, not parsed and written again.
-async fn rewrite_json(
+/// Docker's JSON answer with the containers not recorded for the caller dropped from the
+/// list `list` finds in it (non-200 answers pass unchanged). An answer left as it was is
+/// sent as Docker sent it, not parsed and written again.
+async fn keep_recorded(
+    call: &Call<'_>,
     resp: Response<Body>,
-    edit: impl FnOnce(&mut Value) -> bool,
+    list: fn(&mut Value) -> Option<&mut Vec<Value>>,
 ) -> Result<Response<Body>, ProxyError> {
     if resp.status() != StatusCode::OK {
         return Ok(resp);
@@ -104,7 +96,28 @@ async fn rewrite_json(
     } else {
         serde_json::from_slice(&raw).map_err(|e| RuleError::BadJson(e.to_string()))?
     };
-    let bytes = if edit(&mut v) {
+    let (dir, owner) = (call.ctx.state_dir.clone(), call.ctx.name.clone());
+    let drop_foreign = move |v: &mut Value| match list(v) {
+        Some(items) => {
+            let before = items.len();
+            items.retain(|c| recorded(&dir, c.get("Id"), &owner));
+            items.len() != before
+        }
+        None => false,
+    };
+    let changed = if list(&mut v).is_some_and(|l| l.len() > RECORDS_IN_PLACE) {
+        let (v2, changed) = tokio::task::spawn_blocking(move || {
+            let changed = drop_foreign(&mut v);
+            (v, changed)
+        })
+        .await
+        .map_err(|e| ProxyError::Body(e.to_string()))?;
+        v = v2;
+        changed
+    } else {
+        drop_foreign(&mut v)
+    };
+    let bytes = if changed {
         Bytes::from(v.to_string())
     } else {
         raw
@@ -114,15 +127,15 @@ async fn rewrite_json(
     Ok(Response::from_parts(parts, full(bytes)))
 }
 
+/// The `Containers` list of a `GET /system/df` answer.
+fn df_containers(df: &mut Value) -> Option<&mut Vec<Value>> {
+    df.get_mut("Containers")?.as_array_mut()
+}
+
 /// `GET /system/df`: other owners' containers are dropped from the answer.
 pub async fn disk_usage(call: &Call<'_>, req: Request<Body>) -> Result<Response<Body>, ProxyError> {
     let resp = forward(call.state, req).await?;
-    let (owner, dir) = (&call.ctx.name, &call.ctx.state_dir);
-    rewrite_json(resp, |df| match df.get_mut("Containers") {
-        Some(Value::Array(list)) => retain_counted(list, |c| recorded(dir, c.get("Id"), owner)),
-        _ => false,
-    })
-    .await
+    keep_recorded(call, resp, df_containers).await
 }
 
 /// The events stream (one JSON object per line), without container events of containers not

@@ -132,13 +132,10 @@ pub async fn check_owned(
         .get("Id")
         .and_then(Value::as_str)
         .map(str::to_string)
-        .ok_or_else(|| {
-            upstream_error(status, format!("inspect of container {name_or_id:?}"), v)
-        })?;
+        .ok_or_else(|| upstream_error(status, format!("inspect of container {name_or_id:?}"), v))?;
     // The label is a copy for Docker's filters (and an image can carry it into a build
     // step's container); the proxy's record of whom it created the container for decides.
-    if !super::containers::owned_by(v, &ctx.owner_label, &ctx.name)
-        || !recorded_for(ctx, &id).await
+    if !super::containers::owned_by(v, &ctx.owner_label, &ctx.name) || !recorded_for(ctx, &id).await
     {
         return Err(ProxyError::NotYours(name_or_id.to_string()));
     }
