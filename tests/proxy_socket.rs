@@ -393,6 +393,36 @@ fn proxy_over_real_sockets() {
     let line = last("GET /v1.41/containers/json").line;
     assert!(line.contains("labgpu.user%3Dnobody"), "{line}");
 
+    // inspect: one request to Docker, as the caller sent it (version, query), whose answer is
+    // both the ownership check and the reply; someone else's answer never reaches the caller.
+    let before = seen.lock().unwrap().len();
+    let (code, rest) = as_uid(
+        NOBODY,
+        &sock,
+        &request("GET", "/v1.41/containers/mine/json?size=1", None),
+        None,
+    );
+    assert_eq!(code, 200, "{rest}");
+    assert!(rest.contains(r#""Id":"mine-full""#), "{rest}");
+    let lines: Vec<String> = seen.lock().unwrap()[before..]
+        .iter()
+        .map(|s| s.line.clone())
+        .collect();
+    assert_eq!(
+        lines,
+        ["GET /v1.41/containers/mine/json?size=1 HTTP/1.1"],
+        "upstream saw {lines:?}"
+    );
+    let (code, rest) = as_uid(
+        NOBODY,
+        &sock,
+        &request("GET", "/v1.41/containers/other/json", None),
+        None,
+    );
+    assert_eq!(code, 403, "{rest}");
+    assert!(rest.contains("belongs to another user"), "{rest}");
+    assert!(!rest.contains("other-full"), "{rest}");
+
     // docker cp into one's own container: dockerd gets the tar rewritten (and chunked), owned
     // by the caller's uid and the policy's gid, without the setuid bit.
     let suid = tar_of(&[("x", tar::EntryType::Regular, 0o4755)]);

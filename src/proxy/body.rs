@@ -103,22 +103,37 @@ pub fn with_json(mut parts: hyper::http::request::Parts, v: &Value) -> Request<B
 }
 
 pub async fn read_json(body: Body, limit: usize) -> Result<Value, ProxyError> {
+    let bytes = read_bytes(body, limit).await?;
+    if bytes.is_empty() {
+        return Ok(Value::Null);
+    }
+    serde_json::from_slice(&bytes).map_err(|e| RuleError::BadJson(e.to_string()).into())
+}
+
+/// A whole body, of at most `limit` bytes. One frame (an answer with a length that came in
+/// one read) is passed on as it is, without a copy.
+pub async fn read_bytes(body: Body, limit: usize) -> Result<Bytes, ProxyError> {
     let mut body = body;
+    let mut first: Option<Bytes> = None;
     let mut buf = Vec::new();
     // By hand rather than http_body_util::Limited: its boxed-error bound trips rustc's
     // higher-ranked Send check once the future is spawned.
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| ProxyError::Body(e.to_string()))?;
         if let Ok(data) = frame.into_data() {
-            if buf.len() + data.len() > limit {
+            let had = first.as_ref().map_or(buf.len(), Bytes::len);
+            if had + data.len() > limit {
                 return Err(ProxyError::Body(format!("larger than {limit} bytes")));
             }
-            buf.extend_from_slice(&data);
+            match first.take() {
+                None if buf.is_empty() => first = Some(data),
+                None => buf.extend_from_slice(&data),
+                Some(f) => {
+                    buf.extend_from_slice(&f);
+                    buf.extend_from_slice(&data);
+                }
+            }
         }
     }
-    let bytes = buf;
-    if bytes.is_empty() {
-        return Ok(Value::Null);
-    }
-    serde_json::from_slice(&bytes).map_err(|e| RuleError::BadJson(e.to_string()).into())
+    Ok(first.unwrap_or_else(|| Bytes::from(buf)))
 }

@@ -1,9 +1,15 @@
 //! Who is on the other end of a connection: SO_PEERCRED's uid and pid, decided once per
 //! connection; which policy user that uid is, decided per request (the policy may change).
+//! The uid's passwd name is remembered for a few seconds while /etc/passwd stays the same
+//! file (`NameCache`): the docker CLI opens a connection per request.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use crate::policy::Policy;
+use crate::policy_cache::Identity;
 use crate::slurm::CgroupJob;
 
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +89,78 @@ pub fn passwd_name(uid: u32) -> Option<String> {
         .map(|u| u.name)
 }
 
+/// How long a passwd name is believed without asking NSS again, when /etc/passwd is
+/// unchanged: what an LDAP or SSSD source may change in the meantime (their own caches keep
+/// names far longer: nscd 10 minutes, SSSD 90).
+pub const PASSWD_TTL: Duration = Duration::from_secs(5);
+
+/// Entries kept at most (one per uid that connected); beyond, the cache starts over.
+const NAME_CACHE_MAX: usize = 4096;
+
+/// Passwd names by uid. An entry holds while `file` (/etc/passwd) has the identity it had
+/// when the name was looked up (device, inode, size, mtime and ctime to the nanosecond: any
+/// write or replacement moves one) and for at most `ttl`. A name is remembered only when the
+/// file's ctime was a second old and the file unchanged across the lookup, so that a second
+/// write within one timestamp tick cannot leave a stale name under an unchanged identity
+/// (as in `policy_cache`).
+pub struct NameCache {
+    file: PathBuf,
+    ttl: Duration,
+    names: Mutex<HashMap<u32, Named>>,
+}
+
+struct Named {
+    file: Identity,
+    at: Instant,
+    name: Option<String>,
+}
+
+impl Default for NameCache {
+    fn default() -> Self {
+        NameCache::new(Path::new("/etc/passwd"), PASSWD_TTL)
+    }
+}
+
+impl NameCache {
+    pub fn new(file: &Path, ttl: Duration) -> Self {
+        NameCache {
+            file: file.to_path_buf(),
+            ttl,
+            names: Mutex::default(),
+        }
+    }
+
+    /// The remembered name of `uid` (`Some(None)`: it has none), or `None` when it must be
+    /// looked up. One stat: cheap enough for the async workers.
+    pub fn get(&self, uid: u32) -> Option<Option<String>> {
+        let now = Identity::of(&std::fs::metadata(&self.file).ok()?);
+        let names = self.names.lock().unwrap_or_else(|p| p.into_inner());
+        let n = names.get(&uid)?;
+        (n.file == now && n.at.elapsed() < self.ttl).then(|| n.name.clone())
+    }
+
+    /// Looks `uid` up with `lookup` (which may block: NSS) and remembers the answer when the
+    /// file allows it (see the type's doc).
+    pub fn lookup(&self, uid: u32, lookup: impl FnOnce(u32) -> Option<String>) -> Option<String> {
+        let before = std::fs::metadata(&self.file).ok();
+        let at = Instant::now();
+        let name = lookup(uid);
+        let after = std::fs::metadata(&self.file).ok();
+        if let (Some(b), Some(a)) = (before, after) {
+            let file = Identity::of(&b);
+            if file == Identity::of(&a) && Identity::settled(&b) {
+                let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
+                if names.len() >= NAME_CACHE_MAX {
+                    names.clear();
+                }
+                let name = name.clone();
+                names.insert(uid, Named { file, at, name });
+            }
+        }
+        name
+    }
+}
+
 /// The uid's primary group in the host's passwd. May block, like `passwd_name`.
 pub fn primary_gid(uid: u32) -> Option<u32> {
     nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
@@ -157,6 +235,77 @@ mod tests {
             identify(4242, Some(10), dir.path()),
             Caller::Uid { uid: 4242, .. }
         ));
+    }
+
+    /// A passwd file as a test's NSS: the name the lookup returns is the file's first line.
+    fn nss(file: &Path) -> impl Fn(u32) -> Option<String> + '_ {
+        move |_| {
+            std::fs::read_to_string(file)
+                .ok()
+                .and_then(|s| s.lines().next().map(str::to_string))
+        }
+    }
+
+    /// Makes the file look a second old, as /etc/passwd is between edits: its ctime cannot be
+    /// set, so the test waits for it.
+    fn settle() {
+        std::thread::sleep(crate::policy_cache::SETTLE + Duration::from_millis(50));
+    }
+
+    #[test]
+    fn a_renamed_uid_is_seen_at_once() {
+        // The administrator renames uid 1001 from alice to bob (and makes another account
+        // alice): the next connection of uid 1001 must be bob's, not alice's from the cache.
+        let d = tempfile::tempdir().unwrap();
+        let passwd = d.path().join("passwd");
+        std::fs::write(&passwd, "alice\n").unwrap();
+        settle();
+        let cache = NameCache::new(&passwd, Duration::from_secs(3600));
+        assert_eq!(cache.get(1001), None);
+        assert_eq!(cache.lookup(1001, nss(&passwd)).as_deref(), Some("alice"));
+        assert_eq!(cache.get(1001), Some(Some("alice".into())));
+        // In place, same size, within the same second: the ctime moves all the same.
+        std::fs::write(&passwd, "bobby\n").unwrap();
+        assert_eq!(cache.get(1001), None, "an edited passwd is a miss");
+        // Too fresh to be remembered: a second write in the same tick could hide.
+        assert_eq!(cache.lookup(1001, nss(&passwd)).as_deref(), Some("bobby"));
+        assert_eq!(cache.get(1001), None);
+        // Replaced by rename, as usermod and vipw do.
+        let new = d.path().join("passwd.new");
+        std::fs::write(&new, "carol\n").unwrap();
+        settle();
+        assert_eq!(cache.lookup(1001, nss(&passwd)).as_deref(), Some("bobby"));
+        assert_eq!(cache.get(1001), Some(Some("bobby".into())));
+        std::fs::rename(&new, &passwd).unwrap();
+        assert_eq!(cache.get(1001), None, "a replaced passwd is a miss");
+    }
+
+    #[test]
+    fn a_name_changed_elsewhere_is_seen_after_the_ttl() {
+        // LDAP or SSSD: /etc/passwd does not move, the name does.
+        let d = tempfile::tempdir().unwrap();
+        let passwd = d.path().join("passwd");
+        std::fs::write(&passwd, "").unwrap();
+        settle();
+        let cache = NameCache::new(&passwd, Duration::from_millis(200));
+        assert_eq!(
+            cache.lookup(7, |_| Some("alice".into())).as_deref(),
+            Some("alice")
+        );
+        assert_eq!(cache.get(7), Some(Some("alice".into())));
+        assert_eq!(cache.get(8), None, "names are per uid");
+        std::thread::sleep(Duration::from_millis(250));
+        assert_eq!(cache.get(7), None);
+        // No name is remembered too (a uid known to the policy by number alone).
+        assert_eq!(cache.lookup(8, |_| None), None);
+        assert_eq!(cache.get(8), Some(None));
+        // Without the file nothing is remembered: every connection asks NSS.
+        let cache = NameCache::new(&d.path().join("missing"), Duration::from_secs(60));
+        assert_eq!(
+            cache.lookup(7, |_| Some("alice".into())).as_deref(),
+            Some("alice")
+        );
+        assert_eq!(cache.get(7), None);
     }
 
     #[test]

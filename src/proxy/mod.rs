@@ -49,11 +49,26 @@ pub struct Options {
     pub roots: Vec<PathBuf>,
 }
 
+/// How many threads run the proxy's async work, unless `LABGPU_PROXY_WORKERS` says: 0 runs
+/// everything on the main thread (tokio's current-thread runtime).
+const WORKERS: usize = 0;
+
 /// Runs the proxy until SIGTERM or SIGINT; the process's exit status.
 pub fn run(opts: Options) -> anyhow::Result<i32> {
     crate::log::init_stderr();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    let workers = std::env::var("LABGPU_PROXY_WORKERS")
+        .ok()
+        .and_then(|w| w.parse::<usize>().ok())
+        .unwrap_or(WORKERS);
+    let mut builder = match workers {
+        0 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+    };
+    let rt = builder
         .enable_all()
         .build()
         .context("starting the proxy's async runtime")?;

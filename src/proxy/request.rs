@@ -8,6 +8,7 @@ use serde_json::{Map, Value};
 
 use super::error::RuleError;
 use crate::decide::resolve_host;
+use crate::paths::normalize;
 use crate::policy::{Policy, UserPolicy};
 
 /// dockerd reads parameters with Go's `r.Form`/`r.FormValue`, which take a form-encoded or
@@ -62,9 +63,23 @@ impl UserCtx {
     pub fn section(&self) -> String {
         format!("[defaults] or [users.{}]", self.name)
     }
+
+    /// The host paths the policy names (bind mount prefixes, devices, the GPU node root) with
+    /// their symlinks resolved now, as a create's requested paths are: what they point to
+    /// at this request, never at an earlier one. Blocking (symlink walks, perhaps on a network
+    /// file system): call it off the async workers.
+    pub fn resolve_paths(&mut self) {
+        for p in self.bind_allow.iter_mut().chain(self.devices.iter_mut()) {
+            *p = resolve_host(p);
+        }
+        self.gpu_dev_root = resolve_host(&self.gpu_dev_root);
+    }
 }
 
-/// What the rules need to know about policy user `name`.
+/// What the rules need to know about policy user `name`. Pure: the host paths are only
+/// normalized here; `UserCtx::resolve_paths` walks their symlinks where a create needs them
+/// (off the async workers), so the requests that never look at them (ps, inspect, logs, …)
+/// cost no file system walk and no thread hop.
 pub fn user_ctx(policy: &Policy, name: &str) -> UserCtx {
     let user = policy.user(name);
     let d = &policy.defaults;
@@ -82,13 +97,13 @@ pub fn user_ctx(policy: &Policy, name: &str) -> UserCtx {
                 .flatten()
                 .map(|m| m.source.as_path()),
         )
-        .map(resolve_host)
+        .map(normalize)
         .collect();
     let devices = d
         .devices
         .iter()
         .chain(user.map(|u| &u.devices).into_iter().flatten())
-        .map(|p| resolve_host(p.as_path()))
+        .map(|p| normalize(p.as_path()))
         .collect();
     UserCtx {
         name: name.to_string(),
@@ -100,7 +115,7 @@ pub fn user_ctx(policy: &Policy, name: &str) -> UserCtx {
         allow_unconfined: flag(|u| u.allow_unconfined, d.allow_unconfined),
         bind_allow,
         devices,
-        gpu_dev_root: resolve_host(policy.gpus.dev_root.as_path()),
+        gpu_dev_root: normalize(policy.gpus.dev_root.as_path()),
         image_prefixes: super::images::prefixes(&proxy.image_prefix, name),
         state_dir: proxy.state_dir.0.clone(),
         writable_volumes: d

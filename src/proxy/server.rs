@@ -35,6 +35,8 @@ pub struct State {
     pub policy: PathBuf,
     pub proc_root: PathBuf,
     pub policies: Arc<PolicyCache>,
+    /// Callers' passwd names, for a few seconds while /etc/passwd is unchanged.
+    pub names: Arc<identity::NameCache>,
     pub conns: Arc<Connections>,
     pub refusals: Arc<Refusals>,
     /// The last look at the host, for `/labgpu/top`.
@@ -56,6 +58,7 @@ pub async fn serve(opts: Options) -> anyhow::Result<()> {
         policy: opts.policy.clone(),
         proc_root: PathBuf::from("/proc"),
         policies: Arc::new(PolicyCache::default()),
+        names: Arc::default(),
         conns: Arc::new(Connections::default()),
         refusals: Arc::new(Refusals::default()),
         views: observe::ViewCache::default(),
@@ -252,10 +255,17 @@ async fn admit(
             );
             ("connection_limit", message)
         })?;
-    let passwd = tokio::task::spawn_blocking(move || identity::passwd_name(uid))
-        .await
-        .ok()
-        .flatten();
+    let passwd = match state.names.get(uid) {
+        Some(name) => name,
+        // NSS may be LDAP or SSSD: off the async workers.
+        None => {
+            let names = state.names.clone();
+            tokio::task::spawn_blocking(move || names.lookup(uid, identity::passwd_name))
+                .await
+                .ok()
+                .flatten()
+        }
+    };
     let known = policy
         .as_ref()
         .is_some_and(|p| p.user_for_uid(uid, passwd.as_deref()).is_some());
@@ -352,19 +362,15 @@ async fn route(
         return forward(state, req).await;
     }
     // Per request, so an edit to the policy applies to the next request, not the next login
-    // (parsed only when it changed); the user's paths resolved off the async workers.
+    // (parsed only when it changed). The context is pure: a create resolves the policy's
+    // host paths itself, off the async workers.
     let policy = state.policies.load(&state.policy)?;
     let name = identity::policy_user(&policy, caller)?.to_string();
     let Caller::Uid { uid, job, .. } = caller else {
         unreachable!("the administrator was forwarded above");
     };
     let (uid, job) = (*uid, job.clone());
-    let ctx = {
-        let (policy, name) = (policy.clone(), name.clone());
-        tokio::task::spawn_blocking(move || user_ctx(&policy, &name))
-            .await
-            .map_err(|e| ProxyError::Body(e.to_string()))?
-    };
+    let ctx = user_ctx(&policy, &name);
     check_content_types(
         req.headers()
             .get_all(CONTENT_TYPE)

@@ -17,7 +17,7 @@ use hyper::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use hyper::{Request, Response, StatusCode};
 use serde_json::{json, Value};
 
-use super::body::{full, read_json, with_uri, Body, BoxError, MAX_DF_BODY};
+use super::body::{full, read_bytes, with_uri, Body, BoxError, MAX_DF_BODY};
 use super::error::{ProxyError, RuleError};
 use super::request::{merge_owner_filter, query_param, query_string};
 use super::server::Call;
@@ -46,14 +46,7 @@ pub async fn filtered(
             let q =
                 merge_owner_filter(call.query.as_deref(), &call.ctx.owner_label, &call.ctx.name)?;
             let resp = forward(call.state, with_uri(req, &call.path, Some(&q))?).await?;
-            let owner = call.ctx.name.clone();
-            let dir = call.ctx.state_dir.clone();
-            rewrite_json(resp, move |v| {
-                if let Some(list) = v.as_array_mut() {
-                    list.retain(|c| recorded(&dir, c.get("Id"), &owner));
-                }
-            })
-            .await
+            keep_recorded(call, resp, Value::as_array_mut).await
         }
         Listing::Events => {
             let q =
@@ -81,40 +74,68 @@ fn recorded(dir: &Path, id: Option<&Value>, owner: &str) -> bool {
         == Some(owner)
 }
 
-/// A JSON answer of Docker's, changed by `edit` (non-200 answers pass unchanged).
-async fn rewrite_json(
+/// Records read in place (microseconds each) rather than on the blocking pool, up to this
+/// many per answer; a longer list would hold up the proxy's other requests meanwhile.
+const RECORDS_IN_PLACE: usize = 64;
+
+/// Docker's JSON answer with the containers not recorded for the caller dropped from the
+/// list `list` finds in it (non-200 answers pass unchanged). An answer left as it was is
+/// sent as Docker sent it, not parsed and written again.
+async fn keep_recorded(
+    call: &Call<'_>,
     resp: Response<Body>,
-    edit: impl FnOnce(&mut Value) + Send + 'static,
+    list: fn(&mut Value) -> Option<&mut Vec<Value>>,
 ) -> Result<Response<Body>, ProxyError> {
     if resp.status() != StatusCode::OK {
         return Ok(resp);
     }
     let (mut parts, body) = resp.into_parts();
-    let mut v = read_json(body, MAX_DF_BODY).await?;
-    // The checks read small root-only files: off the async workers.
-    let v = tokio::task::spawn_blocking(move || {
-        edit(&mut v);
-        v
-    })
-    .await
-    .map_err(|e| ProxyError::Body(e.to_string()))?;
-    let bytes = Bytes::from(v.to_string());
+    let raw = read_bytes(body, MAX_DF_BODY).await?;
+    let mut v = if raw.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&raw).map_err(|e| RuleError::BadJson(e.to_string()))?
+    };
+    let (dir, owner) = (call.ctx.state_dir.clone(), call.ctx.name.clone());
+    let drop_foreign = move |v: &mut Value| match list(v) {
+        Some(items) => {
+            let before = items.len();
+            items.retain(|c| recorded(&dir, c.get("Id"), &owner));
+            items.len() != before
+        }
+        None => false,
+    };
+    let changed = if list(&mut v).is_some_and(|l| l.len() > RECORDS_IN_PLACE) {
+        let (v2, changed) = tokio::task::spawn_blocking(move || {
+            let changed = drop_foreign(&mut v);
+            (v, changed)
+        })
+        .await
+        .map_err(|e| ProxyError::Body(e.to_string()))?;
+        v = v2;
+        changed
+    } else {
+        drop_foreign(&mut v)
+    };
+    let bytes = if changed {
+        Bytes::from(v.to_string())
+    } else {
+        raw
+    };
     parts.headers.remove(TRANSFER_ENCODING);
     parts.headers.insert(CONTENT_LENGTH, bytes.len().into());
     Ok(Response::from_parts(parts, full(bytes)))
 }
 
+/// The `Containers` list of a `GET /system/df` answer.
+fn df_containers(df: &mut Value) -> Option<&mut Vec<Value>> {
+    df.get_mut("Containers")?.as_array_mut()
+}
+
 /// `GET /system/df`: other owners' containers are dropped from the answer.
 pub async fn disk_usage(call: &Call<'_>, req: Request<Body>) -> Result<Response<Body>, ProxyError> {
     let resp = forward(call.state, req).await?;
-    let owner = call.ctx.name.clone();
-    let dir = call.ctx.state_dir.clone();
-    rewrite_json(resp, move |df| {
-        if let Some(Value::Array(list)) = df.get_mut("Containers") {
-            list.retain(|c| recorded(&dir, c.get("Id"), &owner));
-        }
-    })
-    .await
+    keep_recorded(call, resp, df_containers).await
 }
 
 /// The events stream (one JSON object per line), without container events of containers not

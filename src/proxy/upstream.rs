@@ -106,6 +106,17 @@ pub async fn owned_container(
         return Err(RuleError::BadContainerRef(name_or_id.to_string()).into());
     }
     let (status, v) = get_json(state, &format!("/containers/{name_or_id}/json")).await?;
+    check_owned(ctx, name_or_id, status, &v).await
+}
+
+/// The full id in Docker's answer `v` (with `status`) to an inspect of `name_or_id`, if the
+/// container is the caller's.
+pub async fn check_owned(
+    ctx: &UserCtx,
+    name_or_id: &str,
+    status: StatusCode,
+    v: &Value,
+) -> Result<String, ProxyError> {
     match status {
         StatusCode::OK => {}
         StatusCode::NOT_FOUND => return Err(ProxyError::NoSuchContainer(name_or_id.to_string())),
@@ -113,7 +124,7 @@ pub async fn owned_container(
             return Err(upstream_error(
                 s,
                 format!("inspect of container {name_or_id:?}"),
-                &v,
+                v,
             ))
         }
     }
@@ -121,28 +132,25 @@ pub async fn owned_container(
         .get("Id")
         .and_then(Value::as_str)
         .map(str::to_string)
-        .ok_or_else(|| {
-            upstream_error(status, format!("inspect of container {name_or_id:?}"), &v)
-        })?;
+        .ok_or_else(|| upstream_error(status, format!("inspect of container {name_or_id:?}"), v))?;
     // The label is a copy for Docker's filters (and an image can carry it into a build
     // step's container); the proxy's record of whom it created the container for decides.
-    if !super::containers::owned_by(&v, &ctx.owner_label, &ctx.name)
-        || !recorded_for(ctx, &id).await
+    if !super::containers::owned_by(v, &ctx.owner_label, &ctx.name) || !recorded_for(ctx, &id).await
     {
         return Err(ProxyError::NotYours(name_or_id.to_string()));
     }
     Ok(id)
 }
 
-/// Whether the proxy recorded creating container `id` for the caller.
+/// Whether the proxy recorded creating container `id` for the caller. Read in place: the
+/// records are small root-only files on a local disk (`[proxy] state_dir`), read in
+/// microseconds, less than a hop to the blocking pool and back costs.
 pub async fn recorded_for(ctx: &UserCtx, id: &str) -> bool {
-    let (dir, id) = (ctx.state_dir.clone(), id.to_string());
-    let owner = tokio::task::spawn_blocking(move || crate::records::recorded_owner(&dir, &id))
-        .await
+    crate::records::recorded_owner(&ctx.state_dir, id)
         .ok()
-        .and_then(Result::ok)
-        .flatten();
-    owner.as_deref() == Some(ctx.name.as_str())
+        .flatten()
+        .as_deref()
+        == Some(ctx.name.as_str())
 }
 
 /// Whose a volume or network is to the caller, from its owner label.

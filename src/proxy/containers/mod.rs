@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use bytes::Bytes;
+use http_body_util::BodyExt;
 use hyper::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::Value;
@@ -23,13 +24,13 @@ pub use create::{
 pub(in crate::proxy) use create::{pin_links, ref_list, ENDPOINT};
 
 use super::archive;
-use super::body::{full, read_json, with_json, with_uri, Body, MAX_JSON_BODY};
+use super::body::{box_err, full, read_bytes, read_json, with_json, with_uri, Body, MAX_JSON_BODY};
 use super::error::{ProxyError, RuleError};
 use super::limits;
 use super::request::UserCtx;
-use super::request::{as_object_mut, canonicalize, set_query_param};
+use super::request::{as_object_mut, canonicalize, set_query_param, valid_container_ref};
 use super::server::{Call, State};
-use super::upstream::{delete, forward, get_json, owned_container};
+use super::upstream::{check_owned, delete, forward, get_json, owned_container, send};
 use super::{networks, volumes};
 use crate::decide::resolve_host;
 use crate::policy::Policy;
@@ -154,14 +155,16 @@ async fn record_created(
     Ok(Response::from_parts(parts, full(bytes)))
 }
 
-/// `rewrite_create` resolves host paths (symlink walks, perhaps on a slow network file
-/// system): on the blocking pool, within `limits::CHECK_DEADLINE`.
+/// `rewrite_create` resolves host paths (the policy's and the request's: symlink walks,
+/// perhaps on a slow network file system): on the blocking pool, within
+/// `limits::CHECK_DEADLINE`.
 pub(in crate::proxy) async fn rewrite_off_workers(
     mut v: Value,
-    ctx: UserCtx,
+    mut ctx: UserCtx,
     resolved: Resolved,
 ) -> Result<Value, ProxyError> {
     let work = tokio::task::spawn_blocking(move || {
+        ctx.resolve_paths();
         rewrite_create(&mut v, &ctx, &resolved, &resolve_host).map(|()| v)
     });
     match tokio::time::timeout(limits::CHECK_DEADLINE, work).await {
@@ -234,6 +237,9 @@ pub async fn by_id(
     rest: &str,
     req: Request<Body>,
 ) -> Result<Response<Body>, ProxyError> {
+    if rest == "json" && req.method() == Method::GET {
+        return inspect(call, id, req).await;
+    }
     let full_id = owned_container(call.state, call.ctx, id).await?;
     let path = if rest.is_empty() {
         format!("{}/containers/{full_id}", call.prefix)
@@ -262,6 +268,28 @@ pub async fn by_id(
         let _ = tokio::task::spawn_blocking(move || records::forget(&dir, &full_id)).await;
     }
     Ok(resp)
+}
+
+/// `docker inspect`: the caller's request goes to Docker as sent (version and query), and
+/// its answer is both the ownership check and, when the container is the caller's, the
+/// reply: one round trip to Docker instead of two, and what was checked is what is sent.
+async fn inspect(
+    call: &Call<'_>,
+    name_or_id: &str,
+    req: Request<Body>,
+) -> Result<Response<Body>, ProxyError> {
+    if !valid_container_ref(name_or_id) {
+        return Err(RuleError::BadContainerRef(name_or_id.to_string()).into());
+    }
+    let path = format!("{}/containers/{name_or_id}/json", call.prefix);
+    let resp = send(call.state, with_uri(req, &path, call.query.as_deref())?).await?;
+    let (mut parts, body) = resp.into_parts();
+    let bytes = read_bytes(body.map_err(box_err).boxed(), MAX_JSON_BODY).await?;
+    let v = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    check_owned(call.ctx, name_or_id, parts.status, &v).await?;
+    parts.headers.remove(TRANSFER_ENCODING);
+    parts.headers.insert(CONTENT_LENGTH, bytes.len().into());
+    Ok(Response::from_parts(parts, full(bytes)))
 }
 
 /// `POST /containers/{id}/update`: resource limits may change, devices may not (the
