@@ -18,6 +18,7 @@
 //! uses which GPU (`labgpu top`, and the proxy's `/labgpu/top` for users) and writes the
 //! Prometheus metrics the proxy serves on its `--metrics` listener.
 
+pub mod accounts;
 pub mod argv;
 pub mod cdi;
 pub mod cli;
@@ -27,6 +28,7 @@ pub mod docker_api;
 pub mod edits;
 pub mod fairshare;
 pub mod gpu;
+pub mod groups;
 pub mod log;
 pub mod owner;
 pub mod paths;
