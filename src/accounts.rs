@@ -111,6 +111,11 @@ impl Accounts {
         out
     }
 
+    /// The uid of the passwd entry named `name`.
+    pub fn uid_of(&self, name: &str) -> Option<u32> {
+        self.passwd.iter().find(|p| p.name == name).map(|p| p.uid)
+    }
+
     pub fn has_group(&self, name: &str) -> bool {
         self.groups.iter().any(|g| g.name == name)
     }

@@ -152,8 +152,14 @@ impl Policy {
         }
         let own = self.own_tables.take().unwrap_or_default();
         let mut names: Vec<String> = own.keys().cloned().collect();
+        let pinned: Vec<u32> = self.users.values().filter_map(|u| u.uid).collect();
         for g in self.groups.iter() {
-            names.extend(accounts.members_of(&g.name).into_iter().map(String::from));
+            // An account whose uid a [users] table pins is that user, not a member apart.
+            let members = accounts
+                .members_of(&g.name)
+                .into_iter()
+                .filter(|m| accounts.uid_of(m).is_none_or(|uid| !pinned.contains(&uid)));
+            names.extend(members.map(String::from));
         }
         names.sort();
         names.dedup();
@@ -168,6 +174,10 @@ impl Policy {
     /// their groups' tables, and makes it `self.users[name]`; a user with no group table
     /// keeps their own table as it is.
     ///
+    /// Whose groups: the account of the uid `own` pins (as the proxy knows the user by it),
+    /// else the account named `name`. The caller skips a `name` without a table of its own
+    /// whose uid another user's table pins (that account is that user).
+    ///
     /// Root (by name or uid 0) is never a member: a group listing root, or root's own group,
     /// must not make a container's root, which the proxy sees as uid 0, a policy user. An
     /// administrator who wants that writes `[users.root]`. Names that could not be a cgroup
@@ -178,15 +188,23 @@ impl Policy {
         own: Option<&toml::Table>,
         accounts: &Accounts,
     ) -> Result<(), PolicyError> {
-        if self.groups.is_empty()
-            || accounts.is_root(name)
-            || !valid_user_name(name)
-            || name == "."
-            || name == ".."
-        {
+        if self.groups.is_empty() || !valid_user_name(name) || name == "." || name == ".." {
             return Ok(());
         }
-        let theirs = accounts.groups_of(name);
+        let pinned = own
+            .and_then(|t| t.get("uid"))
+            .and_then(toml::Value::as_integer);
+        let account = match pinned {
+            Some(uid) => match accounts.passwd.iter().find(|p| i64::from(p.uid) == uid) {
+                Some(p) => p.name.as_str(),
+                None => return Ok(()), // no account: no groups
+            },
+            None => name,
+        };
+        if accounts.is_root(account) {
+            return Ok(());
+        }
+        let theirs = accounts.groups_of(account);
         let groups: Vec<&GroupTable> = self
             .groups
             .iter()
@@ -316,6 +334,23 @@ mod tests {
         let p = resolved("version = 1\n[groups.root]\ngpus = [0]\n");
         assert!(p.user("root").is_none());
         assert!(p.users.is_empty());
+    }
+
+    #[test]
+    fn a_pinned_uid_makes_the_groups_those_of_its_account() {
+        // [users.robert] pins bob's uid: bob's groups are his, and bob is no member apart.
+        let p = resolved(
+            "version = 1\n[groups.ml]\ngpus = [0]\n[users.robert]\nuid = 1002\ngid = 3000\n",
+        );
+        assert_eq!(p.user("robert").unwrap().gpus.len(), 1);
+        assert!(p.user("bob").is_none());
+        assert_eq!(p.user_for_uid(1002, Some("bob")), Some("robert"));
+        // [users.alice] pinned to dave's uid: not alice's groups (vision, ml) but dave's (none).
+        let p = resolved(
+            "version = 1\n[groups.vision]\ngpus = [2]\n[users.alice]\nuid = 1004\ngid = 1004\n",
+        );
+        assert!(p.user("alice").unwrap().gpus.is_empty());
+        assert!(!p.origins.contains_key("alice"));
     }
 
     #[test]

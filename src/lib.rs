@@ -16,7 +16,9 @@
 //! default seccomp profiles, so that a default resolved for capabilities labgpu cuts is
 //! replaced, and a custom profile allows no more than the default would. `top` shows who
 //! uses which GPU (`labgpu top`, and the proxy's `/labgpu/top` for users) and writes the
-//! Prometheus metrics the proxy serves on its `--metrics` listener.
+//! Prometheus metrics the proxy serves on its `--metrics` listener. `groups` makes every
+//! member of a `[groups.NAME]` table's host group a policy user, their own keys over the
+//! group's; `accounts` reads who is in which group from /etc/passwd and /etc/group.
 
 pub mod accounts;
 pub mod argv;

@@ -130,6 +130,12 @@ struct Parsed {
 struct UserTables(Vec<u8>);
 
 impl UserTables {
+    /// Whether some user's table pins `uid` (`compile` writes `uid = N` as a line of its own).
+    fn pins_uid(&self, uid: u32) -> bool {
+        let line = format!("uid = {uid}");
+        std::str::from_utf8(&self.0).is_ok_and(|t| t.lines().any(|l| l == line))
+    }
+
     fn find(&self, name: &str) -> Option<&[u8]> {
         let mut rest = &self.0[..];
         while !rest.is_empty() {
@@ -213,8 +219,15 @@ impl RuntimePolicy {
             table
         });
         if !self.policy.groups.is_empty() {
-            self.policy
-                .resolve_user(name, table.as_ref(), &accounts())?;
+            let accounts = accounts();
+            // An account whose uid another user's table pins is that user (as in a full parse).
+            let pinned_elsewhere = table.is_none()
+                && accounts
+                    .uid_of(name)
+                    .is_some_and(|uid| self.users.as_ref().is_some_and(|u| u.pins_uid(uid)));
+            if !pinned_elsewhere {
+                self.policy.resolve_user(name, table.as_ref(), &accounts)?;
+            }
         }
         Ok(())
     }
@@ -561,6 +574,10 @@ gpus = [2]
         let bob = rp.policy.user("bob").unwrap();
         assert_eq!(bob.gpus.as_slice(), [crate::policy::GpuRef::Number(2)]);
         assert_eq!(bob.memory.map(|m| m.0), Some(8 << 30));
+        // carol's account has alice's pinned uid 1001: she is alice, no member of ml apart.
+        let carol = || Accounts::parse("carol:x:1001:1001::/:/bin/sh\n", "ml:x:3000:carol\n");
+        rp.with_user_in("carol", carol).unwrap();
+        assert!(rp.policy.user("carol").is_none());
         // The same entry after `gpasswd -d dave ml` and `gpasswd -d dave vision`.
         let removed = || Accounts::parse(passwd, "ml:x:3000:bob\nvision:x:3001:\n");
         let mut rp = reload(&bytes);
