@@ -574,10 +574,14 @@ gpus = [2]
         let bob = rp.policy.user("bob").unwrap();
         assert_eq!(bob.gpus.as_slice(), [crate::policy::GpuRef::Number(2)]);
         assert_eq!(bob.memory.map(|m| m.0), Some(8 << 30));
-        // carol's account has alice's pinned uid 1001: she is alice, no member of ml apart.
-        let carol = || Accounts::parse("carol:x:1001:1001::/:/bin/sh\n", "ml:x:3000:carol\n");
-        rp.with_user_in("carol", carol).unwrap();
-        assert!(rp.policy.user("carol").is_none());
+        // erin's account has alice's pinned uid 1001: she is alice, no member of ml apart.
+        let erin = || Accounts::parse("erin:x:1001:1001::/:/bin/sh\n", "ml:x:3000:erin\n");
+        rp.with_user_in("erin", erin).unwrap();
+        assert!(rp.policy.user("erin").is_none());
+        // The same account under no pin is a member.
+        let erin_alone = || Accounts::parse("erin:x:1010:1010::/:/bin/sh\n", "ml:x:3000:erin\n");
+        rp.with_user_in("erin", erin_alone).unwrap();
+        assert!(rp.policy.user("erin").is_some());
         // The same entry after `gpasswd -d dave ml` and `gpasswd -d dave vision`.
         let removed = || Accounts::parse(passwd, "ml:x:3000:bob\nvision:x:3001:\n");
         let mut rp = reload(&bytes);
