@@ -500,6 +500,20 @@ socket_mode = "0660"
 image_prefix = "reg.lab/{user}/"
 runtime = "labgpu"
 """ % ("ab" * 32))
+    # Group tables: members of ml and vision in the fuzz target's fixed account files.
+    write("policy", "groups.toml", """version = 1
+[proxy]
+[groups.vision]
+gpus = [1]
+cpus = 2
+[groups.ml]
+gpus = [0, "1:2"]
+memory = "8g"
+run_as = "owner"
+session = { image = "lab/base:1" }
+[users.alice]
+gpus = []
+""")
 
 
 def main():

@@ -1331,9 +1331,78 @@ case_userns() {
     lg_write_policy
 }
 
+# [groups.NAME] tables: a member of the host group with no [users] table gets the group's
+# GPUs, a member's own key wins over the group's, a non-member gets nothing, and a
+# membership change (gpasswd -d, usermod -aG) applies to the next create, also when the
+# policy itself comes from the runtime's cache. The kernel is asked, as in device_flags:
+# with the group's CAP_MKNOD and a wildcard cgroup rule, each minor is made and opened
+# (ENXIO: granted, EPERM: denied by the device cgroup).
+case_groups() {
+    local ml dave erin frank
+    ml="$(lg_group ml)"
+    if ! lg_make_extra_users dave erin frank || ! groupadd "$ml" ||
+        ! usermod -aG "$ml" "$(lg_extra dave)" || ! usermod -aG "$ml" "$(lg_extra erin)"; then
+        fail groups-setup "useradd/groupadd/usermod failed"
+        return
+    fi
+    dave="$(lg_extra dave)" erin="$(lg_extra erin)" frank="$(lg_extra frank)"
+    {
+        lg_policy_text
+        printf '\n[groups.%s]\ngpus = [3]\ncapabilities = ["CAP_MKNOD"]\n' "$ml"
+        # erin's own gpus win; CAP_MKNOD still comes from the group.
+        printf '\n[users.%s]\ngpus = [2]\n' "$erin"
+    } >"$LG_POLICY.new"
+    mv "$LG_POLICY.new" "$LG_POLICY"
+    # Old enough for the first create to write the cache entry and the next ones to use it.
+    sleep 1.2
+    # shellcheck disable=SC2016 # expanded by the container's shell
+    local probe='for n in 195:0 195:1 195:2 195:3; do
+        if ! e="$(mknod /tmp/n c "${n%:*}" "${n#*:}" 2>&1)"; then echo "$n mknod failed: $e"; continue; fi
+        e="$(cat /tmp/n 2>&1 >/dev/null)"
+        case $e in
+        *"No such device or address"*) echo "$n allowed" ;;
+        *"Operation not permitted"*) echo "$n denied" ;;
+        *) echo "$n $e" ;;
+        esac
+        rm -f /tmp/n
+    done; ls -1d /dev/nvidia[0-9]* 2>/dev/null; true'
+    local rule=(--device-cgroup-rule 'c 195:* rwm')
+    local only3=$'195:0 denied\n195:1 denied\n195:2 denied\n195:3 allowed\n/dev/nvidia3'
+    local only2=$'195:0 denied\n195:1 denied\n195:2 allowed\n195:3 denied\n/dev/nvidia2'
+    if expect_run_ok groups-member-gets-group-gpus --label "labgpu.user=$dave" "${rule[@]}" "$I" sh -c "$probe"; then
+        expect_eq groups-member-gets-group-gpus "$only3" "$RUN_OUT"
+    fi
+    if expect_run_ok groups-own-key-wins --label "labgpu.user=$erin" "${rule[@]}" "$I" sh -c "$probe"; then
+        expect_eq groups-own-key-wins "$only2" "$RUN_OUT"
+    fi
+    expect_refused groups-non-member-refused "is not a user in" --label "labgpu.user=$frank" "$I" true
+    # A cache hit from here on: the entry for this policy file exists.
+    local entries
+    entries="$(find /run/labgpu/policy-cache -maxdepth 1 -name '*.cache' -newer "$LG_POLICY" 2>/dev/null | grep -c .)"
+    if ((entries > 0)); then pass groups-policy-cached; else fail groups-policy-cached "no cache entry newer than the policy"; fi
+    if ! gpasswd -d "$dave" "$ml" >/dev/null || ! usermod -aG "$ml" "$frank"; then
+        fail groups-membership-change "gpasswd/usermod failed"
+    else
+        expect_refused groups-gpasswd-d-seen "is not a user in" --label "labgpu.user=$dave" "$I" true
+        if expect_run_ok groups-usermod-seen --label "labgpu.user=$frank" "${rule[@]}" "$I" sh -c "$probe"; then
+            expect_eq groups-usermod-seen "$only3" "$RUN_OUT"
+        fi
+    fi
+    # policy check names the group table; an unknown group is a warning, not an error.
+    printf '\n[groups.%s]\ngpus = [0]\n' "$(lg_group nosuch)" >>"$LG_POLICY"
+    local out rc=0
+    out="$("$LG_BIN" policy check "$LG_POLICY" --docker "$LG_SOCK" 2>&1)" || rc=$?
+    if [[ $out == *"warning: [groups.$(lg_group nosuch)]: no group"* && $out == *"through 2 group tables"* ]]; then
+        pass groups-policy-check
+    else
+        fail groups-policy-check "exit $rc: $out"
+    fi
+    lg_write_policy
+}
+
 # ---------------------------------------------------------------------------------------------
 
-ALL_CASES="devices device_flags caps refusals mounts volumes system_paths seccomp provenance namespaces exec passthrough cdi docker_cdi verify verify_bypass concurrency userns log"
+ALL_CASES="devices device_flags caps refusals mounts volumes system_paths seccomp provenance namespaces exec passthrough cdi docker_cdi verify verify_bypass concurrency userns groups log"
 START=$SECONDS
 setup_all
 lg_say "suite starts ($((SECONDS - START))s setup); runtime $RT"

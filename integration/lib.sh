@@ -269,8 +269,23 @@ lg_subid_start() {
 }
 
 # Host groups a run makes (`lg_group lab`: lgt-<run>-lab), removed by lg_remove_users.
-LG_TEST_GROUPS="lab"
+LG_TEST_GROUPS="lab ml"
 lg_group() { printf 'lgt-%s-%s\n' "$LG_RUN_ID" "$1"; }
+
+# Accounts a case makes beyond alice, bob and carol, for policy users known by their host
+# name alone (group members): `lg_make_extra_users dave erin` makes lgt-<run>-dave and
+# lgt-<run>-erin, and `lg_extra dave` names one. lg_remove_users removes them (by mark).
+lg_extra() { printf 'lgt-%s-%s\n' "$LG_RUN_ID" "$1"; }
+lg_make_extra_users() {
+    local u name
+    for u in "$@"; do
+        name="$(lg_extra "$u")"
+        getent passwd "$name" >/dev/null && continue
+        lg_useradd "$name" || return 1
+        mkdir -p "$LG_TMP/cli-$name"
+        chown "$name" "$LG_TMP/cli-$name"
+    done
+}
 
 # alice, bob, carol: fresh host accounts, homes 0700; data dirs under $LG_TMP.
 lg_make_users() {
@@ -302,6 +317,11 @@ lg_remove_users() {
         [[ $(getent passwd "$name" | cut -d: -f5) == "$(lg_user_mark "$LG_TMP")" ]] || continue
         userdel -r "$name" >/dev/null 2>&1 || lg_say "warning: userdel -r $name failed"
     done
+    # lg_make_extra_users's accounts: this run's prefix and mark.
+    while IFS=: read -r name u; do
+        [[ $name == "lgt-$LG_RUN_ID-"* && $u == "$(lg_user_mark "$LG_TMP")" ]] || continue
+        userdel -r "$name" >/dev/null 2>&1 || lg_say "warning: userdel -r $name failed"
+    done < <(getent passwd | cut -d: -f1,5)
     for u in $LG_TEST_GROUPS; do
         getent group "$(lg_group "$u")" >/dev/null && groupdel "$(lg_group "$u")" 2>/dev/null
     done

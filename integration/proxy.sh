@@ -1113,7 +1113,37 @@ $(ss -xp 2>/dev/null | grep "pid=$PROXY_PID,")"
 
 # ---------------------------------------------------------------------------------------------
 
-ALL_CASES="owner isolation refusals streams build buildkit volumes images owned_volumes owned_networks rawfields seccomp provenance policy keepalive archive flood load cleanup"
+# [groups.NAME]: a member of the host group with no [users] table of their own is a policy
+# user through the proxy (uid -> passwd name -> the group's table), gets the group's GPUs,
+# and stops being one on the request after `gpasswd -d`.
+case_groups() {
+    local ml dave
+    ml="$(lg_group ml)"
+    if ! lg_make_extra_users dave || ! { getent group "$ml" >/dev/null || groupadd "$ml"; } ||
+        ! usermod -aG "$ml" "$(lg_extra dave)"; then
+        fail groups-setup "useradd/groupadd/usermod failed"
+        return
+    fi
+    dave="$(lg_extra dave)"
+    { lg_policy_text; printf '\n[groups.%s]\ngpus = [3]\n' "$ml"; } >"$LG_POLICY.new"
+    mv "$LG_POLICY.new" "$LG_POLICY"
+    if expect_ok groups-member-through-proxy dk "$dave" run --rm "$I" sh -c 'ls -1d /dev/nvidia[0-9]* 2>/dev/null; cat /dev/nvidia3 2>&1; true'; then
+        if [[ $(printf '%s\n' "$OUT" | grep -c '^/dev/nvidia') == 1 && $OUT == "/dev/nvidia3"$'\n'*"No such device or address"* ]]; then
+            pass groups-member-through-proxy
+        else
+            fail groups-member-through-proxy "expected /dev/nvidia3 alone, opening as far as the driver (ENXIO): $OUT"
+        fi
+    fi
+    if expect_ok groups-member-owner-label dk "$dave" run -d --name pg1 "$I" sleep 300; then
+        expect_eq groups-member-owner-label "$dave" "$(real inspect -f '{{index .Config.Labels "labgpu.user"}}' pg1 2>&1)"
+        real rm -f pg1 >/dev/null 2>&1
+    fi
+    gpasswd -d "$dave" "$ml" >/dev/null
+    expect_fail groups-gpasswd-d-through-proxy "uid $(id -u "$dave") ($dave) is not a user in" dk "$dave" ps
+    lg_write_policy
+}
+
+ALL_CASES="owner isolation refusals streams build buildkit volumes images owned_volumes owned_networks rawfields seccomp provenance policy groups keepalive archive flood load cleanup"
 START=$SECONDS
 START_TS="$(date +%s)"
 setup_all

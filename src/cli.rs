@@ -220,6 +220,27 @@ fn slurm_job(path: &Path, id: u32) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// A `[groups.NAME]` for a group /etc/group does not have applies to no one: a warning,
+/// not an error (the group may be created later). The number of warnings.
+fn check_groups_exist(policy: &Policy) -> usize {
+    if policy.groups.is_empty() {
+        return 0;
+    }
+    let accounts = crate::accounts::Accounts::host();
+    let mut warnings = 0;
+    for g in policy.groups.iter() {
+        if !accounts.has_group(&g.name) {
+            println!(
+                "warning: [groups.{0}]: no group {0} in {1}, so the table applies to no one (groups only in LDAP or SSSD are not read)",
+                g.name,
+                crate::accounts::GROUP
+            );
+            warnings += 1;
+        }
+    }
+    warnings
+}
+
 /// The runtime reads owner labels and volumes under the data root the policy pins (or
 /// daemon.json names): it must be the one Docker uses. 1 when they differ.
 fn check_docker_root(policy: &Policy, docker: &Path) -> usize {
@@ -292,18 +313,39 @@ fn check_userns_host(policy: &Policy, docker: &Path) -> (usize, usize) {
     (errors, warnings)
 }
 
-/// Policy users owning `minor` (whole GPU or a MIG slice of it).
+/// The policy tables giving `minor` (whole GPU or a MIG slice of it): users by name for
+/// their own `gpus`, `[groups.NAME]` for a group's (shared by its members by design).
 fn owners_of(policy: &Policy, inventory: &dyn Inventory, minor: u32) -> Vec<String> {
-    policy
+    let has = |gpus: &[GpuRef]| {
+        gpus.iter()
+            .any(|r| inventory.resolve(r).is_ok_and(|g| g.minor == minor))
+    };
+    let users = policy
         .users
         .iter()
-        .filter(|(_, u)| {
-            u.gpus
-                .iter()
-                .any(|r| inventory.resolve(r).is_ok_and(|g| g.minor == minor))
-        })
-        .map(|(n, _)| n.clone())
-        .collect()
+        .filter(|(n, u)| own_key(policy, n, "gpus") && has(&u.gpus))
+        .map(|(n, _)| n.clone());
+    let groups = policy
+        .groups
+        .iter()
+        .filter(|g| has(&g.settings.gpus))
+        .map(|g| format!("[groups.{}]", g.name));
+    users.chain(groups).collect()
+}
+
+/// Whether `name`'s `key` is their own table's (not a group's).
+fn own_key(policy: &Policy, name: &str, key: &str) -> bool {
+    policy
+        .origins
+        .get(name)
+        .is_none_or(|o| !o.via.contains_key(key))
+}
+
+/// Every GPU the policy's user and group tables name.
+fn policy_gpu_refs(policy: &Policy) -> Vec<&GpuRef> {
+    let users = policy.users.values().flat_map(|u| &u.gpus);
+    let groups = policy.groups.iter().flat_map(|g| &g.settings.gpus);
+    users.chain(groups).collect()
 }
 
 /// The policy at `path`, or None when there is no file there yet: listing GPUs is the first
@@ -322,10 +364,7 @@ fn gpus(path: &Path, json: bool) -> anyhow::Result<i32> {
     let loaded = policy_if_present(path)?;
     let default_gpus = GpusSection::default();
     let section = loaded.as_ref().map_or(&default_gpus, |p| &p.gpus);
-    let refs: Vec<&GpuRef> = loaded
-        .iter()
-        .flat_map(|p| p.users.values().flat_map(|u| &u.gpus))
-        .collect();
+    let refs: Vec<&GpuRef> = loaded.iter().flat_map(policy_gpu_refs).collect();
     let inventory = inventory_for(section, &refs, Purpose::Admin).with_context(|| {
         if loaded.is_some() {
             format!("reading the GPU inventory for {}", path.display())
@@ -429,27 +468,41 @@ fn policy_check(path: &Path, docker: &Path) -> anyhow::Result<i32> {
             return Ok(1);
         }
     };
-    let refs: Vec<&GpuRef> = policy.users.values().flat_map(|u| &u.gpus).collect();
+    let refs = policy_gpu_refs(&policy);
     let inventory = inventory_for(&policy.gpus, &refs, Purpose::Admin)
         .with_context(|| format!("reading the GPU inventory for {}", path.display()))?;
     let mut errors = 0;
     let mut warnings = 0;
-    for (name, user) in &policy.users {
-        for id in &user.gpus {
+    // Each table's GPUs and mount sources once: the users' own, then the groups'.
+    let own = policy.users.iter().map(|(name, user)| {
+        let table = format!("[users.{name}]");
+        let gpus = own_key(&policy, name, "gpus").then_some(&user.gpus[..]);
+        let mounts = own_key(&policy, name, "mounts").then_some(&user.mounts[..]);
+        (table, gpus.unwrap_or_default(), mounts.unwrap_or_default())
+    });
+    let groups = policy.groups.iter().map(|g| {
+        let s = &g.settings;
+        (format!("[groups.{}]", g.name), &s.gpus[..], &s.mounts[..])
+    });
+    for (table, gpus, mounts) in own.chain(groups) {
+        for id in gpus {
             if let Err(e) = inventory.resolve(id) {
-                println!("error: [users.{name}] gpus: {e}");
+                println!("error: {table} gpus: {e}");
                 errors += 1;
             }
         }
-        for m in &user.mounts {
+        for m in mounts {
             if !m.source.as_path().exists() {
                 println!(
-                    "error: [users.{name}] mounts: source {} does not exist",
+                    "error: {table} mounts: source {} does not exist",
                     m.source.as_path().display()
                 );
                 errors += 1;
             }
         }
+    }
+    warnings += check_groups_exist(&policy);
+    for (name, user) in &policy.users {
         if let Err(e) = decide::userns_plan(&policy, Some(name), Some(user)) {
             println!("error: {e}");
             errors += 1;
@@ -496,8 +549,13 @@ fn policy_check(path: &Path, docker: &Path) -> anyhow::Result<i32> {
             warnings += 1;
         }
     }
+    let via_groups = policy.origins.values().filter(|o| !o.own).count();
+    let groups = match policy.groups.len() {
+        0 => String::new(),
+        n => format!(" ({via_groups} through {n} group tables)"),
+    };
     println!(
-        "{}: {} users, {} GPUs on this host, {errors} errors, {warnings} warnings",
+        "{}: {} users{groups}, {} GPUs on this host, {errors} errors, {warnings} warnings",
         path.display(),
         policy.users.len(),
         inventory.gpus().len()

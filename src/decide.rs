@@ -23,14 +23,15 @@ pub enum DecideError {
     Unlabeled { label: String, policy: PathBuf },
     #[error("owner {owner:?} is not a user in {policy} [users]")]
     UnknownOwner { owner: String, policy: PathBuf },
-    #[error("GPU for [users.{owner}] gpus: {cause}")]
-    Gpu { owner: String, cause: GpuError },
+    /// `table`: where the owner's `gpus` are written (`[users.NAME]` or `[groups.G]`).
+    #[error("GPU for {table} gpus: {cause}")]
+    Gpu { table: String, cause: GpuError },
     #[error("[users.{owner}] run_as = \"owner\" but {owner:?} has no uid/gid in the policy and no host passwd entry")]
     NoUid { owner: String },
     #[error(transparent)]
     Cdi(#[from] CdiError),
-    #[error("mount source {source_path} of [users.{owner}] mounts does not exist")]
-    MountSourceMissing { owner: String, source_path: PathBuf },
+    #[error("mount source {source_path} of {table} mounts does not exist")]
+    MountSourceMissing { table: String, source_path: PathBuf },
     #[error(transparent)]
     Userns(#[from] UsernsError),
 }
@@ -261,7 +262,7 @@ pub fn decide_for_user(
         .map(|r| inventory.resolve(r))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|cause| DecideError::Gpu {
-            owner: owner.unwrap_or_default().to_string(),
+            table: policy.table_of(owner.unwrap_or_default(), "gpus"),
             cause,
         })?;
     let (gpu_ids, nodes, cdi) = gpu_part(policy, inventory, grants)?;
@@ -276,7 +277,7 @@ pub fn decide_for_user(
     for m in &mounts {
         if !m.source.as_path().exists() {
             return Err(DecideError::MountSourceMissing {
-                owner: owner.unwrap_or_default().to_string(),
+                table: policy.table_of(owner.unwrap_or_default(), "mounts"),
                 source_path: m.source.0.clone(),
             });
         }
@@ -415,7 +416,7 @@ impl Decision {
                         nodes: g.nodes.clone(),
                     })
                     .ok_or_else(|| DecideError::Gpu {
-                        owner: self.owner.clone().unwrap_or_default(),
+                        table: policy.table_of(self.owner.as_deref().unwrap_or_default(), "gpus"),
                         cause: GpuError::Missing {
                             id: format!("minor {m} (of the Slurm job)"),
                             source_name: inventory.source_name().to_string(),

@@ -16,8 +16,11 @@
 //! default seccomp profiles, so that a default resolved for capabilities labgpu cuts is
 //! replaced, and a custom profile allows no more than the default would. `top` shows who
 //! uses which GPU (`labgpu top`, and the proxy's `/labgpu/top` for users) and writes the
-//! Prometheus metrics the proxy serves on its `--metrics` listener.
+//! Prometheus metrics the proxy serves on its `--metrics` listener. `groups` makes every
+//! member of a `[groups.NAME]` table's host group a policy user, their own keys over the
+//! group's; `accounts` reads who is in which group from /etc/passwd and /etc/group.
 
+pub mod accounts;
 pub mod argv;
 pub mod cdi;
 pub mod cli;
@@ -27,6 +30,7 @@ pub mod docker_api;
 pub mod edits;
 pub mod fairshare;
 pub mod gpu;
+pub mod groups;
 pub mod log;
 pub mod owner;
 pub mod paths;

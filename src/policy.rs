@@ -8,7 +8,9 @@ use std::str::FromStr;
 use serde::{Deserialize, Deserializer};
 use sha2::{Digest, Sha256};
 
+use crate::accounts::Accounts;
 use crate::fairshare::{ByteSize, Cpus, PortRange};
+use crate::groups::{GroupTables, Origin};
 
 pub const DEFAULT_POLICY_PATH: &str = "/etc/labgpu/policy.toml";
 pub const POLICY_ENV: &str = "LABGPU_POLICY";
@@ -54,8 +56,20 @@ pub struct Policy {
     pub proxy: Option<ProxySection>,
     /// How `gpus = "slurm"` users' containers get their Slurm job's GPUs (`slurm`).
     pub slurm: Option<SlurmSection>,
+    /// Each policy user's table. After [`Policy::apply_groups`] (done by [`Policy::load`]),
+    /// it holds every member of a `[groups.NAME]` table too, each one's own keys over their
+    /// groups' (see `groups`).
     #[serde(default)]
     pub users: BTreeMap<String, UserPolicy>,
+    /// `[groups.NAME]` tables keyed by host group, in file order.
+    #[serde(default)]
+    pub groups: GroupTables,
+    /// For each user a group contributed to: which keys came from which group.
+    #[serde(skip)]
+    pub origins: BTreeMap<String, Origin>,
+    /// The `[users]` tables as written, kept (when the file has group tables) for merging.
+    #[serde(skip)]
+    pub(crate) own_tables: Option<BTreeMap<String, toml::Table>>,
     /// sha256 of the file's bytes, stamped on every container so drift can be detected.
     #[serde(skip)]
     pub sha256: String,
@@ -849,15 +863,22 @@ impl<'de> Deserialize<'de> for CapName {
 }
 
 impl Policy {
-    /// Reads and validates the policy at `path`.
+    /// Reads and validates the policy at `path`, with every member of its group tables as
+    /// the host's account files say now.
     pub fn load(path: &Path) -> Result<Policy, PolicyError> {
         let bytes = std::fs::read(path).map_err(|cause| PolicyError::Read {
             path: path.to_path_buf(),
             cause,
         })?;
-        Self::parse(path, &bytes)
+        let mut policy = Self::parse(path, &bytes)?;
+        if !policy.groups.is_empty() {
+            policy.apply_groups(&Accounts::host())?;
+        }
+        Ok(policy)
     }
 
+    /// Reads and validates the file's bytes alone: `[users]` holds the users' own tables
+    /// (no group member is added: that needs the host's accounts, see `apply_groups`).
     pub fn parse(path: &Path, bytes: &[u8]) -> Result<Policy, PolicyError> {
         let text = std::str::from_utf8(bytes).map_err(|e| PolicyError::Invalid {
             path: path.to_path_buf(),
@@ -915,12 +936,19 @@ impl Policy {
         }
         policy.check_slurm().map_err(invalid)?;
         crate::fairshare::check_ports(&policy).map_err(invalid)?;
-        let pids = std::iter::once(("[defaults]".to_string(), policy.defaults.pids)).chain(
-            policy
-                .users
-                .iter()
-                .map(|(n, u)| (format!("[users.{n}]"), u.pids)),
-        );
+        let pids = std::iter::once(("[defaults]".to_string(), policy.defaults.pids))
+            .chain(
+                policy
+                    .users
+                    .iter()
+                    .map(|(n, u)| (format!("[users.{n}]"), u.pids)),
+            )
+            .chain(
+                policy
+                    .groups
+                    .iter()
+                    .map(|g| (format!("[groups.{}]", g.name), g.settings.pids)),
+            );
         for (section, pids) in pids {
             if pids == Some(0) {
                 return Err(invalid(format!(
@@ -938,6 +966,9 @@ impl Policy {
                     "[users.{name}] sets only one of uid and gid; set both or neither"
                 )));
             }
+        }
+        if !policy.groups.is_empty() {
+            policy.own_tables = Some(own_tables(text).map_err(invalid)?);
         }
         policy.sha256 = hex(&Sha256::digest(bytes));
         policy.path = path.to_path_buf();
@@ -1017,13 +1048,20 @@ impl Policy {
                     .into(),
             );
         }
-        let slurm_user = self
+        let slurm_table = self
             .users
             .iter()
-            .find(|(_, u)| self.gpu_source(u) == GpuSource::Slurm);
-        if let (Some((name, _)), None) = (slurm_user, &self.proxy) {
+            .find(|(_, u)| self.gpu_source(u) == GpuSource::Slurm)
+            .map(|(name, _)| format!("[users.{name}]"))
+            .or_else(|| {
+                self.groups
+                    .iter()
+                    .find(|g| self.gpu_source(&g.settings) == GpuSource::Slurm)
+                    .map(|g| format!("[groups.{}]", g.name))
+            });
+        if let (Some(table), None) = (slurm_table, &self.proxy) {
             return Err(format!(
-                "[users.{name}] gpus = \"slurm\" needs a [proxy] table: labgpu learns the Slurm job from the process that calls the proxy's socket"
+                "{table} gpus = \"slurm\" needs a [proxy] table: labgpu learns the Slurm job from the process that calls the proxy's socket"
             ));
         }
         let Some(slurm) = &self.slurm else {
@@ -1055,7 +1093,23 @@ impl Policy {
     }
 }
 
-fn valid_user_name(name: &str) -> bool {
+/// The `[users]` tables as written (for merging with group tables; see `groups`).
+fn own_tables(text: &str) -> Result<BTreeMap<String, toml::Table>, String> {
+    let mut doc: toml::Table = toml::from_str(text).map_err(|e| e.message().trim().to_string())?;
+    match doc.remove("users") {
+        None => Ok(BTreeMap::new()),
+        Some(toml::Value::Table(users)) => users
+            .into_iter()
+            .map(|(name, t)| match t {
+                toml::Value::Table(t) => Ok((name, t)),
+                _ => Err(format!("[users.{name}] must be a table")),
+            })
+            .collect(),
+        Some(_) => Err("[users] must be a table".into()),
+    }
+}
+
+pub(crate) fn valid_user_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && name

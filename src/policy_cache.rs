@@ -35,6 +35,7 @@ use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
 
+use crate::accounts::Accounts;
 use crate::policy::{hex, Policy, PolicyError, UserPolicy};
 
 /// Where the cache lives: root's, on the tmpfs /run on a systemd host (gone at reboot).
@@ -129,6 +130,12 @@ struct Parsed {
 struct UserTables(Vec<u8>);
 
 impl UserTables {
+    /// Whether some user's table pins `uid` (`compile` writes `uid = N` as a line of its own).
+    fn pins_uid(&self, uid: u32) -> bool {
+        let line = format!("uid = {uid}");
+        std::str::from_utf8(&self.0).is_ok_and(|t| t.lines().any(|l| l == line))
+    }
+
     fn find(&self, name: &str) -> Option<&[u8]> {
         let mut rest = &self.0[..];
         while !rest.is_empty() {
@@ -164,7 +171,8 @@ impl RuntimePolicy {
         let before = file.metadata().map_err(read_err)?;
         let mut bytes = Vec::with_capacity(before.len() as usize);
         file.read_to_end(&mut bytes).map_err(read_err)?;
-        let policy = Policy::parse(path, &bytes)?;
+        let mut policy = Policy::parse(path, &bytes)?;
+        policy.apply_groups(&Accounts::host())?;
         let after = file.metadata().map_err(read_err)?;
         let identity = Identity::of(&after);
         let parsed = (identity == Identity::of(&before) && Identity::settled(&after))
@@ -176,30 +184,52 @@ impl RuntimePolicy {
         })
     }
 
-    /// Makes `name`'s `[users]` table present in `self.policy` when the policy came from the
-    /// cache (after a full parse every user is there already). A damaged entry falls back to
-    /// the full parse.
+    /// Makes `name`'s table present in `self.policy` when the policy came from the cache
+    /// (after a full parse every user is there already): their own `[users]` table, put over
+    /// their groups' tables when the policy has any. Membership is read from the host's
+    /// account files now, never cached: a `gpasswd -d` applies to the next create. A damaged
+    /// entry falls back to the full parse.
     pub fn with_user(&mut self, name: &str) -> Result<(), PolicyError> {
+        self.with_user_in(name, Accounts::host)
+    }
+
+    /// [`RuntimePolicy::with_user`] with the account files `accounts` reads (tests).
+    fn with_user_in(
+        &mut self,
+        name: &str,
+        accounts: impl FnOnce() -> Accounts,
+    ) -> Result<(), PolicyError> {
         let Some(users) = &self.users else {
             return Ok(());
         };
-        let Some(body) = users.find(name) else {
-            return Ok(()); // not a user of this policy: the callers refuse as before
-        };
-        match parse_user(body) {
-            Some(user) => {
-                self.policy.users.insert(name.to_string(), user);
-                Ok(())
-            }
-            None => {
+        let own = match users.find(name).map(parse_user) {
+            None => None, // no table of their own: a group's member, or nobody
+            Some(Some(own)) => Some(own),
+            Some(None) => {
                 *self = RuntimePolicy {
                     policy: Policy::load(&self.policy.path)?,
                     users: None,
                     parsed: None,
                 };
-                Ok(())
+                return Ok(());
+            }
+        };
+        let table = own.map(|(table, user)| {
+            self.policy.users.insert(name.to_string(), user);
+            table
+        });
+        if !self.policy.groups.is_empty() {
+            let accounts = accounts();
+            // An account whose uid another user's table pins is that user (as in a full parse).
+            let pinned_elsewhere = table.is_none()
+                && accounts
+                    .uid_of(name)
+                    .is_some_and(|uid| self.users.as_ref().is_some_and(|u| u.pins_uid(uid)));
+            if !pinned_elsewhere {
+                self.policy.resolve_user(name, table.as_ref(), &accounts)?;
             }
         }
+        Ok(())
     }
 
     /// Makes every user's table present: for the checks that compare the owner with all
@@ -230,10 +260,12 @@ impl RuntimePolicy {
     }
 }
 
-fn parse_user(body: &[u8]) -> Option<UserPolicy> {
+/// A cached user table: as written (for merging with group tables) and as read.
+fn parse_user(body: &[u8]) -> Option<(toml::Table, UserPolicy)> {
     let text = std::str::from_utf8(body).ok()?;
     let table: toml::Table = toml::from_str(text).ok()?;
-    table.try_into().ok()
+    let user = table.clone().try_into().ok()?;
+    Some((table, user))
 }
 
 /// The runc a create resolved for the policy at `path` as it is now, if the cache has it and
@@ -516,6 +548,46 @@ gpus = [2]
             Head::parse(&bytes).unwrap().runc,
             Path::new("/usr/bin/runc")
         );
+    }
+
+    #[test]
+    fn a_group_member_resolves_from_an_entry_with_membership_read_each_time() {
+        let text = format!(
+            "{POLICY}[groups.ml]\ngpus = [3]\nmemory = \"8g\"\n[groups.vision]\ngpus = [2]\n"
+        );
+        let (full, p) = parsed(&text);
+        let bytes = compile(&full, &p, Path::new("/usr/bin/runc")).unwrap();
+        let passwd = "dave:x:1004:1004::/home/dave:/bin/sh\nbob:x:1002:1002::/:/bin/sh\n";
+        let member = || Accounts::parse(passwd, "ml:x:3000:dave,bob\nvision:x:3001:dave\n");
+        let mut rp = reload(&bytes);
+        assert!(rp.policy.users.is_empty());
+        // dave has no [users] table: ml's, the first group in the file, gives his GPUs.
+        rp.with_user_in("dave", member).unwrap();
+        let dave = rp
+            .policy
+            .user("dave")
+            .expect("a member is a user from the cache");
+        assert_eq!(dave.gpus.as_slice(), [crate::policy::GpuRef::Number(3)]);
+        assert_eq!(rp.policy.origins["dave"].via["gpus"], "ml");
+        // bob's own gpus win over ml's; ml still gives his memory.
+        rp.with_user_in("bob", member).unwrap();
+        let bob = rp.policy.user("bob").unwrap();
+        assert_eq!(bob.gpus.as_slice(), [crate::policy::GpuRef::Number(2)]);
+        assert_eq!(bob.memory.map(|m| m.0), Some(8 << 30));
+        // erin's account has alice's pinned uid 1001: she is alice, no member of ml apart.
+        let erin = || Accounts::parse("erin:x:1001:1001::/:/bin/sh\n", "ml:x:3000:erin\n");
+        rp.with_user_in("erin", erin).unwrap();
+        assert!(rp.policy.user("erin").is_none());
+        // The same account under no pin is a member.
+        let erin_alone = || Accounts::parse("erin:x:1010:1010::/:/bin/sh\n", "ml:x:3000:erin\n");
+        rp.with_user_in("erin", erin_alone).unwrap();
+        assert!(rp.policy.user("erin").is_some());
+        // The same entry after `gpasswd -d dave ml` and `gpasswd -d dave vision`.
+        let removed = || Accounts::parse(passwd, "ml:x:3000:bob\nvision:x:3001:\n");
+        let mut rp = reload(&bytes);
+        rp.with_user_in("dave", removed).unwrap();
+        assert!(rp.policy.user("dave").is_none());
+        assert!(rp.from_cache());
     }
 
     #[test]

@@ -1,11 +1,13 @@
 //! The policy loader: any bytes as /etc/labgpu/policy.toml, then what the runtime and the
 //! proxy derive from a policy that loads (each user's decision against a two-GPU inventory,
-//! exec's process rules, the proxy's view of the caller, the socket mode, uid lookups).
+//! exec's process rules, the proxy's view of the caller, the socket mode, uid lookups), with
+//! `[groups.*]` members resolved against fixed account files.
 #![no_main]
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use labgpu::accounts::Accounts;
 use labgpu::decide::{decide_for_user, policy_user, process_rules};
 use labgpu::gpu::{DevNode, Gpu, Inventory, Mig};
 use labgpu::policy::{CdiSetting, Policy};
@@ -63,6 +65,14 @@ fuzz_target!(|data: &[u8]| {
     let Ok(mut policy) = Policy::parse(Path::new("/etc/labgpu/policy.toml"), data) else {
         return;
     };
+    // Members of `[groups.*]` tables as a host's account files would make them.
+    let accounts = Accounts::parse(
+        "root:x:0:0::/root:/bin/sh\nalice:x:1001:3000::/home/alice:/bin/sh\n",
+        "root:x:0:\nml:x:3000:bob,root\nvision:x:3001:alice,bob\n",
+    );
+    if policy.apply_groups(&accounts).is_err() {
+        return;
+    }
     // The CDI spec is a file the administrator points at; reading it is not the loader's.
     policy.gpus.cdi_spec = CdiSetting::Off;
     let _ = policy.proxy_or_default().mode();

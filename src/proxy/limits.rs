@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -15,6 +15,7 @@ use bytes::Bytes;
 use hyper::body::{Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
+use crate::accounts::Accounts;
 use crate::policy::{Policy, PolicyError};
 
 /// How long a request's headers may take to arrive.
@@ -25,10 +26,20 @@ pub const BODY_IDLE: Duration = Duration::from_secs(60);
 /// How long the checks of one request (path resolution included) may take.
 pub const CHECK_DEADLINE: Duration = Duration::from_secs(5);
 
-/// The policy, parsed again only when the file's bytes change.
+/// The policy, parsed again only when the file's bytes change, or, for a policy with
+/// `[groups.*]` tables, when the host's account files do (membership is read per request).
 #[derive(Default)]
 pub struct PolicyCache {
-    cached: Mutex<Option<(Vec<u8>, Arc<Policy>)>>,
+    cached: Mutex<Option<Cached>>,
+    /// Where membership is read (the host's files; tests point elsewhere).
+    accounts: Option<(PathBuf, PathBuf)>,
+}
+
+struct Cached {
+    bytes: Vec<u8>,
+    /// The account files the group members were resolved from (groups only).
+    accounts: Option<Accounts>,
+    policy: Arc<Policy>,
 }
 
 impl PolicyCache {
@@ -40,14 +51,42 @@ impl PolicyCache {
             cause,
         })?;
         let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((b, p)) = cached.as_ref() {
-            if *b == bytes {
-                return Ok(p.clone());
-            }
+        let accounts = match cached.as_ref() {
+            Some(c) if c.bytes == bytes => match &c.accounts {
+                None => return Ok(c.policy.clone()),
+                Some(before) => {
+                    let now = self.accounts();
+                    if *before == now {
+                        return Ok(c.policy.clone());
+                    }
+                    Some(now)
+                }
+            },
+            _ => None,
+        };
+        let mut policy = Policy::parse(path, &bytes)?;
+        let accounts = match (policy.groups.is_empty(), accounts) {
+            (true, _) => None,
+            (false, Some(a)) => Some(a),
+            (false, None) => Some(self.accounts()),
+        };
+        if let Some(a) = &accounts {
+            policy.apply_groups(a)?;
         }
-        let policy = Arc::new(Policy::parse(path, &bytes)?);
-        *cached = Some((bytes, policy.clone()));
+        let policy = Arc::new(policy);
+        *cached = Some(Cached {
+            bytes,
+            accounts,
+            policy: policy.clone(),
+        });
         Ok(policy)
+    }
+
+    fn accounts(&self) -> Accounts {
+        match &self.accounts {
+            Some((passwd, group)) => Accounts::read(passwd, group),
+            None => Accounts::host(),
+        }
     }
 }
 
@@ -189,6 +228,26 @@ mod tests {
         assert!(three.user("b").is_some() && three.user("a").is_none());
         write(d.path(), "version = 1 [broken");
         assert!(cache.load(&p).is_err());
+    }
+
+    #[test]
+    fn group_members_follow_the_account_files() {
+        let d = tempfile::tempdir().unwrap();
+        let (passwd, group) = (d.path().join("passwd"), d.path().join("group"));
+        std::fs::write(&passwd, "dave:x:1004:1004::/home/dave:/bin/sh\n").unwrap();
+        std::fs::write(&group, "ml:x:3000:dave\n").unwrap();
+        let cache = PolicyCache {
+            accounts: Some((passwd, group.clone())),
+            ..PolicyCache::default()
+        };
+        let p = write(d.path(), "version = 1\n[groups.ml]\ngpus = [1]\n");
+        let one = cache.load(&p).unwrap();
+        assert_eq!(one.user_for_uid(1004, Some("dave")), Some("dave"));
+        assert!(Arc::ptr_eq(&one, &cache.load(&p).unwrap()));
+        // gpasswd -d dave ml: the next request sees it, with the policy file unchanged.
+        std::fs::write(&group, "ml:x:3000:\n").unwrap();
+        let two = cache.load(&p).unwrap();
+        assert_eq!(two.user_for_uid(1004, Some("dave")), None);
     }
 
     #[test]

@@ -234,6 +234,7 @@ pub fn check_node(policy: &Policy, inventory: &dyn Inventory) -> (Vec<String>, V
     let slurm_users = policy
         .users
         .values()
+        .chain(policy.groups.iter().map(|g| &g.settings))
         .any(|u| policy.gpu_source(u) == GpuSource::Slurm);
     if !slurm_users {
         return (errors, warnings);

@@ -6,6 +6,7 @@ use std::ffi::CString;
 use nix::unistd::{Gid, Group, Uid, User};
 
 use super::subid::{Account, Known};
+use crate::accounts::{Accounts, GroupEntry, PasswdEntry};
 use crate::policy::{GroupRef, Policy};
 
 /// The host account /etc/subuid names the owner by: the passwd entry of `uid`, else the
@@ -50,7 +51,8 @@ pub struct KnownIds {
 pub fn known_ids(policy: &Policy) -> KnownIds {
     let mut uids = Vec::new();
     let mut gids = Vec::new();
-    for (name, uid, gid) in passwd_entries() {
+    let accounts = Accounts::host();
+    for PasswdEntry { name, uid, gid } in accounts.passwd {
         uids.push(Known {
             id: uid,
             who: format!("host user {name}"),
@@ -60,7 +62,7 @@ pub fn known_ids(policy: &Policy) -> KnownIds {
             who: format!("host user {name}'s primary group"),
         });
     }
-    for (name, gid) in group_entries() {
+    for GroupEntry { name, gid, .. } in accounts.groups {
         gids.push(Known {
             id: gid,
             who: format!("host group {name}"),
@@ -84,42 +86,16 @@ pub fn known_ids(policy: &Policy) -> KnownIds {
             }
         }
     }
+    // A group table's groups, even while it has no member on this host.
+    for table in policy.groups.iter() {
+        for g in &table.settings.groups {
+            if let Some(id) = group_gid(g) {
+                gids.push(Known {
+                    id,
+                    who: format!("group {g} of [groups.{}] groups", table.name),
+                });
+            }
+        }
+    }
     KnownIds { uids, gids }
-}
-
-/// The host's account files. Read directly rather than enumerated through NSS, which
-/// loads every module (systemd's costs milliseconds) and which directory services usually
-/// do not enumerate anyway.
-const PASSWD: &str = "/etc/passwd";
-const GROUP: &str = "/etc/group";
-
-/// (name, uid, gid) of every /etc/passwd entry.
-fn passwd_entries() -> Vec<(String, u32, u32)> {
-    colon_file(PASSWD)
-        .filter_map(|f| {
-            Some((
-                f.first()?.to_string(),
-                f.get(2)?.parse().ok()?,
-                f.get(3)?.parse().ok()?,
-            ))
-        })
-        .collect()
-}
-
-/// (name, gid) of every /etc/group entry.
-fn group_entries() -> Vec<(String, u32)> {
-    colon_file(GROUP)
-        .filter_map(|f| Some((f.first()?.to_string(), f.get(2)?.parse().ok()?)))
-        .collect()
-}
-
-/// The colon-separated fields of each line of `path` (none if it cannot be read).
-fn colon_file(path: &str) -> impl Iterator<Item = Vec<String>> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| !l.trim_start().starts_with('#') && !l.trim().is_empty())
-        .map(|l| l.split(':').map(str::to_string).collect())
-        .collect::<Vec<_>>()
-        .into_iter()
 }

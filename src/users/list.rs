@@ -10,6 +10,7 @@ use super::containers::{self, Container};
 use super::host;
 use super::UserError;
 use crate::gpu::{inventory_for, nvml, Inventory, Purpose};
+use crate::groups::Origin;
 use crate::policy::Policy;
 
 /// One user's row.
@@ -24,6 +25,8 @@ pub struct Row {
     pub labgpu_login: bool,
     pub containers: Vec<Container>,
     pub gpu_memory: Option<u64>,
+    /// Where the settings come from; `None`: the user's own `[users]` table alone.
+    pub origin: Option<Origin>,
 }
 
 pub fn list(policy_path: &Path, docker: &Path, as_json: bool) -> Result<(), UserError> {
@@ -72,6 +75,7 @@ fn rows(
                     .cloned()
                     .collect(),
                 gpu_memory: memory.map(|m| m.get(name).copied().unwrap_or(0)),
+                origin: policy.origins.get(name).cloned(),
             }
         })
         .collect()
@@ -79,21 +83,50 @@ fn rows(
 
 /// The user's GPUs as the policy writes them (`"slurm"` for a Slurm user).
 fn gpu_words(policy: &Policy, name: &str) -> Vec<String> {
-    let raw = std::fs::read_to_string(&policy.path).unwrap_or_default();
-    let slurm = super::edit::parse(&raw).ok().is_some_and(|d| {
-        d.get("users")
-            .and_then(|u| u.get(name))
-            .and_then(|u| u.get("gpus"))
-            .and_then(|g| g.as_str())
-            == Some("slurm")
-    });
-    if slurm {
-        return vec!["slurm".into()];
+    match policy.user(name) {
+        Some(u) if u.gpus.is_slurm() => vec!["slurm".into()],
+        Some(u) => u.gpus.iter().map(ToString::to_string).collect(),
+        None => Vec::new(),
     }
-    policy
-        .user(name)
-        .map(|u| u.gpus.iter().map(ToString::to_string).collect())
-        .unwrap_or_default()
+}
+
+/// The POLICY column: `own`, `via G` (a group's table only), `own+G` (both); several groups
+/// joined by `+`.
+fn origin_word(origin: Option<&Origin>) -> String {
+    let Some(o) = origin else {
+        return "own".into();
+    };
+    let groups = o.groups.join("+");
+    if o.own {
+        format!("own+{groups}")
+    } else {
+        format!("via {groups}")
+    }
+}
+
+/// "gpus, memory via group ml; cpus via group vision": which keys each group gave.
+fn via_words(origin: &Origin) -> String {
+    let mut by_group: Vec<(&str, Vec<&str>)> = Vec::new();
+    for g in &origin.groups {
+        let keys: Vec<&str> = origin
+            .via
+            .iter()
+            .filter(|(_, from)| *from == g)
+            .map(|(k, _)| k.as_str())
+            .collect();
+        if !keys.is_empty() {
+            by_group.push((g, keys));
+        }
+    }
+    let parts: Vec<String> = by_group
+        .iter()
+        .map(|(g, keys)| format!("{} via group {g}", keys.join(", ")))
+        .collect();
+    if parts.is_empty() {
+        "nothing via its groups (own keys cover them)".into()
+    } else {
+        parts.join("; ")
+    }
 }
 
 /// GPU memory per owner: NVML's processes, each placed in the running container whose id
@@ -134,8 +167,8 @@ fn mib(bytes: u64) -> String {
 
 fn table(rows: &[Row]) -> String {
     let mut out = format!(
-        "{:<16} {:<8} {:<20} {:<14} {:<8} GPU MEMORY\n",
-        "USER", "UID", "GPUS", "LOGIN", "RUNNING"
+        "{:<16} {:<8} {:<20} {:<14} {:<8} {:<10} POLICY\n",
+        "USER", "UID", "GPUS", "LOGIN", "RUNNING", "GPU MEMORY"
     );
     for r in rows {
         let uid = match (r.uid, r.uid_from_host) {
@@ -158,17 +191,23 @@ fn table(rows: &[Row]) -> String {
         };
         let running = r.containers.iter().filter(|c| c.running).count();
         out.push_str(&format!(
-            "{:<16} {:<8} {:<20} {:<14} {:<8} {}\n",
+            "{:<16} {:<8} {:<20} {:<14} {:<8} {:<10} {}\n",
             r.user,
             uid,
             gpus,
             login,
             running,
-            r.gpu_memory.map(mib).unwrap_or_else(|| "-".into())
+            r.gpu_memory.map(mib).unwrap_or_else(|| "-".into()),
+            origin_word(r.origin.as_ref()),
         ));
     }
     if rows.iter().any(|r| r.uid_from_host) {
         out.push_str("* uid of the host account of that name (the policy pins none)\n");
+    }
+    for r in rows {
+        if let Some(o) = &r.origin {
+            out.push_str(&format!("{}: {}\n", r.user, via_words(o)));
+        }
     }
     out
 }
@@ -189,6 +228,9 @@ fn to_json(rows: &[Row], counted: bool) -> String {
                     "id": c.id, "name": c.name, "running": c.running,
                 })).collect::<Vec<_>>()),
                 "gpu_memory_bytes": r.gpu_memory,
+                "own_table": r.origin.as_ref().is_none_or(|o| o.own),
+                "groups": r.origin.as_ref().map(|o| o.groups.clone()).unwrap_or_default(),
+                "via": r.origin.as_ref().map(|o| o.via.clone()).unwrap_or_default(),
             })
         })
         .collect();
@@ -243,5 +285,35 @@ mod tests {
         assert_eq!(j["users"][1]["containers"][0]["name"], "bob-x");
         let j: serde_json::Value = serde_json::from_str(&to_json(&rows, false)).unwrap();
         assert!(j["users"][0]["running"].is_null());
+        assert_eq!(j["users"][0]["own_table"], true);
+        assert!(t.lines().nth(1).unwrap().ends_with(" own"), "{t}");
+    }
+
+    #[test]
+    fn group_members_are_listed_with_where_their_settings_come_from() {
+        let mut policy = Policy::parse(
+            Path::new("/nonexistent/p.toml"),
+            b"version = 1\n[groups.ml]\ngpus = [1]\nmemory = \"8g\"\n[users.alice]\ngpus = [0]\n",
+        )
+        .unwrap();
+        let accounts = crate::accounts::Accounts::parse(
+            "alice:x:4242:4242::/:/bin/sh\nbob:x:4343:4343::/:/bin/sh\n",
+            "ml:x:5000:alice,bob\n",
+        );
+        policy.apply_groups(&accounts).unwrap();
+        let rows = rows(&policy, None, None);
+        let names: Vec<&str> = rows.iter().map(|r| r.user.as_str()).collect();
+        assert_eq!(names, ["alice", "bob"]);
+        assert_eq!(rows[0].gpus, ["0"]);
+        assert_eq!(rows[1].gpus, ["1"]);
+        let t = table(&rows);
+        assert!(t.contains(" own+ml\n"), "{t}");
+        assert!(t.contains(" via ml\n"), "{t}");
+        assert!(t.contains("alice: memory via group ml\n"), "{t}");
+        assert!(t.contains("bob: gpus, memory via group ml\n"), "{t}");
+        let j: serde_json::Value = serde_json::from_str(&to_json(&rows, false)).unwrap();
+        assert_eq!(j["users"][1]["own_table"], false);
+        assert_eq!(j["users"][1]["groups"][0], "ml");
+        assert_eq!(j["users"][1]["via"]["gpus"], "ml");
     }
 }
