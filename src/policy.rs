@@ -9,6 +9,7 @@ use serde::{Deserialize, Deserializer};
 use sha2::{Digest, Sha256};
 
 use crate::fairshare::{ByteSize, Cpus, PortRange};
+pub use crate::pools::span::Span;
 
 pub const DEFAULT_POLICY_PATH: &str = "/etc/labgpu/policy.toml";
 pub const POLICY_ENV: &str = "LABGPU_POLICY";
@@ -54,6 +55,9 @@ pub struct Policy {
     pub proxy: Option<ProxySection>,
     /// How `gpus = "slurm"` users' containers get their Slurm job's GPUs (`slurm`).
     pub slurm: Option<SlurmSection>,
+    /// GPUs handed out on demand (`[pools.NAME]`), at most `[users.NAME] pools` per user.
+    #[serde(default)]
+    pub pools: BTreeMap<String, PoolSection>,
     #[serde(default)]
     pub users: BTreeMap<String, UserPolicy>,
     /// sha256 of the file's bytes, stamped on every container so drift can be detected.
@@ -707,6 +711,26 @@ pub struct UserPolicy {
     /// Host ports only this user may publish (overlaps with others' are policy errors).
     #[serde(default)]
     pub ports: Vec<PortRange>,
+    /// Pools this user may take GPUs from, with the most they may hold of each at once
+    /// (over all their containers): `pools = { shared = 2 }`.
+    #[serde(default)]
+    pub pools: BTreeMap<String, u32>,
+}
+
+/// `[pools.NAME]`: GPUs no one owns, allocated to a container at create when it asks
+/// (`--gpus N`, `--gpus device=…`, or the `labgpu.gpus` label) and freed when it is gone
+/// (see `crate::pools`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSection {
+    pub gpus: Vec<GpuRef>,
+    /// Several containers may hold one GPU at once (default: one container per GPU).
+    #[serde(default)]
+    pub shared: bool,
+    /// `labgpu reclaim` stops a container whose pool GPUs were idle this long.
+    pub idle_after: Option<Span>,
+    /// `labgpu reclaim` stops a container that has held a pool GPU this long.
+    pub max_runtime: Option<Span>,
 }
 
 /// `session = { image = "…", stop_on_exit = false, shell = "/bin/bash" }`: the container a
@@ -914,6 +938,7 @@ impl Policy {
             }
         }
         policy.check_slurm().map_err(invalid)?;
+        crate::pools::check_policy(&policy).map_err(invalid)?;
         crate::fairshare::check_ports(&policy).map_err(invalid)?;
         let pids = std::iter::once(("[defaults]".to_string(), policy.defaults.pids)).chain(
             policy
@@ -1055,7 +1080,7 @@ impl Policy {
     }
 }
 
-fn valid_user_name(name: &str) -> bool {
+pub(crate) fn valid_user_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && name

@@ -147,7 +147,9 @@ pub(crate) mod testing {
                 node("nvidiactl", 195, 255),
                 node("nvidia-uvm", 511, 0),
             ],
-            nvidia_majors: BTreeSet::from([195, 511]),
+            grants: Vec::new(),
+        pool_gpus: Vec::new(),
+        nvidia_majors: BTreeSet::from([195, 511]),
             extra_devices: Vec::new(),
             process: ProcessRules {
                 capabilities: ["CAP_CHOWN", "CAP_KILL", "CAP_SETUID"]

@@ -1,0 +1,1 @@
+//! Idle and overlong holders of pool GPUs (see `labgpu reclaim`).
