@@ -13,6 +13,7 @@
 //! `--results` collects `key value` lines that `summary` turns into the table of targets.
 
 mod common;
+mod proxy;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -69,6 +70,9 @@ fn main() {
         "verify" => verify(&o),
         "userns" => userns(&o),
         "docker" => docker(&o),
+        "callgrind" => callgrind(&o),
+        "proxy" => proxy::run(&o),
+        "proxy-worker" => proxy::worker(&o),
         "summary" => summary(&o),
         other => {
             eprintln!("timings: unknown subcommand {other:?}");
@@ -319,60 +323,231 @@ fn create(o: &Opts) {
     null_runc(o, &dir, &dev, &bundle, &original, &mut res);
 }
 
+/// The null-runc fixture: `[runtime] runc = /bin/true`, policies of 10 and 1000 users with a
+/// CDI spec, and the argv of one create and one passthrough (`delete -f`).
+struct NullFixture {
+    policies: [PathBuf; 2],
+    create: Vec<std::ffi::OsString>,
+    delete: Vec<std::ffi::OsString>,
+}
+
+fn null_fixture(dir: &Path, dev: &Path, bundle: &Path) -> NullFixture {
+    let truth = PathBuf::from("/bin/true");
+    let cdi = cdi_fixture(dir);
+    let policies = [10, 1000].map(|users| write_policy_cdi(dir, users, dev, Some(&truth), &cdi));
+    // labgpu caches a policy only once its ctime is SETTLE old (src/policy_cache.rs): let the
+    // fresh files settle, as an admin's policy has, so the steady state is what is timed.
+    std::thread::sleep(labgpu::policy_cache::SETTLE + Duration::from_millis(100));
+    let root = dir.join("null-root");
+    let os = |s: &str| std::ffi::OsString::from(s);
+    NullFixture {
+        policies,
+        create: vec![
+            os("--root"),
+            root.clone().into(),
+            os("create"),
+            os("--bundle"),
+            bundle.into(),
+            os("bench-null"),
+        ],
+        delete: vec![
+            os("--root"),
+            root.into(),
+            os("delete"),
+            os("-f"),
+            os("bench-null"),
+        ],
+    }
+}
+
 /// labgpu's own latency without runc's jitter (several ms per create): `[runtime] runc` is
 /// /bin/true, compared with running /bin/true with the same argv. What is left is exactly
-/// what labgpu adds: its exec, the policy, the rewrite, its exec of "runc".
+/// what labgpu adds: its exec, the policy, the rewrite, its exec of "runc". Passthroughs are
+/// also compared with the floor (`--floor`): a static binary that only execs /bin/true, the
+/// least any wrapper process costs.
 fn null_runc(o: &Opts, dir: &Path, dev: &Path, bundle: &Path, original: &[u8], res: &mut Results) {
     let labgpu = o.path("labgpu");
     let truth = PathBuf::from("/bin/true");
-    let policy = write_policy(dir, 8, dev, Some(&truth));
+    let floor = o.0.get("floor").map(PathBuf::from).filter(|f| f.is_file());
+    let f = null_fixture(dir, dev, bundle);
     let config = bundle.join("config.json");
     let errfile = dir.join("stderr");
-    let root = dir.join("null-root");
     let runs = o.num("null-runs", 300);
-    let create: Vec<&std::ffi::OsStr> = vec![
-        "--root".as_ref(),
-        root.as_os_str(),
-        "create".as_ref(),
-        "--bundle".as_ref(),
-        bundle.as_os_str(),
-        "bench-null".as_ref(),
+    let [p10, p1000] = &f.policies;
+    let create: Vec<&std::ffi::OsStr> = f.create.iter().map(|a| a.as_os_str()).collect();
+    let delete: Vec<&std::ffi::OsStr> = f.delete.iter().map(|a| a.as_os_str()).collect();
+    // (name, program, policy, argv); the policy matters to labgpu only.
+    let (truth, labgpu, p10, p1000) = (
+        truth.as_path(),
+        labgpu.as_path(),
+        p10.as_path(),
+        p1000.as_path(),
+    );
+    let (create, delete) = (create.as_slice(), delete.as_slice());
+    let mut arms: Vec<(&str, &Path, &Path, &[&std::ffi::OsStr])> = vec![
+        ("true create", truth, p10, create),
+        ("labgpu create 10", labgpu, p10, create),
+        ("labgpu create 1000", labgpu, p1000, create),
+        ("true delete", truth, p10, delete),
+        ("labgpu delete 10", labgpu, p10, delete),
+        ("labgpu delete 1000", labgpu, p1000, delete),
     ];
-    let delete: Vec<&std::ffi::OsStr> = vec![
-        "--root".as_ref(),
-        root.as_os_str(),
-        "delete".as_ref(),
-        "-f".as_ref(),
-        "bench-null".as_ref(),
-    ];
-    let mut t: [Vec<Duration>; 4] = Default::default();
+    if let Some(fl) = &floor {
+        arms.push(("floor delete", fl.as_path(), p10, delete));
+    }
+    let mut t: Vec<Vec<Duration>> = vec![Vec::new(); arms.len()];
+    let n = arms.len();
     for i in 0..runs + 10 {
-        let order: [(usize, &Path, &[&std::ffi::OsStr]); 4] = [
-            (0, &truth, &create),
-            (1, &labgpu, &create),
-            (2, &truth, &delete),
-            (3, &labgpu, &delete),
-        ];
-        for k in 0..4 {
-            let (slot, prog, args) = order[if i % 2 == 0 { k } else { 3 - k }];
+        for k in 0..n {
+            // Rotate and reverse the order run by run, so no arm always follows another.
+            let k = if i % 2 == 0 {
+                (k + i) % n
+            } else {
+                (n - 1 - k + i) % n
+            };
+            let (_, prog, policy, args) = arms[k];
             std::fs::write(&config, original).unwrap();
-            let d = timed(prog, &policy, args, &errfile);
+            let d = timed(prog, policy, args, &errfile);
             if i >= 10 {
-                t[slot].push(d);
+                t[k].push(d);
             }
         }
     }
-    println!("-- labgpu alone: [runtime] runc = /bin/true vs /bin/true itself, {runs} interleaved runs each");
+    for p in &f.policies {
+        if !labgpu::policy_cache::entry_path(p).is_file() {
+            println!(
+                "   warning: no policy cache entry for {}: every run parsed the policy",
+                p.display()
+            );
+        }
+    }
+    println!("-- labgpu alone: [runtime] runc = /bin/true vs /bin/true itself, CDI spec present, {runs} interleaved runs each");
     let names = ["true", "labgpu"];
-    compare_named(res, "null_create", "create", names, &t[0], &t[1]);
+    compare_named(res, "null_create", "create, 10 users", names, &t[0], &t[1]);
+    compare_named(
+        res,
+        "null_create_1000",
+        "create, 1000 users",
+        names,
+        &t[0],
+        &t[2],
+    );
     compare_named(
         res,
         "null_delete",
-        "delete -f (passthrough)",
+        "delete -f, 10 users",
         names,
-        &t[2],
         &t[3],
+        &t[4],
     );
+    compare_named(
+        res,
+        "null_delete_1000",
+        "delete -f, 1000 users",
+        names,
+        &t[3],
+        &t[5],
+    );
+    if floor.is_some() {
+        let names = ["true", "floor"];
+        compare_named(
+            res,
+            "floor",
+            "a process that only execs",
+            names,
+            &t[3],
+            &t[6],
+        );
+        let names = ["floor", "labgpu"];
+        compare_named(res, "pass_10", "passthrough, 10 users", names, &t[6], &t[4]);
+        compare_named(
+            res,
+            "pass_1000",
+            "passthrough, 1000 users",
+            names,
+            &t[6],
+            &t[5],
+        );
+    } else {
+        println!("   (no --floor binary: the passthrough-vs-floor comparison is skipped)");
+    }
+}
+
+/// Instructions (valgrind --tool=callgrind) labgpu executes for one create and one
+/// passthrough, up to its exec of runc: repeatable to a fraction of a percent whatever the
+/// load, so a regression shows here when timings are too noisy to tell.
+fn callgrind(o: &Opts) {
+    let labgpu = o.path("labgpu");
+    let dir = o.path("tmp").join("callgrind");
+    let dev = fake_gpus(&dir);
+    let runc = runc_path().expect("runc is not installed");
+    let bundle = dir.join("bundle");
+    std::fs::create_dir_all(&bundle).unwrap();
+    let original = bundle_spec(&bundle, &runc, &["true"]);
+    let f = null_fixture(&dir, &dev, &bundle);
+    let floor = o.0.get("floor").map(PathBuf::from).filter(|f| f.is_file());
+    let mut res = Results::open(o);
+    println!("\n== instructions up to the exec of runc (valgrind --tool=callgrind, runc = /bin/true, CDI spec present)");
+    let (l, p10, p1000) = (
+        labgpu.as_path(),
+        f.policies[0].as_path(),
+        f.policies[1].as_path(),
+    );
+    let (create, delete) = (f.create.as_slice(), f.delete.as_slice());
+    let mut cases: Vec<(&str, &Path, &Path, &[std::ffi::OsString])> = vec![
+        ("create_10", l, p10, create),
+        ("create_1000", l, p1000, create),
+        ("delete_10", l, p10, delete),
+        ("delete_1000", l, p1000, delete),
+    ];
+    if let Some(fl) = &floor {
+        cases.push(("floor", fl.as_path(), p10, delete));
+    }
+    for (name, prog, policy, args) in cases {
+        // Once plain, so the policy cache is written, as on a host that has run containers.
+        std::fs::write(bundle.join("config.json"), &original).unwrap();
+        let args_ref: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        timed(prog, policy, &args_ref, &dir.join("stderr"));
+        std::fs::write(bundle.join("config.json"), &original).unwrap();
+        let out = dir.join(format!("cg.{name}"));
+        let status = Command::new("valgrind")
+            .args(["--tool=callgrind", "--dump-before=execve*"])
+            .arg(format!("--callgrind-out-file={}", out.display()))
+            .arg(prog)
+            .args(args)
+            .env("LABGPU_POLICY", policy)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if !status.is_ok_and(|s| s.success()) {
+            println!("{name:<12} valgrind failed; skipped");
+            continue;
+        }
+        // --dump-before writes <out>.1 at the exec; <out> itself holds what ran after it.
+        let dumped = std::fs::read_to_string(format!("{}.1", out.display())).unwrap_or_default();
+        let Some(ir) = dumped
+            .lines()
+            .find_map(|l| l.strip_prefix("summary: "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+        else {
+            println!("{name:<12} no callgrind dump at the exec; skipped");
+            continue;
+        };
+        println!("{name:<12} {:>12} instructions", group_digits(ir));
+        res.put(&format!("callgrind.{name}"), ir as f64);
+    }
+}
+
+fn group_digits(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -426,30 +601,7 @@ fn verify(o: &Opts) {
             live.ids.push(id);
         }
         let started = t.elapsed();
-        let mut times = Vec::new();
-        let mut last = Value::Null;
-        for r in 0..=repeats {
-            let t = Instant::now();
-            let out = Command::new(&labgpu)
-                .arg("verify")
-                .arg("--policy")
-                .arg(&policy)
-                .arg("--root")
-                .arg(&root)
-                .arg("--json")
-                .output()
-                .unwrap();
-            let elapsed = t.elapsed();
-            last = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-                panic!(
-                    "verify output: {e}: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                )
-            });
-            if r > 0 {
-                times.push(elapsed); // the first run warms the page cache
-            }
-        }
+        let (times, last) = time_verify(&labgpu, &policy, &root, repeats);
         let summary = &last["summary"];
         let (p50, p95) = stats(&times);
         println!(
@@ -478,6 +630,9 @@ fn verify(o: &Opts) {
             res.put("verify.per_container_ms", per);
         }
     }
+    if let Some(n) = o.0.get("fixtures").and_then(|n| n.parse::<usize>().ok()) {
+        verify_fixtures(&labgpu, &policy, &root, &dir, n, repeats, &mut res);
+    }
     let t = Instant::now();
     let n = live.ids.len();
     drop(live);
@@ -485,6 +640,95 @@ fn verify(o: &Opts) {
         "({n} containers deleted in {:.1} s)",
         t.elapsed().as_secs_f64()
     );
+}
+
+/// `labgpu verify --json` on `root`, `repeats` times after one that warms the page cache:
+/// the times and the last report.
+fn time_verify(
+    labgpu: &Path,
+    policy: &Path,
+    root: &Path,
+    repeats: usize,
+) -> (Vec<Duration>, Value) {
+    let mut times = Vec::new();
+    let mut last = Value::Null;
+    for r in 0..=repeats {
+        let t = Instant::now();
+        let out = Command::new(labgpu)
+            .arg("verify")
+            .arg("--policy")
+            .arg(policy)
+            .arg("--root")
+            .arg(root)
+            .arg("--json")
+            .output()
+            .unwrap();
+        let elapsed = t.elapsed();
+        last = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "verify output: {e}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        if r > 0 {
+            times.push(elapsed);
+        }
+    }
+    (times, last)
+}
+
+/// verify over `n` containers when that many real ones do not fit the machine: runc state
+/// directories copied from the running containers under `live_root`, each with its own id,
+/// so that every one is audited in full against a live init process (its /proc files, its
+/// mounts, its device cgroup), as a real container would be.
+fn verify_fixtures(
+    labgpu: &Path,
+    policy: &Path,
+    live_root: &Path,
+    dir: &Path,
+    n: usize,
+    repeats: usize,
+    res: &mut Results,
+) {
+    let mut states: Vec<Value> = std::fs::read_dir(live_root)
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("state.json")).ok())
+        .filter_map(|b| serde_json::from_slice(&b).ok())
+        .collect();
+    states.sort_by_key(|s: &Value| s["id"].as_str().unwrap_or_default().to_string());
+    if states.is_empty() {
+        println!("verify fixtures: no running container to copy; skipped");
+        return;
+    }
+    let root = dir.join("fixture-root");
+    let _ = std::fs::remove_dir_all(&root);
+    for i in 0..n {
+        let mut state = states[i % states.len()].clone();
+        let id = format!("bench-f{i}");
+        state["id"] = Value::String(id.clone());
+        let d = root.join(&id);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("state.json"), state.to_string()).unwrap();
+    }
+    let (times, last) = time_verify(labgpu, policy, &root, repeats);
+    let (p50, p95) = stats(&times);
+    let summary = &last["summary"];
+    println!(
+        "verify {n:>4} containers: median {:7.3} s  p95 {:7.3} s  ({} ok, {} violations, {} errors; runc state fixtures copied from {} running containers)",
+        p50 / 1e3,
+        p95 / 1e3,
+        summary["ok"],
+        summary["violations"],
+        summary["errors"],
+        states.len()
+    );
+    if summary["ok"].as_u64() != Some(n as u64) {
+        println!("   warning: not every container audited ok: {summary}");
+    }
+    res.put("verify.fixtures.n", n as f64);
+    res.put("verify.fixtures.s", p50 / 1e3);
+    let _ = std::fs::remove_dir_all(&root);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -822,15 +1066,128 @@ fn summary(o: &Opts) {
             "info".into(),
         ]);
     }
-    if let (Some(c), Some(d)) = (
-        r.get("null_create.diff_p50_ms"),
+    for (key, users) in [("null_create", 10), ("null_create_1000", 1000)] {
+        if let (Some(c), Some(p)) = (
+            r.get(&*format!("{key}.diff_p50_ms")),
+            r.get(&*format!("{key}.diff_p95_ms")),
+        ) {
+            rows.push([
+                format!("labgpu's own create, {users} users, CDI"),
+                format!("{c:+.2} ms p50, {p:+.2} ms p95 (runc=true)"),
+                "<= 1 / 2 ms".into(),
+                verdict(*c <= 1.0 && *p <= 2.0).into(),
+            ]);
+        }
+    }
+    for (key, users) in [("pass_10", 10), ("pass_1000", 1000)] {
+        if let (Some(d), Some(f)) = (
+            r.get(&*format!("{key}.diff_p50_ms")),
+            r.get("floor.diff_p50_ms"),
+        ) {
+            rows.push([
+                format!("passthrough over the floor, {users} users"),
+                format!("{d:+.2} ms p50 (floor: {f:+.2} ms over true)"),
+                "<= 0.3 ms".into(),
+                verdict(*d <= 0.3).into(),
+            ]);
+        }
+    }
+    if let (Some(a), Some(b)) = (
         r.get("null_delete.diff_p50_ms"),
+        r.get("null_delete_1000.diff_p50_ms"),
     ) {
         rows.push([
-            "labgpu's own latency, p50 (runc=true)".into(),
-            format!("create {c:+.2} ms, delete {d:+.2} ms"),
-            "<= 1 ms".into(),
-            verdict(*c <= 1.0).into(),
+            "  passthrough 1000 vs 10 users".into(),
+            format!("{:+.2} ms", b - a),
+            "-".into(),
+            "info".into(),
+        ]);
+    }
+    // Instruction budgets: about 1.5x what this code executes (docs/performance.md), so a
+    // regression shows whatever the load; they move with glibc and the Rust toolchain too.
+    for (key, label, budget) in [
+        (
+            "callgrind.create_10",
+            "instructions: create, 10 users",
+            CREATE_BUDGET,
+        ),
+        (
+            "callgrind.create_1000",
+            "instructions: create, 1000 users",
+            CREATE_BUDGET,
+        ),
+        (
+            "callgrind.delete_10",
+            "instructions: passthrough, 10 users",
+            PASS_BUDGET,
+        ),
+        (
+            "callgrind.delete_1000",
+            "instructions: passthrough, 1000 users",
+            PASS_BUDGET,
+        ),
+    ] {
+        if let Some(ir) = r.get(key) {
+            rows.push([
+                label.into(),
+                group_digits(*ir as u64),
+                format!("<= {}", group_digits(budget)),
+                verdict(*ir <= budget as f64).into(),
+            ]);
+        }
+    }
+    if let Some(ir) = r.get("callgrind.floor") {
+        rows.push([
+            "  instructions: the floor".into(),
+            group_digits(*ir as u64),
+            "-".into(),
+            "info".into(),
+        ]);
+    }
+    for (key, label) in [
+        ("proxy_ps", "proxy: ps -a of 50 containers"),
+        ("proxy_inspect", "proxy: inspect"),
+        ("proxy_run", "proxy: create+start+rm"),
+        ("proxy_cp", "proxy: docker cp 1 GiB"),
+    ] {
+        if let (Some(x), Some(d)) = (
+            r.get(&*format!("{key}.ratio_p50")),
+            r.get(&*format!("{key}.diff_p50_ms")),
+        ) {
+            rows.push([
+                label.into(),
+                format!("x{x:.3} ({d:+.2} ms p50)"),
+                "<= x1.10".into(),
+                verdict(*x <= 1.10).into(),
+            ]);
+        }
+    }
+    if let Some(x) = r.get("proxy_throughput.ratio") {
+        rows.push([
+            "proxy: 200 clients, 4 users".into(),
+            format!(
+                "x{x:.3} of dockerd's req/s ({:.0} vs {:.0})",
+                r.get("proxy_throughput.proxy").unwrap_or(&0.0),
+                r.get("proxy_throughput.direct").unwrap_or(&0.0)
+            ),
+            ">= x0.90".into(),
+            verdict(*x >= 0.9).into(),
+        ]);
+    }
+    if let Some(k) = r.get("proxy_idle_kib") {
+        rows.push([
+            "  proxy: memory per idle connection".into(),
+            format!("{k:.1} KiB"),
+            "-".into(),
+            "info".into(),
+        ]);
+    }
+    if let (Some(n), Some(s)) = (r.get("verify.fixtures.n"), r.get("verify.fixtures.s")) {
+        rows.push([
+            format!("verify, {n} containers (state fixtures)"),
+            format!("{s:.3} s"),
+            "< 1 s".into(),
+            verdict(*s < 1.0).into(),
         ]);
     }
     if let (Some(p), Some(w)) = (
@@ -971,4 +1328,13 @@ fn summary(o: &Opts) {
     for row in &rows {
         line([&row[0], &row[1], &row[2], &row[3]]);
     }
+    let misses = rows.iter().filter(|r| r[3] == "MISS").count();
+    if o.0.contains_key("check") && misses > 0 {
+        eprintln!("bench --check: {misses} goal(s) missed");
+        std::process::exit(1);
+    }
 }
+
+/// Instructions up to the exec of runc (see `callgrind`), over which `--check` fails.
+const CREATE_BUDGET: u64 = 8_000_000;
+const PASS_BUDGET: u64 = 650_000;

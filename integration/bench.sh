@@ -1,36 +1,59 @@
 #!/usr/bin/env bash
-# What labgpu costs, measured against bare runc in the same run (issue 8). As root:
+# What labgpu costs, measured against bare runc in the same run (issues 8 and 22). As root:
 #
-#   bash integration/bench.sh
+#   bash integration/bench.sh            # prints the table of goals; exits 0 whatever it shows
+#   bash integration/bench.sh --check    # the same, exiting 1 when a goal is missed
 #
 # 1. Criterion (benches/rewrite.rs): labgpu's in-process share of a create, the atomic write
 #    alone, and policy load at 10/100/1000 users.
 # 2. benches/timings.rs: `runc create`+`delete -f` vs `labgpu create`+`delete -f` on the same
-#    busybox bundle (fake GPUs, 8-user policy), interleaved; `labgpu verify` over 10/50/200
-#    running containers; `runc create` vs `labgpu create` with userns = "owner" on an
-#    overlay2 layout of 1 and 10 layers (a test account with a subordinate range is made for
-#    it); `docker run --rm` through a private dockerd (lib.sh) with `--runtime runc` vs
-#    `--runtime labgpu`, interleaved.
-# 3. A table of the targets with pass/MISS.
+#    busybox bundle (fake GPUs, 8-user policy), interleaved; labgpu with runc = /bin/true
+#    (10- and 1000-user policies, a CDI spec) against /bin/true and against the floor, a
+#    static C program that only execs (built here with gcc -static); callgrind instruction
+#    counts of one create and one passthrough (valgrind); `labgpu verify` over 10/50 running
+#    containers and 1000 runc state fixtures; `docker run --rm` through a private dockerd
+#    (lib.sh) with `--runtime runc` vs `--runtime labgpu`; `labgpu proxy` vs dockerd's own
+#    socket (ps, inspect, create+start+rm, a 1 GiB docker cp, 200 clients over 4 users,
+#    memory per idle connection). Every comparison interleaves its arms.
+# 3. A table of the goals with pass/MISS.
 #
-# Knobs: LABGPU_BENCH_RUNS (create runs per arm, 100), LABGPU_BENCH_DOCKER_RUNS (100),
-# LABGPU_BENCH_COUNTS (10,50,200), LABGPU_BENCH_SKIP_DOCKER=1, LABGPU_E2E_SKIP_BUILD=1,
-# LABGPU_BENCH_DISK=1 (bundles on disk, not on a tmpfs like Docker's /run),
-# LABGPU_BENCH_USERNS_LAYERS (1,10), LABGPU_BENCH_SKIP_USERNS=1.
+# Knobs: LABGPU_BENCH_RUNS (create runs per arm, 60), LABGPU_BENCH_DOCKER_RUNS (60),
+# LABGPU_BENCH_COUNTS (10,50), LABGPU_BENCH_FIXTURES (1000), LABGPU_BENCH_CP_MIB (1024),
+# LABGPU_BENCH_SKIP_DOCKER=1 (no docker run, no proxy), LABGPU_BENCH_SKIP_PROXY=1,
+# LABGPU_BENCH_ONLY=proxy (the proxy's part alone),
+# LABGPU_BENCH_USERNS_LAYERS (1,10: `runc create` vs labgpu with userns = "owner" on an
+# overlay2 layout of that many layers, as a test account with a subordinate range),
+# LABGPU_BENCH_SKIP_USERNS=1, LABGPU_E2E_SKIP_BUILD=1, LABGPU_BENCH_DISK=1 (bundles on disk, not on a tmpfs like
+# Docker's /run).
 # Everything lives in /tmp/labgpu-bench.XXXX and is removed at the end, containers included.
 set -euo pipefail
 
 # shellcheck source=integration/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-RUNS="${LABGPU_BENCH_RUNS:-100}"
-DOCKER_RUNS="${LABGPU_BENCH_DOCKER_RUNS:-100}"
-COUNTS="${LABGPU_BENCH_COUNTS:-10,50,200}"
+RUNS="${LABGPU_BENCH_RUNS:-60}"
+DOCKER_RUNS="${LABGPU_BENCH_DOCKER_RUNS:-60}"
+COUNTS="${LABGPU_BENCH_COUNTS:-10,50}"
+FIXTURES="${LABGPU_BENCH_FIXTURES:-1000}"
+CP_MIB="${LABGPU_BENCH_CP_MIB:-1024}"
+CHECK=()
+for arg in "$@"; do
+    case $arg in
+    --check) CHECK=(--check 1) ;;
+    *)
+        echo "usage: bash integration/bench.sh [--check]" >&2
+        exit 2
+        ;;
+    esac
+done
+# The proxy's benchmark users: uids with no passwd entry, named by the policy alone.
+PROXY_UIDS=(30000 30001 30002 30003)
 
 bench_teardown() {
     local rc=$? root id
     trap - EXIT INT TERM
     [[ -n $LG_TMP && -d $LG_TMP ]] || exit "$rc"
+    lg_stop_own_proxy
     lg_stop_dockerd
     lg_remove_bench_user
     # timings.rs deletes its containers itself; this is for a run killed midway.
@@ -47,6 +70,29 @@ bench_teardown() {
         rm -rf "$LG_TMP"
     fi
     exit "$rc"
+}
+
+# The proxy against dockerd: the runtime's policy gains four users known by uid only, the
+# [proxy] table, and unlabeled = "no-gpu" (containers created straight on dockerd's socket
+# then run, GPU-less, as the proxy's do for these users). dockerd's socket is opened to them
+# for the run: the worker compares both sides from one process.
+proxy_bench() {
+    local k
+    {
+        sed 's/^unlabeled = .*/unlabeled = "no-gpu"/' "$LG_TMP/policy.toml"
+        for k in "${!PROXY_UIDS[@]}"; do
+            printf '\n[users.pb%s]\nuid = %s\ngid = %s\ngpus = []\n' "$k" "${PROXY_UIDS[$k]}" "${PROXY_UIDS[$k]}"
+        done
+        printf '\n[proxy]\nstate_dir = "%s"\n' "$LG_TMP/state"
+    } >"$LG_TMP/policy.toml.new"
+    mv "$LG_TMP/policy.toml.new" "$LG_TMP/policy.toml"
+    LG_POLICY="$LG_TMP/policy.toml"
+    lg_start_own_proxy
+    chmod 666 "$LG_SOCK"
+    timings proxy --direct "$LG_SOCK" --proxy "$LG_PSOCK" --proxy-pid "$LG_PROXY_PID" \
+        --image "$LG_IMAGE" --uids "$(IFS=,; echo "${PROXY_UIDS[*]}")" --cp-mib "$CP_MIB"
+    chmod 660 "$LG_SOCK"
+    lg_stop_own_proxy
 }
 
 # The owner of the userns benchmark: a host account of this run with a subordinate range.
@@ -66,7 +112,7 @@ lg_check_toolchain
 cd "$LG_REPO"
 lg_build
 lg_say "cargo bench --no-run"
-cargo bench --quiet --no-run 2>/dev/null || lg_die "cargo bench --no-run failed"
+cargo bench --quiet --no-run --bench rewrite --bench timings 2>/dev/null || lg_die "cargo bench --no-run failed"
 lg_mktmp /tmp/labgpu-bench
 RESULTS="$LG_TMP/results"
 # Bundles and runc state where Docker keeps them: under /run, a tmpfs on systemd hosts (fsync
@@ -90,6 +136,8 @@ echo "docker:  $(dockerd --version)"
 echo "load:    $(cut -d' ' -f1-3 /proc/loadavg) (1/5/15 min) at start"
 echo "bundles: $BENCH_DIR ($(stat -f -c %T "$BENCH_DIR"))"
 
+ONLY="${LABGPU_BENCH_ONLY:-}"
+if [[ -z $ONLY ]]; then
 echo
 echo "== criterion: labgpu in-process (benches/rewrite.rs); full output in target/bench-criterion.log"
 # Stale estimates must not reach the table.
@@ -102,8 +150,22 @@ cargo bench --quiet --bench rewrite -- --warm-up-time 1 --measurement-time 3 \
 }
 grep -E 'time:|skipped' target/bench-criterion.log
 
-timings create --labgpu "$LG_BIN" --tmp "$BENCH_DIR" --runs "$RUNS"
-timings verify --labgpu "$LG_BIN" --tmp "$BENCH_DIR" --counts "$COUNTS"
+# The floor: the least a process that only execs runc costs (static, no dynamic loader).
+FLOOR=()
+printf '#include <unistd.h>\nint main(int c, char **v) { (void)c; execv("/bin/true", v); return 127; }\n' \
+    >"$LG_TMP/floor.c"
+if gcc -O2 -static -o "$LG_TMP/floor" "$LG_TMP/floor.c" 2>"$LG_TMP/floor.err"; then
+    FLOOR=(--floor "$LG_TMP/floor")
+else
+    lg_say "gcc -static failed (apt-get install gcc libc6-dev): no floor arm"
+fi
+timings create --labgpu "$LG_BIN" --tmp "$BENCH_DIR" --runs "$RUNS" "${FLOOR[@]}"
+if command -v valgrind >/dev/null; then
+    timings callgrind --labgpu "$LG_BIN" --tmp "$BENCH_DIR" "${FLOOR[@]}"
+else
+    lg_say "valgrind not installed (apt-get install valgrind): no instruction counts"
+fi
+timings verify --labgpu "$LG_BIN" --tmp "$BENCH_DIR" --counts "$COUNTS" --fixtures "$FIXTURES"
 if [[ ${LABGPU_BENCH_SKIP_USERNS:-0} != 1 ]]; then
     # Layers on disk as Docker keeps them ($LG_TMP, not the tmpfs: tmpfs layers would flatter).
     BENCH_USER="lgt-$LG_RUN_ID-bench"
@@ -114,21 +176,30 @@ if [[ ${LABGPU_BENCH_SKIP_USERNS:-0} != 1 ]]; then
         --layers "${LABGPU_BENCH_USERNS_LAYERS:-1,10}" --owner-uid "$(id -u "$BENCH_USER")"
     lg_remove_bench_user
 fi
+fi
 
 if [[ ${LABGPU_BENCH_SKIP_DOCKER:-0} != 1 ]]; then
     lg_make_fake_gpus "$LG_TMP/dev"
     timings policy --users 8 --dev "$LG_TMP/dev" --log "$LG_TMP/labgpu.log" \
         --out "$LG_TMP/policy.toml"
+    # The owner label is read from the private dockerd's data root, pinned by the policy.
+    sed -i "/^\[runtime\]/a docker_root = \"$LG_DATA_ROOT\"" "$LG_TMP/policy.toml"
     # labgpu registered by its own path, as the .deb does (no wrapper shell in the way);
     # the policy reaches it through the daemons' environment.
     lg_write_daemon_json labgpu "$LG_BIN"
     LG_DAEMON_ENV=("LABGPU_POLICY=$LG_TMP/policy.toml")
     lg_start_dockerd
-    lg_make_image
-    timings docker --runs "$DOCKER_RUNS" --image "$LG_IMAGE" --docker "$LG_DOCKER_CLI"
-    grep -q 'create allowed' "$LG_TMP/labgpu.log" || lg_die "labgpu's log shows no create: was it in the path?"
+    # No test accounts here: the image's passwd needs none.
+    LG_TEST_USERS="" lg_make_image
+    if [[ -z $ONLY ]]; then
+        timings docker --runs "$DOCKER_RUNS" --image "$LG_IMAGE" --docker "$LG_DOCKER_CLI"
+        grep -q 'create allowed' "$LG_TMP/labgpu.log" || lg_die "labgpu's log shows no create: was it in the path?"
+    fi
+    if [[ ${LABGPU_BENCH_SKIP_PROXY:-0} != 1 ]]; then
+        proxy_bench
+    fi
 fi
 
 echo
 echo "load:    $(cut -d' ' -f1-3 /proc/loadavg) (1/5/15 min) at the end"
-timings summary --criterion "$LG_REPO/target/criterion"
+timings summary --criterion "$LG_REPO/target/criterion" "${CHECK[@]}"

@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::gpu::Gpu;
 use crate::policy::CdiSetting;
@@ -58,7 +58,7 @@ pub enum CdiError {
     },
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 struct SpecFile {
     kind: String,
@@ -68,7 +68,7 @@ struct SpecFile {
     container_edits: EditsFile,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 struct DeviceFile {
     name: String,
@@ -76,7 +76,7 @@ struct DeviceFile {
     container_edits: EditsFile,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 struct EditsFile {
     #[serde(default)]
@@ -89,12 +89,12 @@ struct EditsFile {
     hooks: Vec<Hook>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 struct NodeFile {
     path: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Mount {
     pub host_path: PathBuf,
@@ -103,7 +103,7 @@ pub struct Mount {
     pub options: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Hook {
     pub hook_name: String,
@@ -172,7 +172,11 @@ fn load(path: &Path) -> Result<SpecFile, CdiError> {
         path: path.to_path_buf(),
         reason,
     })?;
-    let bytes = std::fs::read(resolved).map_err(read)?;
+    let meta = std::fs::metadata(&resolved).map_err(read)?;
+    if let Some(spec) = compiled::get(&resolved, &meta) {
+        return Ok(spec);
+    }
+    let bytes = std::fs::read(&resolved).map_err(read)?;
     let malformed = |reason: String| CdiError::Malformed {
         path: path.to_path_buf(),
         reason,
@@ -188,7 +192,52 @@ fn load(path: &Path) -> Result<SpecFile, CdiError> {
             spec.kind
         )));
     }
+    compiled::put(&resolved, &meta, &spec);
     Ok(spec)
+}
+
+/// The spec as JSON in labgpu's root-only cache (`policy_cache`), keyed by the resolved
+/// file's identity: YAML parsing was two fifths of a create's instructions. The trust
+/// check above runs first on every create, and the per-create checks of `add` (mount
+/// sources and hooks exist, hooks root-only) run on the cached spec as on a parsed one.
+mod compiled {
+    use std::fs::Metadata;
+    use std::io::Read;
+    use std::path::Path;
+
+    use super::SpecFile;
+    use crate::policy_cache::{named, open_named, write_named, Identity};
+
+    const MAGIC: &str = "labgpu-cdi-cache 1";
+
+    pub(super) fn get(resolved: &Path, meta: &Metadata) -> Option<SpecFile> {
+        let mut bytes = Vec::new();
+        open_named(&named(resolved, "cdi"))?
+            .read_to_end(&mut bytes)
+            .ok()?;
+        let text = std::str::from_utf8(&bytes).ok()?;
+        let (magic, rest) = text.split_once('\n')?;
+        let (identity, json) = rest.split_once('\n')?;
+        if magic != MAGIC || Identity::parse(identity)? != Identity::of(meta) {
+            return None;
+        }
+        serde_json::from_str(json).ok()
+    }
+
+    /// Written only for a settled file that did not change while it was parsed.
+    pub(super) fn put(resolved: &Path, before: &Metadata, spec: &SpecFile) {
+        let Ok(after) = std::fs::metadata(resolved) else {
+            return;
+        };
+        if Identity::of(&after) != Identity::of(before) || !Identity::settled(&after) {
+            return;
+        }
+        let Ok(json) = serde_json::to_string(spec) else {
+            return;
+        };
+        let entry = format!("{MAGIC}\n{}\n{json}", Identity::of(&after).line());
+        let _ = write_named(&named(resolved, "cdi"), entry.as_bytes());
+    }
 }
 
 /// `/dev/nvidiaN` minors a device's nodes name (control and caps nodes are not GPUs).
@@ -416,6 +465,16 @@ fn load_any(path: &Path) -> Result<SpecFile, String> {
 mod tests {
     use super::*;
     use crate::gpu::DevNode;
+
+    /// The cache holds the spec as JSON: it must read back as the very spec YAML gave.
+    #[test]
+    fn the_cached_json_form_is_the_parsed_spec() {
+        let spec: SpecFile = serde_yaml_ng::from_str(&SPEC.replace("@ROOT@", "/tmp")).unwrap();
+        let json = serde_json::to_string(&spec).unwrap();
+        let back: SpecFile = serde_json::from_str(&json).unwrap();
+        assert_eq!(format!("{back:?}"), format!("{spec:?}"));
+        assert!(!spec.devices.is_empty() && !spec.container_edits.hooks.is_empty());
+    }
 
     /// Shaped like `nvidia-ctk cdi generate` output for a 2-GPU host.
     pub(crate) const SPEC: &str = r#"---

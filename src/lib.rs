@@ -31,6 +31,7 @@ pub mod log;
 pub mod owner;
 pub mod paths;
 pub mod policy;
+pub mod policy_cache;
 pub mod pools;
 pub mod proxy;
 pub mod records;

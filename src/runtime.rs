@@ -17,7 +17,8 @@ use crate::fairshare::cgroup::{Cgroups, Driver};
 use crate::fairshare::Ceilings;
 use crate::gpu::{inventory_for, GpuError, Purpose};
 use crate::owner::{self, OwnerError};
-use crate::policy::{policy_path, Policy, PolicyError, Unlabeled};
+use crate::policy::{policy_path, Policy, PolicyError, Unlabeled, Userns};
+use crate::policy_cache::RuntimePolicy;
 use crate::refusal;
 use crate::spec::{self, SpecError};
 use crate::userns::joins;
@@ -139,9 +140,19 @@ pub fn prepare(argv: &[OsString], inv: &Invocation) -> Result<PathBuf, RuntimeEr
             if let Some(id) = container_id(inv.sub_args(argv)) {
                 crate::pools::on_delete(&path, &id);
             }
-            find_runc(Policy::runc_hint(&path).as_deref())
+            passthrough_runc(&path)
         }
-        _ => find_runc(Policy::runc_hint(&path).as_deref()),
+        _ => passthrough_runc(&path),
+    }
+}
+
+/// The runc for a subcommand labgpu does not inspect: the one the last create resolved for
+/// this very policy file (see `policy_cache`), else `[runtime] runc` read leniently, so that
+/// a policy broken mid-edit never blocks stop, kill or delete.
+fn passthrough_runc(policy_path: &Path) -> Result<PathBuf, RuntimeError> {
+    match crate::policy_cache::cached_runc(policy_path) {
+        Some(runc) => Ok(runc),
+        None => find_runc(Policy::runc_hint(policy_path).as_deref()),
     }
 }
 
@@ -189,10 +200,14 @@ pub fn find_runc(configured: Option<&Path>) -> Result<PathBuf, RuntimeError> {
     Ok(runc)
 }
 
-fn load_policy(path: &Path) -> Result<Policy, RuntimeError> {
-    let policy = Policy::load(path)?;
-    crate::log::init(policy.runtime.log.as_ref().map(|l| l.as_path()));
-    Ok(policy)
+/// The policy (from the cache when it matches the file, see `policy_cache`) and the runc it
+/// names; the decision log is opened where the policy says.
+fn load_policy(path: &Path) -> Result<(RuntimePolicy, PathBuf), RuntimeError> {
+    let loaded = RuntimePolicy::load(path)?;
+    crate::log::init(loaded.policy.runtime.log.as_ref().map(|l| l.as_path()));
+    let runc = find_runc(loaded.policy.runtime.runc.as_ref().map(|r| r.as_path()))?;
+    loaded.remember(&runc);
+    Ok((loaded, runc))
 }
 
 /// create / run / restore: rewrite `<bundle>/config.json` to the owner's policy.
@@ -207,17 +222,31 @@ fn prepare_create(
         Some(b) => PathBuf::from(b),
         None => std::env::current_dir().map_err(RuntimeError::NoBundle)?,
     };
-    let policy = load_policy(policy_path)?;
-    let runc = find_runc(policy.runtime.runc.as_ref().map(|r| r.as_path()))?;
+    let (mut loaded, runc) = load_policy(policy_path)?;
     let config = bundle.join("config.json");
     let mut spec = spec::load(&config)?;
-    let root = owner::docker_root(policy.runtime.docker_root.as_ref().map(|r| r.as_path()));
+    let root = owner::docker_root(
+        loaded
+            .policy
+            .runtime
+            .docker_root
+            .as_ref()
+            .map(|r| r.as_path()),
+    );
     if is_buildkit_step(&bundle, &root) {
-        prepare_build_step(&policy, &mut spec, root, &id)?;
+        prepare_build_step(&loaded.policy, &mut spec, root, &id)?;
         spec::write_atomic(&config, &spec)?;
         return Ok(runc);
     }
-    let ownership = owner::resolve(&policy, &spec, &id, &root)?;
+    let ownership = owner::resolve(&loaded.policy, &spec, &id, &root)?;
+    if let Some(o) = &ownership.owner {
+        loaded.with_user(o)?;
+        // The owner's subordinate ids are checked against every user's ids.
+        if loaded.policy.userns_for(loaded.policy.user(o)) != Userns::Off {
+            loaded.with_all_users()?;
+        }
+    }
+    let policy = &loaded.policy;
     if let (None, Some(label)) = (&ownership.owner, &ownership.ignored_label) {
         if policy.runtime.unlabeled == Unlabeled::Deny {
             return Err(RuntimeError::NotFromProxy {
@@ -228,8 +257,7 @@ fn prepare_create(
         }
     }
     let owner = ownership.owner;
-    let slurm_gpus =
-        crate::slurm::grant::for_owner(&policy, owner.as_deref(), ownership.slurm_job)?;
+    let slurm_gpus = crate::slurm::grant::for_owner(policy, owner.as_deref(), ownership.slurm_job)?;
     let user = owner.as_deref().and_then(|o| policy.user(o));
     let pool_refs = user
         .into_iter()
@@ -243,9 +271,9 @@ fn prepare_create(
         .collect();
     let inventory = inventory_for(&policy.gpus, &refs, Purpose::Runtime)?;
     let backings = volumes::spec_backings(&spec, &root, Path::new(MOUNT_TABLE))?;
-    let mut decision = decide(&policy, owner.as_deref(), &inventory, root, &id)?;
+    let mut decision = decide(policy, owner.as_deref(), &inventory, root, &id)?;
     if let Some(minors) = &slurm_gpus {
-        decision.grant_minors(&policy, &inventory, minors)?;
+        decision.grant_minors(policy, &inventory, minors)?;
     }
     decision.runc_root = Some(runc_root(inv));
     decision.volume_backings = backings;
@@ -398,21 +426,24 @@ fn prepare_exec(
         }
     }
     let id = container_id(sub).ok_or_else(|| RuntimeError::NoId("exec".into()))?;
-    let policy = load_policy(policy_path)?;
-    let runc = find_runc(policy.runtime.runc.as_ref().map(|r| r.as_path()))?;
+    let (mut loaded, runc) = load_policy(policy_path)?;
     let root = inv
         .root
         .clone()
         .unwrap_or_else(|| PathBuf::from(RUNC_DEFAULT_ROOT));
     let state = runc_state(&root, &id)?;
     let owner = stamp::owner_in_state(&state);
-    let user = match decide::policy_user(&policy, owner.as_deref()) {
+    if let Some(o) = &owner {
+        loaded.with_user(o)?;
+    }
+    let policy = &loaded.policy;
+    let user = match decide::policy_user(policy, owner.as_deref()) {
         Err(DecideError::UnknownOwner { owner, policy }) => {
             return Err(RuntimeError::OwnerGone { id, owner, policy })
         }
         other => other?,
     };
-    let mut rules = decide::process_rules(&policy, owner.as_deref(), user)?;
+    let mut rules = decide::process_rules(policy, owner.as_deref(), user)?;
     // The container's own user namespace decides, not today's policy: its root is already
     // someone unprivileged outside.
     if let Some(gids) = userns_gids(&state) {
@@ -515,7 +546,7 @@ fn prepare_update(
     inv: &Invocation,
     policy_path: &Path,
 ) -> Result<PathBuf, RuntimeError> {
-    let runc = find_runc(Policy::runc_hint(policy_path).as_deref())?;
+    let runc = passthrough_runc(policy_path)?;
     let sub = inv.sub_args(argv);
     let ceilings = update_ceilings(sub, inv, policy_path)?;
     if let Some((owner, c)) = &ceilings {
@@ -592,11 +623,13 @@ fn update_ceilings(
     let Some(owner) = stamped_owner(&root, &id)? else {
         return Ok(None);
     };
-    let policy = load_policy(policy_path)?;
+    let (mut loaded, _) = load_policy(policy_path)?;
+    loaded.with_user(&owner)?;
+    let policy = &loaded.policy;
     let Some(user) = policy.user(&owner) else {
         return Ok(None);
     };
-    let c = Ceilings::for_user(&policy, &owner, user);
+    let c = Ceilings::for_user(policy, &owner, user);
     Ok((!c.is_empty()).then_some((owner, c)))
 }
 

@@ -2,10 +2,10 @@
 //! node, to the job it was created from; checked the same way by the proxy at create, by the
 //! runtime at every start, and by `labgpu verify`.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use super::{gres, scontrol, Job, JobId, SlurmError};
 use crate::gpu::{Inventory, NVIDIA_MAJOR};
@@ -41,25 +41,27 @@ impl Jobs for Scontrol {
 /// Remembers the jobs `inner` found (not its failures), for `labgpu verify`.
 pub struct Cached<J> {
     inner: J,
-    seen: RefCell<HashMap<JobId, Option<Job>>>,
+    // A Mutex, not a RefCell: verify audits containers on several threads.
+    seen: Mutex<HashMap<JobId, Option<Job>>>,
 }
 
 impl<J: Jobs> Cached<J> {
     pub fn new(inner: J) -> Self {
         Cached {
             inner,
-            seen: RefCell::new(HashMap::new()),
+            seen: Mutex::new(HashMap::new()),
         }
     }
 }
 
 impl<J: Jobs> Jobs for Cached<J> {
     fn show(&self, id: JobId) -> Result<Option<Job>, SlurmError> {
-        if let Some(known) = self.seen.borrow().get(&id) {
+        let seen = || self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(known) = seen().get(&id) {
             return Ok(known.clone());
         }
         let found = self.inner.show(id)?;
-        self.seen.borrow_mut().insert(id, found.clone());
+        seen().insert(id, found.clone());
         Ok(found)
     }
 }

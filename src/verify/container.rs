@@ -27,9 +27,9 @@ pub struct Ctx<'a> {
     pub proc_root: &'a Path,
     pub docker_root: &'a Path,
     /// Device programs attached to a cgroup v2 directory (the kernel; a stub in tests).
-    pub device_programs: &'a dyn Fn(&Path) -> Result<u32, String>,
+    pub device_programs: &'a (dyn Fn(&Path) -> Result<u32, String> + Sync),
     /// Slurm, for `gpus = "slurm"` owners' containers.
-    pub jobs: &'a dyn Jobs,
+    pub jobs: &'a (dyn Jobs + Sync),
 }
 
 /// A running container as read once from runc's state and /proc.
