@@ -222,21 +222,57 @@ case_kill9() {
     clean
 }
 
-# labgpu reclaim stops a container that used its pool GPU for nothing (the fake NVML says 0%
-# and no process) for idle_after; a busy one stays.
+# The fake libnvidia-ml.so.1 (tests/fixtures/fake_nvml.c), answering from $NVML_DIR/fixture.
+NVML_DIR=""
+build_fake_nvml() {
+    NVML_DIR="$LG_TMP/nvml"
+    mkdir -p "$NVML_DIR"
+    set_load ""
+    cc -shared -fPIC -o "$NVML_DIR/libnvidia-ml.so.1" "$LG_REPO/tests/fixtures/fake_nvml.c" \
+        -DFIXTURE="\"$NVML_DIR/fixture\"" || lg_die "cc of the fake NVML library failed"
+}
+# set_load LINES: the four fake GPUs (NVML index = minor) at 0% plus LINES ("load G UTIL ...").
+set_load() {
+    {
+        local i
+        for i in 0 1 2 3; do echo "gpu $i $i GPU-000$i FakeGPU"; done
+        printf '%s\n' "$1"
+    } >"$NVML_DIR/fixture.new"
+    mv "$NVML_DIR/fixture.new" "$NVML_DIR/fixture"
+}
+# gpu_of CONTAINER: the pool GPU the state file gives it.
+gpu_of() {
+    local id
+    id="$(docker inspect -f '{{.Id}}' "$1")"
+    awk -F'"' -v id="$id" '$2 == "gpu" { g = $4 } $2 == "container" && $4 == id { print g }' "$STATE"
+}
+reclaim() { "$LG_BIN" reclaim --policy "$LG_POLICY" --docker-host "$LG_SOCK" 2>&1; }
+
+# labgpu reclaim stops a container that used its pool GPU for nothing (the fake NVML says
+# 0% and no process) for idle_after; one whose GPU is busy stays.
 case_reclaim() {
     clean
-    POOL_EXTRA='idle_after = "2s"'
+    POOL_EXTRA='idle_after = "6s"'
     lg_write_policy
-    expect_ok reclaim-run run_d --name pr1 "${B[@]}" --gpus 1 "$I" sleep 300 || return
-    local out
-    out="$("$LG_BIN" reclaim --policy "$LG_POLICY" --docker-host "$LG_SOCK" --nvml-lib none 2>&1)"
-    expect_eq reclaim-first-look-keeps running "$(docker inspect -f '{{.State.Status}}' pr1)" "$out"
-    sleep 3
-    out="$("$LG_BIN" reclaim --policy "$LG_POLICY" --docker-host "$LG_SOCK" --nvml-lib none 2>&1)"
-    expect_true reclaim-says-why "$out" grep -q 'idle for' <<<"$out"
-    expect_true reclaim-stopped "$out" within 20 test "$(docker inspect -f '{{.State.Status}}' pr1)" = exited
-    expect_true reclaim-freed "$(held)" within 10 test "$(held_count)" = 0
+    set_load ""
+    expect_ok reclaim-run-idle run_d --name pr1 "${B[@]}" --gpus 1 "$I" sleep 300 || return
+    expect_ok reclaim-run-busy run_d --name pr2 "${C[@]}" --gpus 1 "$I" sleep 300 || return
+    local busy out
+    busy="$(gpu_of pr2)"
+    set_load "load $busy 50 1000 100000"
+    out="$(reclaim)"
+    expect_eq reclaim-first-look-stops-nothing "" "$out"
+    sleep 7
+    out="$(reclaim)"
+    expect_true reclaim-says-why "$out" grep -q "^stopped container .* (bob), GPU .* of pool \"shared\": its pool GPUs were idle for" <<<"$out"
+    expect_eq reclaim-idle-stopped exited "$(docker inspect -f '{{.State.Status}}' pr1)"
+    expect_eq reclaim-busy-kept running "$(docker inspect -f '{{.State.Status}}' pr2)"
+    expect_true reclaim-freed "$(held)" within 10 test "$(held)" = "$busy carol"
+    expect_true reclaim-logged "$(tail -n 5 "$LG_TMP/labgpu.log")" grep -q "reclaiming pool GPUs" "$LG_TMP/labgpu.log"
+    if expect_ok reclaim-metric "$LG_BIN" metrics --policy "$LG_POLICY" --root "$LG_EXEC_ROOT/runtime-runc/moby"; then
+        expect_true reclaim-metric-idle "$(grep pool <<<"$OUT")" grep -q 'labgpu_pool_reclaims_total{reason="idle"} 1' <<<"$OUT"
+        expect_true reclaim-metric-busy "$(grep pool <<<"$OUT")" grep -q 'labgpu_pool_gpus{pool="shared",state="busy"} 1' <<<"$OUT"
+    fi
     POOL_EXTRA=""
     lg_write_policy
     clean
@@ -260,6 +296,9 @@ case_views() {
 ALL_CASES="basic stop_start concurrent kill9 views reclaim"
 START=$SECONDS
 setup_all
+build_fake_nvml
+LG_POLICY_GPUS_EXTRA="nvml_lib = \"$NVML_DIR/libnvidia-ml.so.1\""
+lg_write_policy
 STATE="$(state_dir)/state.json"
 trap 'clean; rm -rf "$(state_dir)"; teardown_all' EXIT
 lg_say "suite starts ($((SECONDS - START))s setup); pool state $(state_dir)"

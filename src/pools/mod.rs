@@ -297,6 +297,86 @@ fn want(c: &Create, req: &Request, candidates: &Candidates) -> Result<Want, Stri
     })
 }
 
+/// One pool GPU as the admin's views show it (`labgpu gpus`, `labgpu top`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PoolGpu {
+    pub pool: String,
+    /// The GPU as the pool names it.
+    pub gpu: String,
+    /// Its device minor, when this host has it.
+    pub minor: Option<u32>,
+    pub shared: bool,
+    /// Who holds it now (live allocations only).
+    pub holders: Vec<Holder>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Holder {
+    pub owner: String,
+    pub container: String,
+    /// Seconds since the epoch.
+    pub since: u64,
+}
+
+impl PoolGpu {
+    /// "pool shared: free", "pool shared: busy (bob 3f2a1c9e8b7d)".
+    pub fn describe(&self) -> String {
+        if self.holders.is_empty() {
+            return format!("pool {}: free", self.pool);
+        }
+        let who: Vec<String> = self
+            .holders
+            .iter()
+            .map(|h| format!("{} {}", h.owner, short(&h.container)))
+            .collect();
+        format!("pool {}: busy ({})", self.pool, who.join(", "))
+    }
+}
+
+pub fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
+/// Every pool GPU of the policy, with its live holders from the state as it is now.
+pub fn view(policy: &Policy, inventory: &dyn Inventory) -> Result<Vec<PoolGpu>, PoolError> {
+    let state = if policy.pools.is_empty() {
+        State::default()
+    } else {
+        Store::for_policy(&policy.path).read()?
+    };
+    Ok(view_of(policy, inventory, &state, Path::new(PROC)))
+}
+
+fn view_of(policy: &Policy, inventory: &dyn Inventory, state: &State, proc: &Path) -> Vec<PoolGpu> {
+    let live: Vec<&Entry> = state
+        .entries
+        .iter()
+        .filter(|e| live::liveness(e, proc) != live::Liveness::Dead)
+        .collect();
+    let mut out = Vec::new();
+    for (name, pool) in &policy.pools {
+        for g in &pool.gpus {
+            let gpu = g.to_string();
+            out.push(PoolGpu {
+                pool: name.clone(),
+                minor: inventory.resolve(g).ok().map(|gr| gr.minor),
+                shared: pool.shared,
+                holders: live
+                    .iter()
+                    .filter(|e| e.gpu == gpu)
+                    .map(|e| Holder {
+                        owner: e.owner.clone(),
+                        container: e.container.clone(),
+                        since: e.since,
+                    })
+                    .collect(),
+                gpu,
+            });
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,6 +7,7 @@
 //! `delete` (a passthrough, kept cheap) looks for it with one stat and touches the state only
 //! when it is there.
 
+use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{Read, Write};
@@ -35,6 +36,9 @@ const MARKER: &str = "held-";
 pub struct State {
     pub version: u32,
     pub entries: Vec<Entry>,
+    /// Containers `labgpu reclaim` stopped, by reason (`idle`, `max_runtime`): the metric.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub reclaimed: BTreeMap<String, u64>,
 }
 
 /// One pool GPU held by one container.
