@@ -176,7 +176,10 @@ fn twenty_concurrent_creates_against_four_gpus_never_share_one() {
                 err.contains("pool \"shared\" has no free GPU: 4 of 4 busy ("),
                 "c{i}: {err}"
             );
-            assert!(granted(&bundles[i]).is_empty(), "refused c{i} was rewritten");
+            assert!(
+                granted(&bundles[i]).is_empty(),
+                "refused c{i} was rewritten"
+            );
             refusals += 1;
         }
     }

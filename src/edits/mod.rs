@@ -148,8 +148,8 @@ pub(crate) mod testing {
                 node("nvidia-uvm", 511, 0),
             ],
             grants: Vec::new(),
-        pool_gpus: Vec::new(),
-        nvidia_majors: BTreeSet::from([195, 511]),
+            pool_gpus: Vec::new(),
+            nvidia_majors: BTreeSet::from([195, 511]),
             extra_devices: Vec::new(),
             process: ProcessRules {
                 capabilities: ["CAP_CHOWN", "CAP_KILL", "CAP_SETUID"]

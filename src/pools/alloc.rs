@@ -132,7 +132,15 @@ fn counted(state: &State, ask: &Ask, n: Option<u32>) -> Result<Vec<Pick>, String
         let wanted = left.unwrap_or(room);
         let take = wanted.min(room).min(free.len() as u32);
         if take < wanted {
-            why.push(shortfall(state, ask, pool, held, max, wanted, free.len() as u32));
+            why.push(shortfall(
+                state,
+                ask,
+                pool,
+                held,
+                max,
+                wanted,
+                free.len() as u32,
+            ));
             if n.is_none() {
                 // `all` is exact: each pool's whole remaining share, or nothing.
                 continue;
@@ -397,7 +405,10 @@ mod tests {
         );
         let mut st = State::default();
         let err = allocate(&mut st, &ask(&s, "alice", "a1", Want::Count(3)), 0, ME).unwrap_err();
-        assert!(err.contains("may hold at most 2 GPUs of pool \"shared\""), "{err}");
+        assert!(
+            err.contains("may hold at most 2 GPUs of pool \"shared\""),
+            "{err}"
+        );
         assert!(st.entries.is_empty(), "a refusal allocates nothing");
     }
 
@@ -424,7 +435,10 @@ mod tests {
         let err = allocate(&mut st, &ask(&s, "bob", "b1", want(3, "shared")), 0, ME).unwrap_err();
         assert_eq!(err, "GPU 3 of pool \"shared\" is busy (alice)");
         let err = allocate(&mut st, &ask(&s, "bob", "b1", want(4, "big")), 0, ME).unwrap_err();
-        assert!(err.contains("which bob may not use ([users.bob] pools)"), "{err}");
+        assert!(
+            err.contains("which bob may not use ([users.bob] pools)"),
+            "{err}"
+        );
     }
 
     #[test]

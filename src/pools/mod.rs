@@ -32,7 +32,9 @@ pub enum PoolError {
         path: PathBuf,
         cause: std::io::Error,
     },
-    #[error("pool state {path} is malformed ({reason}); remove it if no container holds a pool GPU")]
+    #[error(
+        "pool state {path} is malformed ({reason}); remove it if no container holds a pool GPU"
+    )]
     Malformed { path: PathBuf, reason: String },
     #[error("pool state directory {path} must be root's and writable by no one else (it is uid {uid}, mode {mode:o})")]
     Untrusted { path: PathBuf, uid: u32, mode: u32 },

@@ -34,7 +34,10 @@ impl Reason {
         let span = |s: u64| Span(std::time::Duration::from_secs(s));
         match self {
             Reason::Idle { secs, limit } => {
-                format!("its pool GPUs were idle for {} (idle_after = {limit})", span(*secs))
+                format!(
+                    "its pool GPUs were idle for {} (idle_after = {limit})",
+                    span(*secs)
+                )
             }
             Reason::MaxRuntime { secs, limit } => format!(
                 "it has held pool GPUs for {} (max_runtime = {limit})",
@@ -146,7 +149,9 @@ pub fn run(
             Ok(u) => Some(u),
             Err(e) => {
                 tracing::warn!(error = %e, "no GPU usage from NVML: no container is judged idle");
-                eprintln!("labgpu reclaim: no GPU usage from NVML ({e}): no container is judged idle");
+                eprintln!(
+                    "labgpu reclaim: no GPU usage from NVML ({e}): no container is judged idle"
+                );
                 None
             }
         }

@@ -116,7 +116,10 @@ fn from_device_requests(v: &Value) -> Result<Request, String> {
         };
     }
     if req.count.is_some() && !req.devices.is_empty() {
-        return Err("--gpus asks for a number of GPUs and for named ones at once; ask for one or the other".into());
+        return Err(
+            "--gpus asks for a number of GPUs and for named ones at once; ask for one or the other"
+                .into(),
+        );
     }
     Ok(req)
 }
@@ -185,7 +188,10 @@ mod tests {
             Some(Count::All)
         );
         let req = r(json!([gpu(0, json!(["1", "GPU-ab"]))]), json!({})).unwrap();
-        assert_eq!((req.count, req.devices), (None, vec!["1".into(), "GPU-ab".into()]));
+        assert_eq!(
+            (req.count, req.devices),
+            (None, vec!["1".into(), "GPU-ab".into()])
+        );
         // Another driver's request is not for GPUs.
         let other = json!([{"Driver": "fpga", "Count": 1, "Capabilities": [["fpga"]]}]);
         assert!(r(other, json!({})).unwrap().is_empty());
@@ -200,7 +206,11 @@ mod tests {
             record(d.path(), "c1", req, labels);
             read(d.path(), "c1")
         };
-        let req = r(Value::Null, json!({"labgpu.gpus": "2", "labgpu.pool": "big"})).unwrap();
+        let req = r(
+            Value::Null,
+            json!({"labgpu.gpus": "2", "labgpu.pool": "big"}),
+        )
+        .unwrap();
         assert_eq!(req.count, Some(Count::N(2)));
         assert_eq!(req.pool.as_deref(), Some("big"));
         assert_eq!(req.source, "label labgpu.gpus");

@@ -82,7 +82,16 @@ mod tests {
         assert_eq!(secs("2h"), Ok(7200));
         assert_eq!(secs("1d"), Ok(86400));
         assert_eq!(secs("1h30m"), Ok(5400));
-        for bad in ["", "2", "h", "0h", "2 h", "-1h", "2w", "99999999999999999999d"] {
+        for bad in [
+            "",
+            "2",
+            "h",
+            "0h",
+            "2 h",
+            "-1h",
+            "2w",
+            "99999999999999999999d",
+        ] {
             assert!(secs(bad).is_err(), "{bad}");
         }
         assert_eq!("1h30m".parse::<Span>().unwrap().to_string(), "1h30m");

@@ -104,7 +104,9 @@ impl Store {
     }
 
     pub fn dir(&self) -> PathBuf {
-        self.below.iter().fold(self.parent.clone(), |p, c| p.join(c))
+        self.below
+            .iter()
+            .fold(self.parent.clone(), |p, c| p.join(c))
     }
 
     fn marker(&self, id: &str) -> PathBuf {
@@ -356,7 +358,10 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
-        assert!(left.iter().all(|n| n == "lock" || n == "state.json"), "{left:?}");
+        assert!(
+            left.iter().all(|n| n == "lock" || n == "state.json"),
+            "{left:?}"
+        );
     }
 
     #[test]

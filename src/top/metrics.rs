@@ -99,8 +99,16 @@ fn pools(o: &mut Out, view: &View) {
         "GPUs of each pool, by state: busy (held by a container) or free.",
     );
     for (pool, (busy, free)) in per_pool {
-        o.sample("labgpu_pool_gpus", &[("pool", pool), ("state", "busy")], busy as f64);
-        o.sample("labgpu_pool_gpus", &[("pool", pool), ("state", "free")], free as f64);
+        o.sample(
+            "labgpu_pool_gpus",
+            &[("pool", pool), ("state", "busy")],
+            busy as f64,
+        );
+        o.sample(
+            "labgpu_pool_gpus",
+            &[("pool", pool), ("state", "free")],
+            free as f64,
+        );
     }
     o.family(
         "labgpu_pool_reclaims_total",
@@ -109,7 +117,11 @@ fn pools(o: &mut Out, view: &View) {
     );
     for reason in ["idle", "max_runtime"] {
         let n = view.pool_reclaims.get(reason).copied().unwrap_or(0);
-        o.sample("labgpu_pool_reclaims_total", &[("reason", reason)], n as f64);
+        o.sample(
+            "labgpu_pool_reclaims_total",
+            &[("reason", reason)],
+            n as f64,
+        );
     }
 }
 

@@ -167,13 +167,14 @@ fn pool_part(policy: &Policy, view: &mut View) {
         return;
     }
     let refs: Vec<_> = policy.pools.values().flat_map(|p| &p.gpus).collect();
-    let inventory = match crate::gpu::inventory_for(&policy.gpus, &refs, crate::gpu::Purpose::Runtime) {
-        Ok(i) => i,
-        Err(e) => {
-            tracing::warn!(error = %e, "no GPU inventory for the pools");
-            return;
-        }
-    };
+    let inventory =
+        match crate::gpu::inventory_for(&policy.gpus, &refs, crate::gpu::Purpose::Runtime) {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::warn!(error = %e, "no GPU inventory for the pools");
+                return;
+            }
+        };
     match crate::pools::view(policy, &inventory) {
         Ok(p) => view.pools = p,
         Err(e) => tracing::warn!(error = %e, "pool state unreadable"),

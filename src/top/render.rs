@@ -107,7 +107,11 @@ fn pools(out: &mut String, view: &View) {
             out,
             "{:<10} {gpu:<20} {state:<5} {}",
             g.pool,
-            if holders.is_empty() { "-".to_string() } else { holders.join(", ") }
+            if holders.is_empty() {
+                "-".to_string()
+            } else {
+                holders.join(", ")
+            }
         );
     }
 }

@@ -291,8 +291,8 @@ fn run_with(
     } else {
         None
     };
-    let stale_pool_gpus = pools::stale(&policy, &pool_state, &opts.proc_root, opts.reclaim)
-        .unwrap_or_default();
+    let stale_pool_gpus =
+        pools::stale(&policy, &pool_state, &opts.proc_root, opts.reclaim).unwrap_or_default();
     let mut summary = Summary {
         containers: containers.len(),
         stale_pool_gpus: stale_pool_gpus.iter().filter(|s| !s.freed).count(),

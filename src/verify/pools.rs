@@ -6,9 +6,9 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::policy::Policy;
 use crate::pools::live::{liveness, Liveness};
 use crate::pools::{State, Store};
-use crate::policy::Policy;
 
 /// An allocation whose container is gone.
 #[derive(Debug, Clone, Serialize)]
