@@ -201,7 +201,7 @@ case_kill9() {
     local start_pid=$!
     pid=""
     for ((i = 0; i < 100; i++)); do
-        pid="$(ps -eo pid=,args= | awk -v id="$id" '$2 ~ /labgpu$/ && $0 ~ / create / && index($0, id) { print $1; exit }')"
+        pid="$(ps -eo pid=,args= | awk -v id="$id" -v bin="$LG_BIN" '$2 == bin && $0 ~ / create / && index($0, id) { print $1; exit }')"
         [[ -n $pid ]] && break
         sleep 0.1
     done
