@@ -29,6 +29,8 @@ const POOLS: &str = "pools";
 const STATE: &str = "state.json";
 const LOCK: &str = "lock";
 const MARKER: &str = "held-";
+/// The state file's format.
+const VERSION: u32 = 1;
 
 /// The allocations of one policy's pools.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -199,6 +201,7 @@ impl Store {
 impl Locked {
     /// Writes the state atomically: a reader (or a crash) sees the old file or the new one.
     pub fn save(&mut self) -> Result<(), PoolError> {
+        self.state.version = VERSION;
         let tmp = format!(".{STATE}.{}", std::process::id());
         let io = |cause| PoolError::Io {
             path: self.path.join(STATE),
