@@ -293,7 +293,7 @@ fn prepare_create(
     decision.cgroup_driver = driver(inv);
     let allocation = match (owner.as_deref(), user) {
         (Some(o), Some(u)) => crate::pools::allocate_for_create(&crate::pools::Create {
-            policy: &policy,
+            policy,
             owner: o,
             user: u,
             inventory: &inventory,
@@ -306,7 +306,7 @@ fn prepare_create(
     };
     let allocated = !allocation.entries.is_empty();
     let finished = finish_create(
-        &policy,
+        policy,
         &inventory,
         &mut decision,
         allocation,

@@ -134,13 +134,12 @@ fn used(e: &Entry, shared: bool, usage: &[GpuSample], in_container: InContainer)
     any_proc || (!shared && gpu.utilization.is_some_and(|u| u > 0))
 }
 
+/// A verdict, and whether Docker stopped the container (why not, when it did not).
+pub type Done = (Verdict, Result<(), String>);
+
 /// `labgpu reclaim`: frees what is dead, notes what is used, stops what is idle or overdue
 /// (only says so with `dry_run`). Returns each verdict and whether its stop went through.
-pub fn run(
-    policy: &Policy,
-    docker: &Path,
-    dry_run: bool,
-) -> Result<Vec<(Verdict, Result<(), String>)>, super::PoolError> {
+pub fn run(policy: &Policy, docker: &Path, dry_run: bool) -> Result<Vec<Done>, super::PoolError> {
     let store = super::Store::for_policy(&policy.path);
     let wants_usage = policy.pools.values().any(|p| p.idle_after.is_some());
     let lib = policy.gpus.nvml_lib.as_ref().map(|l| l.as_path());
