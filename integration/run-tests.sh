@@ -76,6 +76,7 @@ step cargo-test cargo test --release
 step e2e timeout 600 bash "$LG_REPO/integration/e2e.sh"
 step proxy timeout 600 bash "$LG_REPO/integration/proxy.sh"
 step fairshare timeout 600 bash "$LG_REPO/integration/fairshare.sh"
+step pools timeout 600 bash "$LG_REPO/integration/pools.sh"
 # Host lane only: a one-node Slurm (Debian's packages) in front of the private dockerd.
 step slurm timeout 600 bash "$LG_REPO/integration/slurm.sh"
 step shell timeout 600 bash "$LG_REPO/integration/shell.sh"

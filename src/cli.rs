@@ -24,15 +24,22 @@ pub fn main(argv: Vec<OsString>) -> i32 {
             json,
             container,
             proc_root,
+            reclaim,
         } => verify(
             verify::Options {
                 policy: policy.unwrap_or_else(policy_path),
                 roots: verify_roots(roots),
                 container,
                 proc_root,
+                reclaim,
             },
             json,
         ),
+        Command_::Reclaim {
+            policy,
+            docker_host,
+            dry_run,
+        } => reclaim(&policy.unwrap_or_else(policy_path), &docker_host, dry_run),
         Command_::Gpus { policy, json } => gpus(&policy.unwrap_or_else(policy_path), json),
         Command_::Policy {
             command: PolicyCommand::Check { file, docker },
@@ -173,6 +180,33 @@ fn verify(opts: verify::Options, json: bool) -> anyhow::Result<i32> {
         print!("{}", verify::render_table(&audit));
     }
     Ok(audit.exit_code())
+}
+
+/// `labgpu reclaim`: a line per container stopped (or that would be, with `--dry-run`).
+fn reclaim(path: &Path, docker: &Path, dry_run: bool) -> anyhow::Result<i32> {
+    let policy = Policy::load(path)?;
+    crate::log::init(policy.runtime.log.as_ref().map(|l| l.as_path()));
+    let done = crate::pools::reclaim::run(&policy, docker, dry_run)?;
+    let mut code = 0;
+    for (v, stopped) in done {
+        let what = format!(
+            "container {} ({}), GPU {} of pool {:?}: {}",
+            crate::pools::short(&v.container),
+            v.owner,
+            v.gpus.join(","),
+            v.pool,
+            v.reason.describe()
+        );
+        match stopped {
+            Ok(()) if dry_run => println!("would stop {what}"),
+            Ok(()) => println!("stopped {what}"),
+            Err(e) => {
+                println!("could not stop {what}: {e}");
+                code = 1;
+            }
+        }
+    }
+    Ok(code)
 }
 
 /// `labgpu slurm job N`: the job as labgpu sees it from this node. 1 when something in the
@@ -345,7 +379,8 @@ fn own_key(policy: &Policy, name: &str, key: &str) -> bool {
 fn policy_gpu_refs(policy: &Policy) -> Vec<&GpuRef> {
     let users = policy.users.values().flat_map(|u| &u.gpus);
     let groups = policy.groups.iter().flat_map(|g| &g.settings.gpus);
-    users.chain(groups).collect()
+    let pooled = policy.pools.values().flat_map(|pool| &pool.gpus);
+    users.chain(groups).chain(pooled).collect()
 }
 
 /// The policy at `path`, or None when there is no file there yet: listing GPUs is the first
@@ -372,11 +407,18 @@ fn gpus(path: &Path, json: bool) -> anyhow::Result<i32> {
             "reading the GPU inventory (no policy: default [gpus] settings)".to_string()
         }
     })?;
+    let pooled = match &loaded {
+        Some(p) => crate::pools::view(p, &inventory)?,
+        None => Vec::new(),
+    };
+    let pool_of = |minor: u32| pooled.iter().filter(move |g| g.minor == Some(minor));
     let owners = |minor: u32| {
-        loaded
+        let mut o = loaded
             .as_ref()
             .map(|p| owners_of(p, &inventory, minor))
-            .unwrap_or_default()
+            .unwrap_or_default();
+        o.extend(pool_of(minor).map(|g| g.describe()));
+        o
     };
     let dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
     if json {
@@ -394,6 +436,7 @@ fn gpus(path: &Path, json: bool) -> anyhow::Result<i32> {
                         "gi": m.gi, "ci": m.ci, "uuid": m.uuid, "node": m.cap.host_path,
                     })).collect::<Vec<_>>(),
                     "owners": owners(g.minor),
+                    "pool": pool_of(g.minor).collect::<Vec<_>>(),
                 })
             })
             .collect();

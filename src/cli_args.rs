@@ -53,6 +53,25 @@ pub enum Command_ {
         /// Where /proc is (for tests on fixture trees).
         #[arg(long, hide = true, default_value = "/proc")]
         proc_root: PathBuf,
+        /// Free pool GPUs still allocated to containers that are gone.
+        #[arg(long)]
+        reclaim: bool,
+    },
+    /// Stop containers idle on a pool GPU (or holding one too long) and free dead allocations.
+    ///
+    /// Applies `[pools.NAME] idle_after` (no use per NVML for that long) and `max_runtime`,
+    /// stopping each such container through Docker. Meant for a systemd timer; prints a line
+    /// per container stopped. Exit status: 0, or 1 when a stop failed.
+    Reclaim {
+        /// Policy file (default: $LABGPU_POLICY or /etc/labgpu/policy.toml).
+        #[arg(long, value_name = "FILE")]
+        policy: Option<PathBuf>,
+        /// Docker's socket, to stop containers through.
+        #[arg(long, value_name = "SOCKET", default_value = DEFAULT_DOCKER_SOCKET)]
+        docker_host: PathBuf,
+        /// Say what would be stopped, stop nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// List this host's GPUs: index, minor, UUID, name, device nodes, and who owns each.
     Gpus {

@@ -52,6 +52,10 @@ pub struct Decision {
     pub gpu_ids: Vec<u32>,
     /// Owned GPU nodes plus control nodes; empty for a user with no GPUs.
     pub nodes: Vec<DevNode>,
+    /// What each granted GPU brings (`gpu_ids` and `nodes` are made from these).
+    pub grants: Vec<Grant>,
+    /// The pool GPUs among them, as `pool:gpu` (`crate::pools`), for the stamp.
+    pub pool_gpus: Vec<String>,
     pub nvidia_majors: BTreeSet<i64>,
     /// Host devices the policy lets containers keep beyond Docker's standard set.
     pub extra_devices: Vec<DevKey>,
@@ -265,7 +269,7 @@ pub fn decide_for_user(
             table: policy.table_of(owner.unwrap_or_default(), "gpus"),
             cause,
         })?;
-    let (gpu_ids, nodes, cdi) = gpu_part(policy, inventory, grants)?;
+    let (gpu_ids, nodes, cdi) = gpu_part(policy, inventory, grants.clone())?;
 
     let device_paths = d
         .devices
@@ -301,6 +305,8 @@ pub fn decide_for_user(
         owner: owner.map(str::to_string),
         gpu_ids,
         nodes,
+        grants,
+        pool_gpus: Vec::new(),
         nvidia_majors: inventory.nvidia_majors().clone(),
         extra_devices,
         process,
@@ -424,7 +430,28 @@ impl Decision {
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        (self.gpu_ids, self.nodes, self.cdi) = gpu_part(policy, inventory, grants)?;
+        (self.gpu_ids, self.nodes, self.cdi) = gpu_part(policy, inventory, grants.clone())?;
+        self.grants = grants;
+        Ok(())
+    }
+
+    /// Adds the pool GPUs allocated to this container to what its owner gets anyway.
+    pub fn add_pool_gpus(
+        &mut self,
+        policy: &Policy,
+        inventory: &dyn Inventory,
+        allocation: crate::pools::Allocation,
+    ) -> Result<(), DecideError> {
+        if allocation.grants.is_empty() {
+            return Ok(());
+        }
+        self.grants.extend(allocation.grants);
+        (self.gpu_ids, self.nodes, self.cdi) = gpu_part(policy, inventory, self.grants.clone())?;
+        self.pool_gpus = allocation
+            .entries
+            .iter()
+            .map(|e| format!("{}:{}", e.pool, e.gpu))
+            .collect();
         Ok(())
     }
 }

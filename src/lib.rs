@@ -36,6 +36,7 @@ pub mod owner;
 pub mod paths;
 pub mod policy;
 pub mod policy_cache;
+pub mod pools;
 pub mod proxy;
 pub mod records;
 pub mod refusal;

@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 use crate::accounts::Accounts;
 use crate::fairshare::{ByteSize, Cpus, PortRange};
 use crate::groups::{GroupTables, Origin};
+pub use crate::pools::span::Span;
 
 pub const DEFAULT_POLICY_PATH: &str = "/etc/labgpu/policy.toml";
 pub const POLICY_ENV: &str = "LABGPU_POLICY";
@@ -59,6 +60,9 @@ pub struct Policy {
     /// Each policy user's table. After [`Policy::apply_groups`] (done by [`Policy::load`]),
     /// it holds every member of a `[groups.NAME]` table too, each one's own keys over their
     /// groups' (see `groups`).
+    /// GPUs handed out on demand (`[pools.NAME]`), at most `[users.NAME] pools` per user.
+    #[serde(default)]
+    pub pools: BTreeMap<String, PoolSection>,
     #[serde(default)]
     pub users: BTreeMap<String, UserPolicy>,
     /// `[groups.NAME]` tables keyed by host group, in file order.
@@ -721,6 +725,26 @@ pub struct UserPolicy {
     /// Host ports only this user may publish (overlaps with others' are policy errors).
     #[serde(default)]
     pub ports: Vec<PortRange>,
+    /// Pools this user may take GPUs from, with the most they may hold of each at once
+    /// (over all their containers): `pools = { shared = 2 }`.
+    #[serde(default)]
+    pub pools: BTreeMap<String, u32>,
+}
+
+/// `[pools.NAME]`: GPUs no one owns, allocated to a container at create when it asks
+/// (`--gpus N`, `--gpus device=…`, or the `labgpu.gpus` label) and freed when it is gone
+/// (see `crate::pools`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSection {
+    pub gpus: Vec<GpuRef>,
+    /// Several containers may hold one GPU at once (default: one container per GPU).
+    #[serde(default)]
+    pub shared: bool,
+    /// `labgpu reclaim` stops a container whose pool GPUs were idle this long.
+    pub idle_after: Option<Span>,
+    /// `labgpu reclaim` stops a container that has held a pool GPU this long.
+    pub max_runtime: Option<Span>,
 }
 
 /// `session = { image = "…", stop_on_exit = false, shell = "/bin/bash" }`: the container a
@@ -935,6 +959,7 @@ impl Policy {
             }
         }
         policy.check_slurm().map_err(invalid)?;
+        crate::pools::check_policy(&policy).map_err(invalid)?;
         crate::fairshare::check_ports(&policy).map_err(invalid)?;
         let pids = std::iter::once(("[defaults]".to_string(), policy.defaults.pids))
             .chain(

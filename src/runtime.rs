@@ -57,6 +57,8 @@ pub enum RuntimeError {
     Volume(#[from] VolumeError),
     #[error(transparent)]
     Slurm(#[from] crate::slurm::SlurmError),
+    #[error(transparent)]
+    Pool(#[from] crate::pools::PoolError),
     #[error("runc not found: set [runtime] runc in the policy or install runc at one of {}", RUNC_CANDIDATES.join(", "))]
     NoRunc,
     #[error("runc {0} from [runtime] runc does not exist")]
@@ -134,6 +136,12 @@ pub fn prepare(argv: &[OsString], inv: &Invocation) -> Result<PathBuf, RuntimeEr
         "create" | "run" | "restore" => prepare_create(argv, inv, &path),
         "exec" => prepare_exec(argv, inv, &path),
         "update" => prepare_update(argv, inv, &path),
+        "delete" => {
+            if let Some(id) = container_id(inv.sub_args(argv)) {
+                crate::pools::on_delete(&path, &id);
+            }
+            passthrough_runc(&path)
+        }
         _ => passthrough_runc(&path),
     }
 }
@@ -250,11 +258,17 @@ fn prepare_create(
     }
     let owner = ownership.owner;
     let slurm_gpus = crate::slurm::grant::for_owner(policy, owner.as_deref(), ownership.slurm_job)?;
-    let refs: Vec<_> = owner
-        .as_deref()
-        .and_then(|o| policy.user(o))
-        .map(|u| u.gpus.iter().collect())
-        .unwrap_or_default();
+    let user = owner.as_deref().and_then(|o| policy.user(o));
+    let pool_refs = user
+        .into_iter()
+        .flat_map(|u| u.pools.keys())
+        .filter_map(|p| policy.pools.get(p))
+        .flat_map(|p| p.gpus.iter());
+    let refs: Vec<_> = user
+        .into_iter()
+        .flat_map(|u| u.gpus.iter())
+        .chain(pool_refs)
+        .collect();
     let inventory = inventory_for(&policy.gpus, &refs, Purpose::Runtime)?;
     let backings = volumes::spec_backings(&spec, &root, Path::new(MOUNT_TABLE))?;
     let mut decision = decide(policy, owner.as_deref(), &inventory, root, &id)?;
@@ -277,8 +291,68 @@ fn prepare_create(
     decision.docker_cdi =
         crate::cdi::docker_applied(&crate::cdi::docker_spec_dirs(Path::new(owner::DAEMON_JSON)));
     decision.cgroup_driver = driver(inv);
+    let allocation = match (owner.as_deref(), user) {
+        (Some(o), Some(u)) => crate::pools::allocate_for_create(&crate::pools::Create {
+            policy,
+            owner: o,
+            user: u,
+            inventory: &inventory,
+            owned: &decision.grants,
+            docker_root: &decision.docker_root,
+            id: &id,
+            runc_root: &runc_root(inv),
+        })?,
+        _ => Default::default(),
+    };
+    let allocated = !allocation.entries.is_empty();
+    let finished = finish_create(
+        policy,
+        &inventory,
+        &mut decision,
+        allocation,
+        &mut spec,
+        &config,
+        docker_rootfs,
+    );
+    let report = match finished {
+        Ok(report) => report,
+        Err(e) => {
+            if allocated {
+                crate::pools::release(&policy.path, &id, &runc_root(inv));
+            }
+            return Err(e);
+        }
+    };
+    tracing::info!(
+        container = %id,
+        owner = decision.owner.as_deref().unwrap_or("-"),
+        ignored_label = ownership.ignored_label.as_deref().unwrap_or("-"),
+        gpus = ?decision.gpu_ids,
+        pool_gpus = ?decision.pool_gpus,
+        slurm_job = ?ownership.slurm_job,
+        removed = ?report.removed,
+        added = ?report.added,
+        "{} allowed",
+        inv.subcommand
+    );
+    Ok(runc)
+}
+
+/// The rest of a create once pool GPUs are allocated (given back if this fails): the edits,
+/// the owner's parent cgroup, config.json, the user namespace's rootfs.
+fn finish_create(
+    policy: &Policy,
+    inventory: &dyn crate::gpu::Inventory,
+    decision: &mut decide::Decision,
+    allocation: crate::pools::Allocation,
+    spec: &mut Value,
+    config: &Path,
+    docker_rootfs: Option<PathBuf>,
+) -> Result<Report, RuntimeError> {
+    decision.add_pool_gpus(policy, inventory, allocation)?;
+    let decision = &*decision;
     let mut report = Report::default();
-    edits::apply_all(&mut spec, &decision, &mut report)?;
+    edits::apply_all(spec, decision, &mut report)?;
     if let Some(placement) = decision.placement() {
         Cgroups::system()
             .prepare(&placement, &decision.ceilings)
@@ -287,9 +361,9 @@ fn prepare_create(
                 cause: source,
             })?;
     }
-    spec::write_atomic(&config, &spec)?;
+    spec::write_atomic(config, spec)?;
     if let Some(plan) = &decision.userns {
-        let sources = userns_rootfs::idmapped_sources(&spec, &decision.docker_root);
+        let sources = userns_rootfs::idmapped_sources(spec, &decision.docker_root);
         let rootfs = docker_rootfs.unwrap_or_default();
         userns_rootfs::prepare(plan, &decision.docker_root, &rootfs, &sources).map_err(
             |source| RuntimeError::Userns {
@@ -298,18 +372,7 @@ fn prepare_create(
             },
         )?;
     }
-    tracing::info!(
-        container = %id,
-        owner = decision.owner.as_deref().unwrap_or("-"),
-        ignored_label = ownership.ignored_label.as_deref().unwrap_or("-"),
-        gpus = ?decision.gpu_ids,
-        slurm_job = ?ownership.slurm_job,
-        removed = ?report.removed,
-        added = ?report.added,
-        "{} allowed",
-        inv.subcommand
-    );
-    Ok(runc)
+    Ok(report)
 }
 
 /// Where dockerd's BuildKit puts a `RUN` step's bundle: `<data-root>/buildkit/executor/<id>`.

@@ -106,6 +106,8 @@ pub fn decision() -> Decision {
             .zip(["nvidia0", "nvidiactl", "nvidia-uvm"])
             .map(|(&(major, minor), name)| node(name, major, minor))
             .collect(),
+        grants: Vec::new(),
+        pool_gpus: Vec::new(),
         nvidia_majors: BTreeSet::from(NVIDIA_MAJORS),
         extra_devices: Vec::new(),
         process: ProcessRules {

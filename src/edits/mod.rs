@@ -147,6 +147,8 @@ pub(crate) mod testing {
                 node("nvidiactl", 195, 255),
                 node("nvidia-uvm", 511, 0),
             ],
+            grants: Vec::new(),
+            pool_gpus: Vec::new(),
             nvidia_majors: BTreeSet::from([195, 511]),
             extra_devices: Vec::new(),
             process: ProcessRules {

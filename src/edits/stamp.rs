@@ -10,6 +10,8 @@ use crate::spec::object_mut;
 pub const OWNER: &str = "io.labgpu.owner";
 pub const GPUS: &str = "io.labgpu.gpus";
 pub const POLICY_SHA256: &str = "io.labgpu.policy-sha256";
+/// The pool GPUs allocated at create, `pool:gpu,…` (absent when none).
+pub const POOL_GPUS: &str = "io.labgpu.pool-gpus";
 
 pub fn apply(spec: &mut Value, d: &Decision) {
     let ann = object_mut(spec, "annotations");
@@ -17,6 +19,13 @@ pub fn apply(spec: &mut Value, d: &Decision) {
     ann[OWNER] = json!(d.owner.clone().unwrap_or_default());
     ann[GPUS] = json!(gpus.join(","));
     ann[POLICY_SHA256] = json!(d.policy_sha256);
+    // Only labgpu says which pool GPUs a container holds: a user's own annotation goes.
+    let ann = ann.as_object_mut().expect("object_mut makes an object");
+    if d.pool_gpus.is_empty() {
+        ann.shift_remove(POOL_GPUS);
+    } else {
+        ann.insert(POOL_GPUS.into(), json!(d.pool_gpus.join(",")));
+    }
 }
 
 /// The owner stamped into a runc `state.json` (runc keeps annotations as `key=value` labels);

@@ -137,6 +137,7 @@ pub fn scrape(
         roots,
         container: None,
         proc_root: PathBuf::from("/proc"),
+        reclaim: false,
     })
     .map_err(|e| e.to_string());
     metrics::render(

@@ -58,6 +58,7 @@ pub fn render(view: &View, extra: &Extra) -> String {
         "Running containers with no owner (not created through the proxy, or unlabeled).",
     );
     o.sample("labgpu_unowned_containers", &[], unowned as f64);
+    pools(&mut o, view);
     if let Some(audit) = &extra.audit {
         verify(&mut o, audit.as_ref().map(|a| *a));
     }
@@ -76,6 +77,52 @@ pub fn render(view: &View, extra: &Extra) -> String {
         }
     }
     o.0
+}
+
+/// Pool GPUs busy and free per pool, and the containers `labgpu reclaim` stopped.
+fn pools(o: &mut Out, view: &View) {
+    if view.pools.is_empty() {
+        return;
+    }
+    let mut per_pool: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+    for g in &view.pools {
+        let e = per_pool.entry(g.pool.as_str()).or_default();
+        if g.holders.is_empty() {
+            e.1 += 1;
+        } else {
+            e.0 += 1;
+        }
+    }
+    o.family(
+        "labgpu_pool_gpus",
+        "gauge",
+        "GPUs of each pool, by state: busy (held by a container) or free.",
+    );
+    for (pool, (busy, free)) in per_pool {
+        o.sample(
+            "labgpu_pool_gpus",
+            &[("pool", pool), ("state", "busy")],
+            busy as f64,
+        );
+        o.sample(
+            "labgpu_pool_gpus",
+            &[("pool", pool), ("state", "free")],
+            free as f64,
+        );
+    }
+    o.family(
+        "labgpu_pool_reclaims_total",
+        "counter",
+        "Containers labgpu reclaim stopped to free pool GPUs, by reason (idle, max_runtime).",
+    );
+    for reason in ["idle", "max_runtime"] {
+        let n = view.pool_reclaims.get(reason).copied().unwrap_or(0);
+        o.sample(
+            "labgpu_pool_reclaims_total",
+            &[("reason", reason)],
+            n as f64,
+        );
+    }
 }
 
 fn gpus(o: &mut Out, view: &View) {
@@ -261,6 +308,12 @@ fn verify(o: &mut Out, audit: Result<&Audit, &String>) {
             .flat_map(|c| &c.findings)
             .filter(|f| f.kind == kind)
             .count();
+        // Stale pool allocations belong to no running container.
+        let n = n + if kind == Kind::Pool {
+            audit.summary.stale_pool_gpus
+        } else {
+            0
+        };
         o.sample("labgpu_verify_findings", &[("kind", kind.name())], n as f64);
     }
     o.family(
@@ -415,6 +468,7 @@ mod tests {
                 findings: vec![finding(Kind::Bypass), finding(Kind::Bypass)],
             }],
             gpu_processes: None,
+            stale_pool_gpus: Vec::new(),
             summary: Default::default(),
         };
         let text = render(
@@ -446,6 +500,7 @@ mod tests {
             policy: "/p".into(),
             containers: vec![],
             gpu_processes: None,
+            stale_pool_gpus: Vec::new(),
             summary: Default::default(),
         };
         let out = render(

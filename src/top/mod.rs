@@ -55,6 +55,12 @@ pub struct View {
     pub gpu_error: Option<String>,
     pub containers: Vec<ContainerView>,
     pub users: Vec<UserView>,
+    /// Pool GPUs, free or busy with their holders (`crate::pools`); empty without pools.
+    #[serde(default)]
+    pub pools: Vec<crate::pools::PoolGpu>,
+    /// Containers `labgpu reclaim` stopped, by reason (`idle`, `max_runtime`).
+    #[serde(default)]
+    pub pool_reclaims: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -144,12 +150,38 @@ pub fn collect(policy: &Policy, src: &Sources) -> View {
         gpu_error,
         containers,
         users: Vec::new(),
+        pools: Vec::new(),
+        pool_reclaims: BTreeMap::new(),
     };
+    pool_part(policy, &mut view);
     view.users = totals(&view, policy.users.keys().cloned());
     for u in &mut view.users {
         u.ceilings = ceilings::for_user(policy, &u.user);
     }
     view
+}
+
+/// The pool GPUs and reclaim counts, from the pool state (nothing without pools).
+fn pool_part(policy: &Policy, view: &mut View) {
+    if policy.pools.is_empty() {
+        return;
+    }
+    let refs: Vec<_> = policy.pools.values().flat_map(|p| &p.gpus).collect();
+    let inventory =
+        match crate::gpu::inventory_for(&policy.gpus, &refs, crate::gpu::Purpose::Runtime) {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::warn!(error = %e, "no GPU inventory for the pools");
+                return;
+            }
+        };
+    match crate::pools::view(policy, &inventory) {
+        Ok(p) => view.pools = p,
+        Err(e) => tracing::warn!(error = %e, "pool state unreadable"),
+    }
+    if let Ok(state) = crate::pools::Store::for_policy(&policy.path).read() {
+        view.pool_reclaims = state.reclaimed;
+    }
 }
 
 fn now_ms() -> u64 {
@@ -340,6 +372,27 @@ pub fn restrict(view: &View, user: &str, granted: &[u32]) -> View {
             .filter(|u| u.user == user)
             .cloned()
             .collect(),
+        // Who holds a pool GPU is what a refusal tells anyone; others' containers are not.
+        pools: view
+            .pools
+            .iter()
+            .map(|g| crate::pools::PoolGpu {
+                holders: g
+                    .holders
+                    .iter()
+                    .map(|h| crate::pools::Holder {
+                        container: if h.owner == user {
+                            h.container.clone()
+                        } else {
+                            String::new()
+                        },
+                        ..h.clone()
+                    })
+                    .collect(),
+                ..g.clone()
+            })
+            .collect(),
+        pool_reclaims: BTreeMap::new(),
     }
 }
 
@@ -430,6 +483,7 @@ mod tests {
             gpu_error: None,
             containers: vec![container("ca", "alice", 10.0), container("cb", "bob", 5.0)],
             users: Vec::new(),
+            ..View::default()
         };
         v.users = totals(&v, ["carol".to_string()].into_iter());
         v

@@ -20,6 +20,7 @@ pub fn screen(view: &View) -> String {
     );
     out.push('\n');
     gpus(&mut out, view);
+    pools(&mut out, view);
     out.push('\n');
     users(&mut out, &view.users);
     if !view.containers.is_empty() {
@@ -78,6 +79,40 @@ fn gpus(out: &mut String, view: &View) {
                 p.command.as_deref().unwrap_or("")
             );
         }
+    }
+}
+
+/// One line per pool GPU: free, or busy with who holds it.
+fn pools(out: &mut String, view: &View) {
+    if view.pools.is_empty() {
+        return;
+    }
+    out.push('\n');
+    let _ = writeln!(out, "{:<10} {:<20} {:<5} HOLDERS", "POOL", "GPU", "STATE");
+    for g in &view.pools {
+        let holders: Vec<String> = g
+            .holders
+            .iter()
+            .map(|h| match h.container.as_str() {
+                "" => h.owner.clone(),
+                c => format!("{} {}", h.owner, short(c)),
+            })
+            .collect();
+        let state = if holders.is_empty() { "free" } else { "busy" };
+        let gpu = match g.minor {
+            Some(m) if m.to_string() != g.gpu => format!("{} (minor {m})", g.gpu),
+            _ => g.gpu.clone(),
+        };
+        let _ = writeln!(
+            out,
+            "{:<10} {gpu:<20} {state:<5} {}",
+            g.pool,
+            if holders.is_empty() {
+                "-".to_string()
+            } else {
+                holders.join(", ")
+            }
+        );
     }
 }
 

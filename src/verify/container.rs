@@ -23,6 +23,8 @@ use crate::slurm::Jobs;
 /// What every container's audit shares: the policy, the inventory, the host's view.
 pub struct Ctx<'a> {
     pub policy: &'a Policy,
+    /// Pool GPUs allocated now (`crate::pools`), granted to their containers.
+    pub pool_state: &'a crate::pools::State,
     pub inventory: &'a Snapshot,
     pub host_mounts: &'a [MountInfo],
     pub proc_root: &'a Path,
@@ -165,6 +167,10 @@ impl Ctx<'_> {
             Some((name, u)) => slurm::granted(self, s, name, u, a),
             None => granted(self, user, a),
         };
+        a.granted_gpus
+            .extend(super::pools::held(self.pool_state, &s.root, &s.id));
+        a.granted_gpus.sort_unstable();
+        a.granted_gpus.dedup();
         self.run_checks(s, &d, a);
         if slurm_owner.is_some() {
             slurm::missing_gpus(a);

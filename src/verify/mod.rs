@@ -8,6 +8,7 @@ mod fairshare;
 mod mounts;
 mod namespaces;
 mod owner;
+mod pools;
 mod process;
 mod slurm;
 mod system_paths;
@@ -52,6 +53,8 @@ pub struct Options {
     pub container: Option<String>,
     /// /proc, or a fixture tree in tests.
     pub proc_root: PathBuf,
+    /// Free pool GPUs whose container is gone (`--reclaim`).
+    pub reclaim: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -61,6 +64,8 @@ pub struct Audit {
     /// Compute processes NVML reports on each GPU and the container each runs in; `None`
     /// when NVML is not available (the inventory came from /proc or devfs).
     pub gpu_processes: Option<Vec<GpuProcessAudit>>,
+    /// Pool GPUs still allocated to containers that are gone (`crate::pools`).
+    pub stale_pool_gpus: Vec<pools::StaleAllocation>,
     pub summary: Summary,
 }
 
@@ -81,6 +86,8 @@ pub struct Summary {
     pub violations: usize,
     pub errors: usize,
     pub stopped: usize,
+    /// Stale pool allocations left (not freed by `--reclaim`).
+    pub stale_pool_gpus: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -145,13 +152,15 @@ pub enum Kind {
     Slurm,
     /// Its owner has fair-share ceilings, but it runs outside their parent cgroup.
     FairShare,
+    /// A pool GPU allocated to a container that is gone.
+    Pool,
     /// The container could not be audited.
     Unreadable,
 }
 
 impl Kind {
     /// Every kind, for reports that list kinds with no findings too (the metrics).
-    pub const ALL: [Kind; 17] = [
+    pub const ALL: [Kind; 18] = [
         Kind::Bypass,
         Kind::ForeignGpu,
         Kind::Drift,
@@ -168,6 +177,7 @@ impl Kind {
         Kind::Userns,
         Kind::Slurm,
         Kind::FairShare,
+        Kind::Pool,
         Kind::Unreadable,
     ];
 
@@ -190,6 +200,7 @@ impl Kind {
             Kind::Userns => "userns",
             Kind::Slurm => "slurm",
             Kind::FairShare => "fair-share",
+            Kind::Pool => "pool",
             Kind::Unreadable => "unreadable",
         }
     }
@@ -198,7 +209,7 @@ impl Kind {
 impl Audit {
     /// 0 all clean, 1 violations, 2 something could not be audited.
     pub fn exit_code(&self) -> i32 {
-        if self.summary.violations > 0 {
+        if self.summary.violations > 0 || self.summary.stale_pool_gpus > 0 {
             1
         } else if self.summary.errors > 0 {
             2
@@ -232,7 +243,12 @@ fn run_with(
     // One question to Slurm per job, however many containers it has.
     let jobs =
         crate::slurm::grant::Cached::new(crate::slurm::Scontrol::new(&policy.slurm_or_default()));
+    let pool_state = pools::state(&policy).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "pool state unreadable");
+        crate::pools::State::default()
+    });
     let ctx = container::Ctx {
+        pool_state: &pool_state,
         policy: &policy,
         inventory: &inventory,
         host_mounts: &host_mounts,
@@ -275,8 +291,11 @@ fn run_with(
     } else {
         None
     };
+    let stale_pool_gpus =
+        pools::stale(&policy, &pool_state, &opts.proc_root, opts.reclaim).unwrap_or_default();
     let mut summary = Summary {
         containers: containers.len(),
+        stale_pool_gpus: stale_pool_gpus.iter().filter(|s| !s.freed).count(),
         ..Summary::default()
     };
     for c in &containers {
@@ -291,6 +310,7 @@ fn run_with(
         policy: opts.policy.clone(),
         containers,
         gpu_processes,
+        stale_pool_gpus,
         summary,
     })
 }
@@ -429,6 +449,9 @@ pub fn render_table(audit: &Audit) -> String {
             findings.join("; ")
         ));
     }
+    for stale in &audit.stale_pool_gpus {
+        out.push_str(&format!("pool: {}\n", pools::describe(stale)));
+    }
     if let Some(procs) = &audit.gpu_processes {
         out.push_str(&format!(
             "\n{:<5} {:<8} {:<10} CONTAINER\n",
@@ -562,6 +585,7 @@ mod fixture_tests {
                     roots: vec![root.to_path_buf()],
                     container: None,
                     proc_root: self.proc(),
+                    reclaim: false,
                 },
                 programs,
             )
