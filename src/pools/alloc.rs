@@ -29,6 +29,8 @@ pub struct Ask<'a> {
     pub pools: &'a BTreeMap<String, PoolSection>,
     /// The owner's `pools`: the most of each they may hold at once.
     pub limits: &'a BTreeMap<String, u32>,
+    /// Where those come from, for the refusals: `[users.NAME]` or `[groups.G]`.
+    pub limits_table: &'a str,
     /// The GPUs of each pool the owner may use that this host has, in the policy's order,
     /// with their minors.
     pub gpus: &'a BTreeMap<String, Vec<(GpuRef, u32)>>,
@@ -186,8 +188,8 @@ fn exact(state: &State, ask: &Ask, list: &[(String, GpuRef)]) -> Result<Vec<Pick
     for (pool, gpu) in list {
         let Some(max) = usable(ask).find(|(p, _)| *p == pool).map(|(_, m)| m) else {
             return Err(format!(
-                "GPU {gpu} is in pool {pool:?}, which {} may not use ([users.{}] pools)",
-                ask.owner, ask.owner
+                "GPU {gpu} is in pool {pool:?}, which {} may not use ({} pools)",
+                ask.owner, ask.limits_table
             ));
         };
         if picks.iter().any(|(_, g, _)| g == gpu) {
@@ -255,17 +257,17 @@ fn over_max(ask: &Ask, pool: &str, held: u32, max: u32, wanted: u32) -> String {
     let gpus = |n: u32| if n == 1 { "GPU" } else { "GPUs" };
     if held >= max {
         format!(
-            "{} already holds {held} {} of pool {pool:?}, the most allowed ([users.{}] pools)",
+            "{} already holds {held} {} of pool {pool:?}, the most allowed ({} pools)",
             ask.owner,
             gpus(held),
-            ask.owner
+            ask.limits_table
         )
     } else {
         format!(
-            "{} may hold at most {max} {} of pool {pool:?} ([users.{}] pools) and holds {held}: {wanted} more were asked for",
+            "{} may hold at most {max} {} of pool {pool:?} ({} pools) and holds {held}: {wanted} more were asked for",
             ask.owner,
             gpus(max),
-            ask.owner
+            ask.limits_table
         )
     }
 }
@@ -273,12 +275,12 @@ fn over_max(ask: &Ask, pool: &str, held: u32, max: u32, wanted: u32) -> String {
 fn no_pool(ask: &Ask) -> String {
     match ask.only_pool {
         Some(p) => format!(
-            "pool {p:?} (label labgpu.pool) is not a pool {} may use ([users.{}] pools)",
-            ask.owner, ask.owner
+            "pool {p:?} (label labgpu.pool) is not a pool {} may use ({} pools)",
+            ask.owner, ask.limits_table
         ),
         None => format!(
-            "{} may use no GPU pool ([users.{}] pools)",
-            ask.owner, ask.owner
+            "{} may use no GPU pool ({} pools)",
+            ask.owner, ask.limits_table
         ),
     }
 }
@@ -365,6 +367,12 @@ mod tests {
             runc_root: Path::new("/run/runc"),
             pools: &s.pools,
             limits: &s.limits,
+            // Every test user's maximum is written in their own table here.
+            limits_table: match owner {
+                "alice" => "[users.alice]",
+                "bob" => "[users.bob]",
+                _ => "[users.other]",
+            },
             gpus: &s.gpus,
             only_pool: None,
             want,

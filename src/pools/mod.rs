@@ -64,23 +64,32 @@ pub fn check_policy(policy: &Policy) -> Result<(), String> {
             }
         }
     }
-    for (user, u) in &policy.users {
+    // Group tables are checked as written: a group with no member yet is in no user's table.
+    let users = policy
+        .users
+        .iter()
+        .map(|(n, u)| (format!("[users.{n}]"), u));
+    let groups = policy
+        .groups
+        .iter()
+        .map(|g| (format!("[groups.{}]", g.name), &g.settings));
+    for (table, u) in users.chain(groups) {
         for g in u.gpus.iter() {
             if let Some(pool) = seen.get(&g.to_string()) {
                 return Err(format!(
-                    "GPU {g} is in [users.{user}] gpus and in [pools.{pool}] gpus: a GPU is owned or pooled, not both"
+                    "GPU {g} is in {table} gpus and in [pools.{pool}] gpus: a GPU is owned or pooled, not both"
                 ));
             }
         }
         for (pool, max) in &u.pools {
             if !policy.pools.contains_key(pool) {
                 return Err(format!(
-                    "[users.{user}] pools names {pool:?}, which is not a [pools.{pool}] table"
+                    "{table} pools names {pool:?}, which is not a [pools.{pool}] table"
                 ));
             }
             if *max == 0 {
                 return Err(format!(
-                    "[users.{user}] pools = {{ {pool} = 0 }} allows nothing; leave the pool out"
+                    "{table} pools = {{ {pool} = 0 }} allows nothing; leave the pool out"
                 ));
             }
         }
@@ -130,8 +139,10 @@ pub fn allocate_for_create(c: &Create) -> Result<Allocation, PoolError> {
             (p.clone(), l)
         })
         .collect();
+    let limits_table = c.policy.table_of(c.owner, "pools");
     let ask = Ask {
         owner: c.owner,
+        limits_table: &limits_table,
         container: c.id,
         runc_root: c.runc_root,
         pools: &c.policy.pools,
@@ -406,6 +417,14 @@ mod tests {
             (
                 "[pools.a]\ngpus = [1]\n[users.bob]\ngpus = [1]\n",
                 "GPU 1 is in [users.bob] gpus and in [pools.a] gpus",
+            ),
+            (
+                "[groups.ml]\npools = { big = 1 }\n",
+                "[groups.ml] pools names \"big\", which is not a [pools.big] table",
+            ),
+            (
+                "[pools.a]\ngpus = [1]\n[groups.ml]\ngpus = [1]\n",
+                "GPU 1 is in [groups.ml] gpus and in [pools.a] gpus",
             ),
             (
                 "[users.bob]\npools = { big = 1 }\n",
