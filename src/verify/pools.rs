@@ -37,9 +37,20 @@ pub fn held(state: &State, root: &Path, id: &str) -> Vec<u32> {
     state
         .entries
         .iter()
-        .filter(|e| e.container == id && e.runc_root == root)
+        .filter(|e| e.container == id && same_dir(&e.runc_root, root))
         .map(|e| e.minor)
         .collect()
+}
+
+/// Whether two runc roots are one directory: dockerd's default exec root is
+/// /var/run/docker (the shim passes that to runc, and the entry records it), while verify
+/// scans /run/docker, its target on every systemd host.
+fn same_dir(a: &Path, b: &Path) -> bool {
+    a == b
+        || matches!(
+            (std::fs::canonicalize(a), std::fs::canonicalize(b)),
+            (Ok(x), Ok(y)) if x == y
+        )
 }
 
 /// The allocations whose container is gone; freed when `reclaim`.
@@ -88,4 +99,22 @@ pub fn describe(s: &StaleAllocation) -> String {
             " (labgpu verify --reclaim frees it)"
         }
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_runc_root_named_through_a_symlink_is_the_same_root() {
+        let d = tempfile::tempdir().unwrap();
+        let real = d.path().join("run/docker/runtime-runc/moby");
+        std::fs::create_dir_all(&real).unwrap();
+        std::os::unix::fs::symlink(d.path().join("run"), d.path().join("var-run")).unwrap();
+        let via_link = d.path().join("var-run/docker/runtime-runc/moby");
+        assert!(same_dir(&via_link, &real));
+        assert!(same_dir(&real, &real));
+        assert!(!same_dir(&real, d.path()));
+        assert!(!same_dir(&d.path().join("gone"), &real));
+    }
 }
