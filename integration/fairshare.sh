@@ -49,18 +49,6 @@ dk() {
 }
 real() { lg_docker "$@"; }
 
-expect_fail() { # NAME PATTERN CMD...
-    local name="$1" pattern="$2" out rc=0
-    shift 2
-    out="$("$@" 2>&1)" || rc=$?
-    if [[ $rc -eq 0 ]]; then
-        fail "$name" "succeeded, expected a refusal: $out"
-    elif [[ $out != *"$pattern"* ]]; then
-        fail "$name" "exit $rc without '$pattern': $out"
-    else
-        pass "$name"
-    fi
-}
 expect_ok() { # NAME CMD...: output in OUT
     local name="$1" rc=0
     shift

@@ -921,3 +921,24 @@ $4}"
 print_summary() {
     echo "$LG_PASSED passed, $LG_FAILED failed"
 }
+
+# The fake libnvidia-ml.so.1 (tests/fixtures/fake_nvml.c), built into $NVML_DIR and answering
+# from $NVML_DIR/fixture (empty until lg_nvml_fixture writes it).
+NVML_DIR=""
+lg_build_fake_nvml() {
+    NVML_DIR="$LG_TMP/nvml"
+    mkdir -p "$NVML_DIR"
+    : >"$NVML_DIR/fixture"
+    cc -shared -fPIC -o "$NVML_DIR/libnvidia-ml.so.1" "$LG_REPO/tests/fixtures/fake_nvml.c" \
+        -DFIXTURE="\"$NVML_DIR/fixture\"" || lg_die "cc of the fake NVML library failed"
+}
+# lg_nvml_fixture LINES: the four fake GPUs (NVML index = minor) plus LINES (load, proc),
+# replaced atomically.
+lg_nvml_fixture() {
+    {
+        local i
+        for i in 0 1 2 3; do echo "gpu $i $i GPU-000$i FakeGPU"; done
+        printf '%s\n' "$1"
+    } >"$NVML_DIR/fixture.new"
+    mv "$NVML_DIR/fixture.new" "$NVML_DIR/fixture"
+}

@@ -222,24 +222,12 @@ case_kill9() {
     clean
 }
 
-# The fake libnvidia-ml.so.1 (tests/fixtures/fake_nvml.c), answering from $NVML_DIR/fixture.
-NVML_DIR=""
 build_fake_nvml() {
-    NVML_DIR="$LG_TMP/nvml"
-    mkdir -p "$NVML_DIR"
+    lg_build_fake_nvml
     set_load ""
-    cc -shared -fPIC -o "$NVML_DIR/libnvidia-ml.so.1" "$LG_REPO/tests/fixtures/fake_nvml.c" \
-        -DFIXTURE="\"$NVML_DIR/fixture\"" || lg_die "cc of the fake NVML library failed"
 }
-# set_load LINES: the four fake GPUs (NVML index = minor) at 0% plus LINES ("load G UTIL ...").
-set_load() {
-    {
-        local i
-        for i in 0 1 2 3; do echo "gpu $i $i GPU-000$i FakeGPU"; done
-        printf '%s\n' "$1"
-    } >"$NVML_DIR/fixture.new"
-    mv "$NVML_DIR/fixture.new" "$NVML_DIR/fixture"
-}
+# set_load LINES: the four fake GPUs at 0% plus LINES ("load G UTIL ...").
+set_load() { lg_nvml_fixture "$1"; }
 # gpu_of CONTAINER: the pool GPU the state file gives it.
 gpu_of() {
     local id

@@ -19,7 +19,6 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 I="$LG_IMAGE"
 LG_POLICY_PROXY=1
-NVML_DIR=""  # the fake library and its fixture
 METRICS=""   # host:port of the proxy's metrics listener
 PROM_PID=""
 PROM_PORT=""
@@ -72,24 +71,8 @@ install_tools() {
     fi
 }
 
-# The fake libnvidia-ml.so.1, answering from $NVML_DIR/fixture (rewritten by set_gpus).
-build_fake_nvml() {
-    NVML_DIR="$LG_TMP/nvml"
-    mkdir -p "$NVML_DIR"
-    : >"$NVML_DIR/fixture"
-    cc -shared -fPIC -o "$NVML_DIR/libnvidia-ml.so.1" "$LG_REPO/tests/fixtures/fake_nvml.c" \
-        -DFIXTURE="\"$NVML_DIR/fixture\"" || lg_die "cc of the fake NVML library failed"
-}
-
-# set_gpus LINES: the four fake GPUs (NVML index = minor) plus LINES (load, proc).
-set_gpus() {
-    {
-        local i
-        for i in 0 1 2 3; do echo "gpu $i $i GPU-000$i FakeGPU"; done
-        printf '%s\n' "$1"
-    } >"$NVML_DIR/fixture.new"
-    mv "$NVML_DIR/fixture.new" "$NVML_DIR/fixture"
-}
+# set_gpus LINES: the fake NVML's GPUs plus LINES (load, proc).
+set_gpus() { lg_nvml_fixture "$1"; }
 
 start_proxy() {
     LG_PROXY_EXTRA=(--metrics 127.0.0.1:0 --root "$LG_EXEC_ROOT/runtime-runc/moby")
@@ -361,7 +344,7 @@ START=$SECONDS
 install_tools
 setup_all
 trap top_teardown EXIT
-build_fake_nvml
+lg_build_fake_nvml
 LG_POLICY_GPUS_EXTRA="nvml_lib = \"$NVML_DIR/libnvidia-ml.so.1\""
 lg_write_policy
 start_proxy
